@@ -1,0 +1,189 @@
+"""The one configuration object of a training run.
+
+Loaded from YAML, shared by the CLI, the operator (which renders it into the RayJob) and the
+training workers. It imports nothing heavier than pydantic and PyYAML so that the operator can use
+it without torch. Credentials never live here: S3 keys come from the environment (or the
+Kubernetes Secret mounted as environment variables).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|[^:]+)$"
+Uri = Annotated[str, Field(min_length=1, pattern=URI_PATTERN)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class S3Options(_Section):
+    """Where S3 is; not who you are (keys come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)."""
+
+    endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint, e.g. http://seaweedfs:8333; empty means AWS_ENDPOINT_URL or AWS."
+    )
+    region: str = Field(default="us-east-1", description="S3 region name used for signing.")
+    max_attempts: int = Field(default=8, ge=1, le=50, description="Attempts per S3 request on transient errors.")
+
+
+class ModelConfig(_Section):
+    uri: Uri = Field(description="Model folder in the diffusers layout: a local path or s3://bucket/prefix.")
+    variant: Literal["t2v", "i2v"] = Field(default="t2v", description="Text-to-video or image-to-video.")
+
+
+class DataConfig(_Section):
+    uri: Uri = Field(description="Packed dataset (the folder or s3:// prefix holding manifest.json).")
+    num_frames: int = Field(default=49, ge=1, le=1025, description="Frames per training clip; 8N+1.")
+    height: int = Field(default=480, ge=16, le=4096, description="Training height in pixels; multiple of 16.")
+    width: int = Field(default=720, ge=16, le=4096, description="Training width in pixels; multiple of 16.")
+    fps: float = Field(default=8.0, gt=0, le=120, description="Frame rate the clips are sampled at.")
+    decode_workers: int = Field(default=2, ge=0, le=64, description="Worker processes decoding clips.")
+    shuffle: bool = Field(default=True, description="Shuffle clips each epoch (deterministic per seed, epoch).")
+    id_token: str | None = Field(
+        default=None, description="Optional token put before every prompt, joined with a space."
+    )
+
+    @field_validator("num_frames")
+    @classmethod
+    def _eight_n_plus_one(cls, v: int) -> int:
+        if (v - 1) % 8 != 0:
+            raise ValueError(f"must be 8N+1 (CogVideoX's VAE compresses time by 4 and its latents by 2): got {v}")
+        return v
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_16(cls, v: int) -> int:
+        if v % 16 != 0:
+            raise ValueError(f"must be a multiple of 16 (VAE factor 8 times patch size 2): got {v}")
+        return v
+
+
+class LoraConfig(_Section):
+    rank: int = Field(default=128, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(default=64, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+        min_length=1,
+        description="Transformer modules that get LoRA adapters.",
+    )
+
+
+class OptimConfig(_Section):
+    learning_rate: float = Field(default=1e-4, gt=0, le=1, description="Peak learning rate.")
+    batch_size: int = Field(default=4, ge=1, le=1024, description="Clips per worker per step.")
+    epochs: int = Field(default=30, ge=1, le=100_000, description="Passes over the dataset.")
+
+
+class OutputConfig(_Section):
+    uri: Uri = Field(description="Where checkpoints and the final LoRA go: a local path or s3://bucket/prefix.")
+
+
+class RunConfig(_Section):
+    """A whole training run."""
+
+    name: str = Field(
+        default="disney-lora",
+        pattern=r"^[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?$",
+        description="Run name (lowercase letters, digits, '-'); the same name resumes the same run.",
+    )
+    seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Seed of data order and initialisation.")
+    model: ModelConfig
+    data: DataConfig
+    output: OutputConfig
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    s3: S3Options = Field(default_factory=S3Options)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and every bad field."""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid run configuration ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check its spelling)"
+        elif e["type"] != "missing" and "input" in e:
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  - {field}: {msg}")
+    return "\n".join(lines)
+
+
+_SECRET_KEYS = {"aws_access_key_id", "aws_secret_access_key", "access_key", "secret_key", "secretkey", "accesskey"}
+
+
+def _find_secret_keys(data: Any, path: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            p = f"{path}.{k}" if path else str(k)
+            if str(k).lower().replace("-", "_") in _SECRET_KEYS:
+                found.append(p)
+            found.extend(_find_secret_keys(v, p))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            found.extend(_find_secret_keys(v, f"{path}.{i}"))
+    return found
+
+
+def config_from_dict(data: Any, source: str = "<config>") -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a run configuration is a mapping, got {type(data).__name__}")
+    secrets = _find_secret_keys(data)
+    if secrets:
+        raise ConfigError(
+            f"{source}: {', '.join(secrets)}: credentials do not belong in a run configuration; "
+            "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment (or a Kubernetes Secret)"
+        )
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a run configuration from YAML; `overrides` are dotted keys (`data.uri`) set on top."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such configuration file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    data = {} if data is None else data
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return config_from_dict(data, str(p))
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+DEFAULTS_DIR = Path(__file__).parent / "defaults"
+
+
+def embedded_default() -> Path:
+    """The run configuration `make run` uses: local Ray, CPU workers, a tiny model, a sample clip."""
+    return DEFAULTS_DIR / "local.yaml"
