@@ -1,0 +1,252 @@
+"""The `disney-train` command line."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from disney_train import __version__
+from disney_train.config import ConfigError, RunConfig, S3Options, dump_config, embedded_default, load_config
+from disney_train.storage import StorageError
+
+app = typer.Typer(help="Fine-tune CogVideoX with LoRA into a Disney-style animation model.", no_args_is_help=True)
+data_app = typer.Typer(help="Sample, pack, inspect and read video datasets.", no_args_is_help=True)
+config_app = typer.Typer(help="Run configurations.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4, "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'256MB' -> 256_000_000, '64MiB' -> 67_108_864, '1000' -> 1000."""
+    m = _SIZE.match(text)
+    unit = (m.group(2) or "").lower().removesuffix("b") if m else ""
+    if not m or unit not in _UNITS:
+        raise typer.BadParameter(f"{text!r} is not a size (e.g. 256MB, 64MiB, 1000000)")
+    value = int(float(m.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise typer.BadParameter(f"{text!r}: a size must be positive")
+    return value
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+    )
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run a command body; expected failures become one clear red message and exit status 1."""
+    from disney_train.data.layout import LayoutError
+    from disney_train.data.pack import PackError
+
+    known: tuple[type[BaseException], ...] = (ConfigError, StorageError, LayoutError, PackError)
+    try:
+        from disney_train.data.reader import DataError
+
+        known += (DataError,)
+    except ImportError:  # the reader needs torch (the train extra); pack and inspect do not
+        pass
+    try:
+        return fn()
+    except known as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+        raise typer.Exit(1) from None
+
+
+EndpointOpt = Annotated[
+    str | None,
+    typer.Option("--endpoint-url", envvar="AWS_ENDPOINT_URL", help="S3 endpoint (keys come from AWS_* variables)."),
+]
+
+
+def _s3(endpoint: str | None) -> S3Options:
+    return S3Options(endpoint_url=endpoint)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(__version__)
+        raise typer.Exit()
+
+
+# --------------------------------------------------------------------------- data
+
+
+@data_app.command("sample")
+def data_sample(
+    out: Annotated[Path, typer.Argument(help="Folder to write the dataset to.")],
+    copies: Annotated[int, typer.Option(min=1, help="Repeat the clips under new names (benchmarks).")] = 1,
+) -> None:
+    """Write a small real dataset in the Disney layout, cut from Big Buck Bunny (CC-BY)."""
+    from disney_train.data.sample import SampleError, write_sample
+
+    try:
+        written = write_sample(out, copies=copies)
+    except SampleError as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {len(written)} clip(s), prompt.txt and videos.txt to {out}")
+
+
+@data_app.command("pack")
+def data_pack(
+    src: Annotated[Path, typer.Argument(help="Dataset folder: prompt.txt (or prompts.txt), videos.txt, videos/.")],
+    dest: Annotated[str, typer.Argument(help="s3://bucket/prefix or a local folder.")],
+    shard_size: Annotated[str, typer.Option(help="Target shard size (e.g. 256MB, 64MiB).")] = "256MiB",
+    min_frames: Annotated[int, typer.Option(min=1, help="Reject clips with fewer frames than this.")] = 49,
+    workers: Annotated[int, typer.Option(min=1, help="Processes checking clips.")] = 2,
+    strict: Annotated[bool, typer.Option(help="Any rejected input is an error; nothing is written.")] = False,
+    endpoint_url: EndpointOpt = None,
+) -> None:
+    """Check every clip, then write WebDataset tar shards and a manifest (last) to DEST."""
+    from disney_train.data.pack import PackOptions, pack
+    from disney_train.data.summary import rejects_table
+
+    options = PackOptions(shard_bytes=parse_size(shard_size), min_frames=min_frames, workers=workers, strict=strict)
+    with progress_bar() as progress:
+        report = _guard(lambda: pack(src, dest, options, _s3(endpoint_url), progress))
+    m = report.manifest
+    if m.rejects:
+        console.print(rejects_table(m.rejects))
+    console.print(
+        f"packed {m.totals.clips} clip(s) ({m.totals.frames} frames, {m.totals.seconds:.1f} s) into "
+        f"{m.totals.shards} shard(s) at {report.dest}: {len(report.uploaded)} written, "
+        f"{len(report.skipped)} already there; {m.totals.rejects} rejected"
+    )
+
+
+@data_app.command("inspect")
+def data_inspect(
+    dest: Annotated[str, typer.Argument(help="Packed dataset: s3://bucket/prefix or a local folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    endpoint_url: EndpointOpt = None,
+) -> None:
+    """Summarise a packed dataset: clips, frames, duration and resolution spread, rejects."""
+    from disney_train.data.pack import load_manifest
+    from disney_train.data.summary import print_summary, summarize
+
+    m = _guard(lambda: load_manifest(dest, _s3(endpoint_url)))
+    if as_json:
+        print(json.dumps(summarize(m), indent=1))
+    else:
+        print_summary(m, dest, console)
+
+
+@data_app.command("read")
+def data_read(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (YAML).")],
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs to read.")] = 1,
+    rank: Annotated[int, typer.Option(min=0)] = 0,
+    world_size: Annotated[int, typer.Option(min=1)] = 1,
+) -> None:
+    """Read the training input of a run configuration (decode, sample, crop) and report what came."""
+    cfg = _guard(lambda: load_config(config))
+    _guard(lambda: _read_epochs(cfg, epochs, rank, world_size))
+
+
+def _read_epochs(cfg: RunConfig, epochs: int, rank: int, world_size: int) -> dict[str, Any]:
+    from disney_train.data.reader import TrainingClips
+
+    clips = TrainingClips(cfg.data, seed=cfg.seed, rank=rank, world_size=world_size, variant=cfg.model.variant, s3=cfg.s3)
+    seen = 0
+    shape: tuple[int, ...] = ()
+    lo, hi = 1.0, -1.0
+    t0 = time.perf_counter()
+    with progress_bar() as progress:
+        for epoch in range(epochs):
+            task = progress.add_task(f"epoch {epoch}: decoding clips", total=len(clips))
+            for sample in clips:
+                seen += 1
+                shape = tuple(sample["video"].shape)
+                lo, hi = min(lo, float(sample["video"].min())), max(hi, float(sample["video"].max()))
+                progress.advance(task)
+    dt = time.perf_counter() - t0
+    console.print(
+        f"read {seen} clip(s) over {epochs} epoch(s) on rank {rank}/{world_size}: each {list(shape)} "
+        f"(frames, channels, height, width), values in [{lo:.2f}, {hi:.2f}], {seen / dt:.1f} clips/s"
+    )
+    return {"clips": seen, "shape": shape, "seconds": dt}
+
+
+# --------------------------------------------------------------------------- config
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Path | None, typer.Argument(help="Run configuration; default: the embedded one.")] = None,
+) -> None:
+    """Validate a run configuration and print it with every default filled in."""
+    cfg = _guard(lambda: load_config(config or embedded_default()))
+    sys.stdout.write(dump_config(cfg))
+
+
+# --------------------------------------------------------------------------- run
+
+
+@app.command("run")
+def run(
+    workdir: Annotated[Path, typer.Option(help="Where the embedded default writes its data and outputs.")] = Path(".run"),
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Run configuration; default: embedded.")] = None,
+) -> None:
+    """The main job on the embedded default: sample -> pack -> read one epoch -> summary."""
+    from disney_train.data.pack import PackOptions, pack
+    from disney_train.data.sample import write_sample
+    from disney_train.data.summary import print_summary
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg_path = config or embedded_default()
+    cfg = _guard(lambda: load_config(cfg_path))
+    if not cfg.data.uri.startswith("s3://") and not Path(cfg.data.uri).is_absolute():
+        cfg.data.uri = str(workdir / cfg.data.uri)
+    src = workdir / "sample"
+    console.rule("[bold]1. sample dataset")
+    write_sample(src)
+    console.print(f"{src}: 4 clips cut from Big Buck Bunny (CC-BY)")
+    console.rule("[bold]2. pack")
+    with progress_bar() as progress:
+        report = _guard(
+            lambda: pack(src, cfg.data.uri, PackOptions(min_frames=cfg.data.num_frames, shard_bytes=512 * 1024), cfg.s3, progress)
+        )
+    console.print(f"{report.dest}: {len(report.uploaded)} shard(s) written, {len(report.skipped)} already there")
+    print_summary(report.manifest, report.dest, console)
+    console.rule("[bold]3. read one epoch of training input")
+    result = _guard(lambda: _read_epochs(cfg, 1, 0, 1))
+    console.rule("[bold]summary")
+    console.print(f"dataset    {src}")
+    console.print(f"packed     {report.dest} ({report.manifest.totals.shards} shard(s), manifest.json)")
+    console.print(
+        f"input      {result['clips']} clip(s) of {list(result['shape'])} in {result['seconds']:.1f} s "
+        f"at {cfg.data.fps:g} fps ({cfg.data.num_frames} frames, {cfg.data.height}x{cfg.data.width})"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

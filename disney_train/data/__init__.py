@@ -1,0 +1,1 @@
+"""The data path: dataset folders, packing into shards, and the training input."""

@@ -1,0 +1,263 @@
+"""`disney-train data pack`: a dataset folder -> checked clips -> WebDataset tar shards + manifest.
+
+Properties (each covered by a test):
+- every clip is decoded before it is packed; a bad one is rejected with its reason, the rest goes on;
+- shards are byte-for-byte deterministic (same input, same keys, same sha256), so a re-run skips
+  every shard already stored with the same sha256: an interrupted pack resumes where it stopped;
+- each shard appears whole or not at all (temp file + rename locally; S3 PUT / multipart upload);
+- the manifest is written last: a dataset without one is unfinished and readers refuse it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.progress import Progress
+
+from disney_train import __version__
+from disney_train.config import S3Options
+from disney_train.data.layout import SourceEntry, read_source
+from disney_train.data.manifest import (
+    MANIFEST_KEY,
+    Manifest,
+    MemberRef,
+    Reject,
+    SampleRecord,
+    ShardRecord,
+    Totals,
+)
+from disney_train.data.probe import ProbeResult, probe_clip
+from disney_train.storage import Store, open_store, sha256_file
+
+SHARD_DIR = "shards"
+DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
+
+
+class PackError(RuntimeError):
+    """Packing stopped; the message says why and what, if anything, was written."""
+
+
+@dataclass
+class PackOptions:
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    min_frames: int = 49
+    workers: int = 2
+    strict: bool = False
+
+
+@dataclass
+class PackReport:
+    manifest: Manifest
+    dest: str
+    uploaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    entry: SourceEntry
+    probe: ProbeResult
+
+
+def shard_key(index: int) -> str:
+    return f"{SHARD_DIR}/shard-{index:06d}.tar"
+
+
+def sample_key(line: int) -> str:
+    return f"{line:06d}"
+
+
+def _probe_all(entries: list[SourceEntry], options: PackOptions, progress: Progress | None) -> list[ProbeResult]:
+    task = progress.add_task("checking clips", total=len(entries)) if progress else None
+    results: list[ProbeResult] = []
+    if options.workers <= 1:
+        for e in entries:
+            results.append(probe_clip(e.video_path, options.min_frames, e.image_path))
+            if progress and task is not None:
+                progress.advance(task)
+        return results
+    with ProcessPoolExecutor(max_workers=options.workers) as pool:
+        futures = [pool.submit(probe_clip, e.video_path, options.min_frames, e.image_path) for e in entries]
+        for f in futures:
+            results.append(f.result())
+            if progress and task is not None:
+                progress.advance(task)
+    return results
+
+
+def _plan_shards(clips: list[_Checked], shard_bytes: int) -> list[list[_Checked]]:
+    shards: list[list[_Checked]] = [[]]
+    size = 0
+    for c in clips:
+        if shards[-1] and size + c.probe.size > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(c)
+        size += c.probe.size + 3 * 1024
+    return shards
+
+
+def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info, io.BytesIO(data)
+
+
+def _metadata(c: _Checked, key: str) -> dict[str, object]:
+    clip = c.probe.clip
+    assert clip is not None
+    return {
+        "key": key,
+        "line": c.entry.line,
+        "source": c.entry.video,
+        "sha256": c.probe.sha256,
+        "prompt": c.entry.prompt,
+        **clip.model_dump(),
+        **({"image_source": c.entry.image} if c.entry.image else {}),
+    }
+
+
+def _write_shard(path: Path, clips: list[_Checked]) -> None:
+    """A WebDataset shard: per sample KEY.mp4, KEY.txt (prompt), KEY.json, [KEY.png|jpg]."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for c in clips:
+            key = sample_key(c.entry.line)
+            suffix = c.entry.video_path.suffix.lower() or ".mp4"
+            members = [
+                (f"{key}{suffix}", c.entry.video_path.read_bytes()),
+                (f"{key}.txt", c.entry.prompt.encode()),
+                (f"{key}.json", json.dumps(_metadata(c, key), sort_keys=True).encode()),
+            ]
+            if c.entry.image_path is not None:
+                members.append((f"{key}{c.entry.image_path.suffix.lower()}", c.entry.image_path.read_bytes()))
+            for name, data in members:
+                tar.addfile(*_member(name, data))
+
+
+def _member_refs(path: Path) -> dict[str, MemberRef]:
+    with tarfile.open(path) as tar:
+        return {m.name: MemberRef(name=m.name, offset=m.offset_data, size=m.size) for m in tar.getmembers()}
+
+
+def format_rejects(rejects: list[Reject]) -> str:
+    return "\n".join(f"  {r.where}: {r.reason}" for r in rejects)
+
+
+def pack(
+    src: Path,
+    dest: str,
+    options: PackOptions | None = None,
+    s3: S3Options | None = None,
+    progress: Progress | None = None,
+    store: Store | None = None,
+) -> PackReport:
+    options = options or PackOptions()
+    listing = read_source(src)
+    store = store or open_store(dest, s3)
+    store.check_access(write=True)  # refused keys or a missing bucket fail here, before any work
+
+    probes = _probe_all(listing.entries, options, progress)
+    rejects = list(listing.rejects)
+    good: list[_Checked] = []
+    for entry, probe in zip(listing.entries, probes, strict=True):
+        if probe.reason:
+            rejects.append(Reject(where=entry.video, reason=probe.reason))
+        elif probe.image_reason:
+            rejects.append(Reject(where=entry.image or "?", reason=probe.image_reason))
+        else:
+            good.append(_Checked(entry, probe))
+    rejects.sort(key=lambda r: r.where)
+
+    if options.strict and rejects:
+        raise PackError(
+            f"{len(rejects)} input(s) rejected and --strict is set; nothing was written:\n{format_rejects(rejects)}"
+        )
+    if not good:
+        detail = f":\n{format_rejects(rejects)}" if rejects else ""
+        raise PackError(f"{src}: no usable clips; nothing was written{detail}")
+
+    uploaded: list[str] = []
+    skipped: list[str] = []
+    shard_records: list[ShardRecord] = []
+    samples: list[SampleRecord] = []
+    plan = _plan_shards(good, options.shard_bytes)
+    task = progress.add_task("writing shards", total=len(plan)) if progress else None
+    with tempfile.TemporaryDirectory(prefix="disney-pack-") as tmp:
+        for index, clips in enumerate(plan):
+            key = shard_key(index)
+            local = Path(tmp) / f"shard-{index:06d}.tar"
+            _write_shard(local, clips)
+            digest = sha256_file(local)
+            size = local.stat().st_size
+            if store.stored_sha256(key) == digest:
+                skipped.append(key)
+            else:
+                store.write_file(key, local, digest)
+                uploaded.append(key)
+            refs = _member_refs(local)
+            local.unlink()
+            for c in clips:
+                k = sample_key(c.entry.line)
+                vid = refs[f"{k}{c.entry.video_path.suffix.lower() or '.mp4'}"]
+                img = refs[f"{k}{c.entry.image_path.suffix.lower()}"] if c.entry.image_path else None
+                assert c.probe.clip is not None
+                samples.append(
+                    SampleRecord(
+                        key=k,
+                        line=c.entry.line,
+                        source=c.entry.video,
+                        prompt=c.entry.prompt,
+                        sha256=c.probe.sha256,
+                        bytes=c.probe.size,
+                        clip=c.probe.clip,
+                        shard=index,
+                        video=vid,
+                        image=img,
+                        image_source=c.entry.image,
+                    )
+                )
+            shard_records.append(ShardRecord(index=index, key=key, sha256=digest, bytes=size, samples=len(clips)))
+            if progress and task is not None:
+                progress.advance(task)
+
+    manifest = Manifest(
+        tool_version=__version__,
+        source=str(listing.root),
+        prompt_file=listing.prompt_file,
+        shard_target_bytes=options.shard_bytes,
+        min_frames=options.min_frames,
+        has_images=listing.has_images,
+        shards=shard_records,
+        samples=samples,
+        rejects=rejects,
+        totals=Totals(
+            clips=len(samples),
+            frames=sum(s.clip.frames for s in samples),
+            seconds=round(sum(s.clip.duration for s in samples), 3),
+            bytes=sum(s.bytes for s in shard_records),
+            shards=len(shard_records),
+            rejects=len(rejects),
+        ),
+    )
+    store.write_bytes(MANIFEST_KEY, manifest.to_json())  # last: it commits the dataset
+    return PackReport(manifest=manifest, dest=store.uri, uploaded=uploaded, skipped=skipped)
+
+
+def load_manifest(uri: str, s3: S3Options | None = None, store: Store | None = None) -> Manifest:
+    store = store or open_store(uri, s3)
+    if not store.exists(MANIFEST_KEY):
+        raise PackError(
+            f"{store.url(MANIFEST_KEY)}: no manifest; this is not a packed dataset, or its pack did not "
+            "finish (re-run `disney-train data pack`, which resumes)"
+        )
+    return Manifest.from_json(store.read_bytes(MANIFEST_KEY), store.url(MANIFEST_KEY))

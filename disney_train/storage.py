@@ -1,0 +1,412 @@
+"""Object storage behind one small interface: a local folder or an S3 prefix.
+
+Writes are atomic (a local temp file renamed into place; an S3 PUT or a completed multipart
+upload, which S3 never shows half-done). Transient S3 errors (5xx, throttling, dropped or
+truncated bodies) are retried with exponential backoff; permanent ones (403, 404) raise a
+`StorageError` naming the object and what to check. Credentials come from the environment
+(boto3's default chain) and are never printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tenacity import (
+    RetryCallState,
+    retry,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from disney_train.config import S3Options
+
+log = logging.getLogger(__name__)
+
+SHA256_META = "sha256"
+
+
+class StorageError(RuntimeError):
+    """An object could not be read or written; the message names it and the cause."""
+
+
+class Store(Protocol):
+    """A folder of objects addressed by relative keys (`shards/shard-000000.tar`)."""
+
+    uri: str
+
+    def url(self, key: str) -> str: ...
+    def exists(self, key: str) -> bool: ...
+    def stored_sha256(self, key: str) -> str | None: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def read_range(self, key: str, offset: int, size: int) -> bytes: ...
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+    def write_file(self, key: str, path: Path, sha256: str) -> None: ...
+    def list_keys(self, prefix: str = "") -> list[str]: ...
+    def check_access(self, write: bool) -> None: ...
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    rest = uri.removeprefix("s3://")
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: an S3 URI is s3://bucket/prefix")
+    return bucket, prefix.strip("/")
+
+
+def open_store(uri: str, s3: S3Options | None = None) -> Store:
+    if is_s3(uri):
+        bucket, prefix = split_s3(uri)
+        return S3Store(bucket, prefix, s3 or S3Options())
+    return LocalStore(Path(uri))
+
+
+# --------------------------------------------------------------------------- local folder
+
+
+@dataclass
+class LocalStore:
+    root: Path
+
+    @property
+    def uri(self) -> str:
+        return str(self.root)
+
+    def url(self, key: str) -> str:
+        return str(self.root / key)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def stored_sha256(self, key: str) -> str | None:
+        p = self._path(key)
+        return sha256_file(p) if p.is_file() else None
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except OSError as err:
+            raise StorageError(f"cannot read {self.url(key)}: {err.strerror or err}") from err
+
+    def read_range(self, key: str, offset: int, size: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as f:
+                f.seek(offset)
+                data = f.read(size)
+        except OSError as err:
+            raise StorageError(f"cannot read {self.url(key)}: {err.strerror or err}") from err
+        if len(data) != size:
+            raise StorageError(f"{self.url(key)}: wanted {size} bytes at {offset}, the file has {len(data)}")
+        return data
+
+    def _atomic_write(self, key: str, write: Any) -> None:
+        dest = self._path(key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        except OSError as err:
+            raise StorageError(f"cannot write {dest}: {err.strerror or err}") from err
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException as err:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise StorageError(f"cannot write {dest}: {err.strerror or err}") from err
+            raise
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._atomic_write(key, lambda f: f.write(data))
+
+    def write_file(self, key: str, path: Path, sha256: str) -> None:
+        def copy(f: Any) -> None:
+            with path.open("rb") as src:
+                while block := src.read(1 << 20):
+                    f.write(block)
+
+        self._atomic_write(key, copy)
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            str(p.relative_to(self.root))
+            for p in self.root.rglob("*")
+            if p.is_file() and str(p.relative_to(self.root)).startswith(prefix)
+        )
+
+    def check_access(self, write: bool) -> None:
+        if write:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StorageError(f"cannot create {self.root}: {err.strerror or err}") from err
+            if not os.access(self.root, os.W_OK):
+                raise StorageError(f"{self.root}: not writable")
+        elif not self.root.is_dir():
+            raise StorageError(f"{self.root}: no such folder")
+
+
+# --------------------------------------------------------------------------- S3
+
+_TRANSIENT_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "503",
+    "500",
+    "502",
+    "504",
+}
+_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
+
+
+def _is_transient(err: BaseException) -> bool:
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+        IncompleteReadError,
+        ResponseStreamingError,
+    )
+
+    if isinstance(err, _ShortRead | IncompleteReadError | ResponseStreamingError | ConnectionError):
+        return True
+    if isinstance(err, HTTPClientError):  # ReadTimeout, ConnectionClosed and friends
+        return True
+    if isinstance(err, ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return code in _TRANSIENT_CODES or status >= 500 or status == 429
+    return isinstance(err, OSError)
+
+
+class _ShortRead(Exception):
+    pass
+
+
+def _log_retry(state: RetryCallState) -> None:
+    err = state.outcome.exception() if state.outcome else None
+    log.warning("S3 attempt %d failed (%s); retrying", state.attempt_number, type(err).__name__)
+
+
+def _describe(err: BaseException) -> str:
+    from botocore.exceptions import ClientError
+
+    if isinstance(err, ClientError):
+        e = err.response.get("Error", {})
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return f"{e.get('Code', '?')} (HTTP {status}): {e.get('Message', '')}".rstrip(": ")
+    return f"{type(err).__name__}: {err}"
+
+
+@dataclass
+class S3Store:
+    bucket: str
+    prefix: str
+    options: S3Options
+    multipart_threshold: int = 64 * 1024 * 1024
+    multipart_chunksize: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        self._client: Any = None
+        self._client_pid = -1
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def url(self, key: str) -> str:
+        return f"{self.uri}/{key}"
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @property
+    def client(self) -> Any:
+        # One client per process: boto3 clients must not cross a fork (decode workers fork).
+        if self._client is None or self._client_pid != os.getpid():
+            import boto3
+            from botocore.config import Config
+
+            cfg = Config(
+                retries={"max_attempts": self.options.max_attempts, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=60,
+                region_name=self.options.region,
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            endpoint = self.options.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+            self._client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=cfg)
+            self._client_pid = os.getpid()
+        return self._client
+
+    def _retrying(self) -> Any:
+        return retry(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(self.options.max_attempts),
+            wait=wait_exponential_jitter(initial=0.05, max=4.0),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+
+    def _fail(self, op: str, key: str, err: BaseException) -> StorageError:
+        from botocore.exceptions import ClientError, NoCredentialsError
+
+        where = self.url(key) if key else self.uri
+        if isinstance(err, NoCredentialsError):
+            return StorageError(
+                f"{op} {where}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(in Kubernetes: the Secret named in the spec)"
+            )
+        if isinstance(err, ClientError):
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            if code in _DENIED_CODES:
+                return StorageError(
+                    f"{op} {where}: S3 refused the request, {_describe(err)}. Check that "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are right and allow this "
+                    f"{'write' if op in ('write', 'upload') else 'read'}."
+                )
+            if code in ("NoSuchBucket",):
+                return StorageError(f"{op} {where}: bucket {self.bucket!r} does not exist")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return StorageError(f"{op} {where}: no such object")
+        transient = " after retries" if _is_transient(err) else ""
+        return StorageError(f"{op} {where} failed{transient}: {_describe(err)}")
+
+    def _call(self, op: str, key: str, fn: Any) -> Any:
+        try:
+            return self._retrying()(fn)()
+        except StorageError:
+            raise
+        except Exception as err:
+            raise self._fail(op, key, err) from err
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        def head() -> dict[str, Any] | None:
+            try:
+                result: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+                return result
+            except ClientError as err:
+                if str(err.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+
+        result: dict[str, Any] | None = self._call("read", key, head)
+        return result
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    def stored_sha256(self, key: str) -> str | None:
+        head = self._head(key)
+        if head is None:
+            return None
+        value = head.get("Metadata", {}).get(SHA256_META)
+        return str(value) if value else None
+
+    def read_bytes(self, key: str) -> bytes:
+        def get() -> bytes:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            data: bytes = resp["Body"].read()
+            if len(data) != int(resp.get("ContentLength", len(data))):
+                raise _ShortRead(f"got {len(data)} of {resp['ContentLength']} bytes")
+            return data
+
+        result: bytes = self._call("read", key, get)
+        return result
+
+    def read_range(self, key: str, offset: int, size: int) -> bytes:
+        def get() -> bytes:
+            resp = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(key), Range=f"bytes={offset}-{offset + size - 1}"
+            )
+            data: bytes = resp["Body"].read()
+            if len(data) != size:
+                raise _ShortRead(f"got {len(data)} of {size} bytes")
+            return data
+
+        result: bytes = self._call("read", key, get)
+        return result
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        digest = hashlib.sha256(data).hexdigest()
+        self._call(
+            "write",
+            key,
+            lambda: self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, Metadata={SHA256_META: digest}
+            ),
+        )
+
+    def write_file(self, key: str, path: Path, sha256: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        tc = TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=self.multipart_chunksize,
+            max_concurrency=4,
+            use_threads=True,
+        )
+        # upload_file aborts a failed multipart upload, so nothing half-written is ever visible.
+        self._call(
+            "upload",
+            key,
+            lambda: self.client.upload_file(
+                str(path), self.bucket, self._key(key), ExtraArgs={"Metadata": {SHA256_META: sha256}}, Config=tc
+            ),
+        )
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        def listing() -> list[str]:
+            keys: list[str] = []
+            base = self._key("") if self.prefix else ""
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base + prefix):
+                keys.extend(obj["Key"][len(base) :] for obj in page.get("Contents", []))
+            return sorted(keys)
+
+        result: list[str] = self._call("list", prefix, listing)
+        return result
+
+    def check_access(self, write: bool) -> None:
+        """Fail fast, before any work, when the bucket is missing or the keys are refused."""
+        self._call("access", "", lambda: self.client.head_bucket(Bucket=self.bucket))
+
+
+def iter_chunks(data: bytes, size: int) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
