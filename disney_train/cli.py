@@ -12,7 +12,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from disney_train import __version__
 from disney_train.config import ConfigError, RunConfig, S3Options, dump_config, embedded_default, load_config
@@ -29,7 +36,18 @@ err_console = Console(stderr=True)
 T = TypeVar("T")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4, "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "m": 1000**2,
+    "g": 1000**3,
+    "t": 1000**4,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+}
 
 
 def parse_size(text: str) -> int:
@@ -171,7 +189,9 @@ def data_read(
 def _read_epochs(cfg: RunConfig, epochs: int, rank: int, world_size: int) -> dict[str, Any]:
     from disney_train.data.reader import TrainingClips
 
-    clips = TrainingClips(cfg.data, seed=cfg.seed, rank=rank, world_size=world_size, variant=cfg.model.variant, s3=cfg.s3)
+    clips = TrainingClips(
+        cfg.data, seed=cfg.seed, rank=rank, world_size=world_size, variant=cfg.model.variant, s3=cfg.s3
+    )
     seen = 0
     shape: tuple[int, ...] = ()
     lo, hi = 1.0, -1.0
@@ -209,7 +229,9 @@ def config_show(
 
 @app.command("run")
 def run(
-    workdir: Annotated[Path, typer.Option(help="Where the embedded default writes its data and outputs.")] = Path(".run"),
+    workdir: Annotated[Path, typer.Option(help="Where the embedded default writes its data and outputs.")] = Path(
+        ".run"
+    ),
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Run configuration; default: embedded.")] = None,
 ) -> None:
     """The main job on the embedded default: sample -> pack -> read one epoch -> summary."""
@@ -229,7 +251,13 @@ def run(
     console.rule("[bold]2. pack")
     with progress_bar() as progress:
         report = _guard(
-            lambda: pack(src, cfg.data.uri, PackOptions(min_frames=cfg.data.num_frames, shard_bytes=512 * 1024), cfg.s3, progress)
+            lambda: pack(
+                src,
+                cfg.data.uri,
+                PackOptions(min_frames=cfg.data.num_frames, shard_bytes=512 * 1024),
+                cfg.s3,
+                progress,
+            )
         )
     console.print(f"{report.dest}: {len(report.uploaded)} shard(s) written, {len(report.skipped)} already there")
     print_summary(report.manifest, report.dest, console)

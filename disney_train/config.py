@@ -26,7 +26,8 @@ class S3Options(_Section):
     """Where S3 is; not who you are (keys come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)."""
 
     endpoint_url: str | None = Field(
-        default=None, description="S3 endpoint, e.g. http://seaweedfs:8333; empty means AWS_ENDPOINT_URL or AWS."
+        default=None,
+        description="S3 endpoint, e.g. http://seaweedfs:8333; empty means AWS_ENDPOINT_URL or AWS.",
     )
     region: str = Field(default="us-east-1", description="S3 region name used for signing.")
     max_attempts: int = Field(default=8, ge=1, le=50, description="Attempts per S3 request on transient errors.")
@@ -118,7 +119,14 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-_SECRET_KEYS = {"aws_access_key_id", "aws_secret_access_key", "access_key", "secret_key", "secretkey", "accesskey"}
+_SECRET_KEYS = {
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "access_key",
+    "secret_key",
+    "secretkey",
+    "accesskey",
+}
 
 
 def _find_secret_keys(data: Any, path: str = "") -> list[str]:

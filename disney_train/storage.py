@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,7 +39,8 @@ class StorageError(RuntimeError):
 class Store(Protocol):
     """A folder of objects addressed by relative keys (`shards/shard-000000.tar`)."""
 
-    uri: str
+    @property
+    def uri(self) -> str: ...
 
     def url(self, key: str) -> str: ...
     def exists(self, key: str) -> bool: ...
@@ -190,7 +190,22 @@ _TRANSIENT_CODES = {
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
 
 
+def _root_cause(err: BaseException) -> BaseException:
+    """boto3's upload_file wraps the ClientError in S3UploadFailedError: judge by what is inside."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    seen = err
+    while not isinstance(seen, ClientError | BotoCoreError):
+        nxt = seen.__cause__ or seen.__context__
+        if nxt is None:
+            return err
+        seen = nxt
+    found: BaseException = seen
+    return found
+
+
 def _is_transient(err: BaseException) -> bool:
+    err = _root_cause(err)
     from botocore.exceptions import (
         ClientError,
         ConnectionError,
@@ -222,6 +237,7 @@ def _log_retry(state: RetryCallState) -> None:
 def _describe(err: BaseException) -> str:
     from botocore.exceptions import ClientError
 
+    err = _root_cause(err)
     if isinstance(err, ClientError):
         e = err.response.get("Error", {})
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -259,7 +275,8 @@ class S3Store:
             from botocore.config import Config
 
             cfg = Config(
-                retries={"max_attempts": self.options.max_attempts, "mode": "standard"},
+                # Retries are ours (tenacity, below): one policy for requests and body reads alike.
+                retries={"total_max_attempts": 1, "mode": "standard"},
                 connect_timeout=10,
                 read_timeout=60,
                 region_name=self.options.region,
@@ -276,7 +293,7 @@ class S3Store:
         return retry(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_attempt(self.options.max_attempts),
-            wait=wait_exponential_jitter(initial=0.05, max=4.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.2),
             before_sleep=_log_retry,
             reraise=True,
         )
@@ -285,6 +302,7 @@ class S3Store:
         from botocore.exceptions import ClientError, NoCredentialsError
 
         where = self.url(key) if key else self.uri
+        err = _root_cause(err)
         if isinstance(err, NoCredentialsError):
             return StorageError(
                 f"{op} {where}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
@@ -298,7 +316,7 @@ class S3Store:
                     "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are right and allow this "
                     f"{'write' if op in ('write', 'upload') else 'read'}."
                 )
-            if code in ("NoSuchBucket",):
+            if code == "NoSuchBucket" or (not key and code in ("404", "NotFound")):
                 return StorageError(f"{op} {where}: bucket {self.bucket!r} does not exist")
             if code in ("NoSuchKey", "404", "NotFound"):
                 return StorageError(f"{op} {where}: no such object")
@@ -386,7 +404,11 @@ class S3Store:
             "upload",
             key,
             lambda: self.client.upload_file(
-                str(path), self.bucket, self._key(key), ExtraArgs={"Metadata": {SHA256_META: sha256}}, Config=tc
+                str(path),
+                self.bucket,
+                self._key(key),
+                ExtraArgs={"Metadata": {SHA256_META: sha256}},
+                Config=tc,
             ),
         )
 
@@ -405,8 +427,3 @@ class S3Store:
     def check_access(self, write: bool) -> None:
         """Fail fast, before any work, when the bucket is missing or the keys are refused."""
         self._call("access", "", lambda: self.client.head_bucket(Bucket=self.bucket))
-
-
-def iter_chunks(data: bytes, size: int) -> Iterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i : i + size]

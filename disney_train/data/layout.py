@@ -101,7 +101,9 @@ def read_source(src: Path) -> SourceListing:
     seen: dict[Path, int] = {}
 
     for extra in range(len(videos), len(prompts)):
-        rejects.append(Reject(where=f"{pname}:{extra + 1}", reason=f"prompt has no video ({vname} has {len(videos)} lines)"))
+        rejects.append(
+            Reject(where=f"{pname}:{extra + 1}", reason=f"prompt has no video ({vname} has {len(videos)} lines)")
+        )
     for extra in range(len(prompts), len(videos)):
         rejects.append(
             Reject(
@@ -138,7 +140,10 @@ def read_source(src: Path) -> SourceListing:
             continue
         if vpath in seen:
             rejects.append(
-                Reject(where=f"{vname}:{line}", reason=f"video {video} is listed again (first on line {seen[vpath]})")
+                Reject(
+                    where=f"{vname}:{line}",
+                    reason=f"video {video} is listed again (first on line {seen[vpath]})",
+                )
             )
             continue
         image = ipath = None

@@ -74,8 +74,8 @@ class Totals(_Record):
 
 
 class Manifest(_Record):
-    format: Literal["disney-train-shards"] = FORMAT
-    format_version: Literal[1] = FORMAT_VERSION
+    format: Literal["disney-train-shards"] = "disney-train-shards"
+    format_version: Literal[1] = 1
     tool_version: str
     source: str
     prompt_file: str

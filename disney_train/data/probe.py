@@ -40,12 +40,12 @@ def _av_reason(data: bytes) -> str | None:
     import av
 
     try:
-        with av.open(io.BytesIO(data)) as c:
+        with av.open(io.BytesIO(data), "r") as c:
             if not c.streams.video:
                 return "no video stream"
             for _ in c.decode(video=0):
                 pass
-    except Exception as err:  # noqa: BLE001 - any decoder error is the reason we report
+    except Exception as err:
         return _clean_av_message(str(err)) or type(err).__name__
     return None
 
@@ -116,7 +116,7 @@ def probe_clip(path: Path, min_frames: int, image: Path | None = None) -> ProbeR
     try:
         with _stderr_silenced():
             clip = measure_video(data)
-    except Exception as err:  # noqa: BLE001 - decord raises plain RuntimeError/DECORDError
+    except Exception as err:
         detail = _av_reason(data) or str(err).splitlines()[0]
         return ProbeResult(digest, len(data), None, f"does not decode: {detail}")
     reason = None

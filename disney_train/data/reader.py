@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from disney_train.config import DataConfig, S3Options
 from disney_train.data.frames import clip_rng, cover_and_crop, frame_indices
 from disney_train.data.manifest import Manifest, SampleRecord
-from disney_train.data.pack import load_manifest
-from disney_train.storage import Store, StorageError, open_store
+from disney_train.data.pack import PackError, load_manifest
+from disney_train.storage import StorageError, Store, open_store
 
 
 class DataError(RuntimeError):
@@ -60,7 +60,9 @@ def rank_slice(order: np.ndarray, consumed: int, rank: int, world_size: int) -> 
     return [int(i) for i in order[consumed + rank :: world_size]]
 
 
-def decode_video(data: bytes, rec: SampleRecord, cfg: DataConfig, rng: np.random.Generator, threads: int) -> tuple[torch.Tensor, list[int], float]:
+def decode_video(
+    data: bytes, rec: SampleRecord, cfg: DataConfig, rng: np.random.Generator, threads: int
+) -> tuple[torch.Tensor, list[int], float]:
     """mp4 bytes -> float tensor [F, 3, H, W] in [-1, 1] (see `disney_train.data.frames`)."""
     import decord
 
@@ -130,7 +132,9 @@ class ClipDataset(Dataset[Sample]):
     def __getitem__(self, i: int) -> Sample:
         rec = self.manifest.samples[i]
         data = self._read(rec, rec.video.offset, rec.video.size, rec.sha256)
-        video, idx, fps = decode_video(data, rec, self.cfg, clip_rng(self.seed, self.epoch, rec.line), self.decode_threads)
+        video, idx, fps = decode_video(
+            data, rec, self.cfg, clip_rng(self.seed, self.epoch, rec.line), self.decode_threads
+        )
         prompt = f"{self.cfg.id_token} {rec.prompt}" if self.cfg.id_token else rec.prompt
         sample: Sample = {"key": rec.key, "prompt": prompt, "video": video, "fps": fps, "frame_indices": idx}
         if self.with_image:
@@ -175,7 +179,7 @@ class TrainingClips:
         self.store = store or open_store(cfg.uri, s3)
         try:
             self.manifest = load_manifest(cfg.uri, store=self.store)
-        except StorageError as err:
+        except (StorageError, PackError, ValueError) as err:
             raise DataError(str(err)) from None
         short = [s for s in self.manifest.samples if s.clip.frames < cfg.num_frames]
         if short:
@@ -194,7 +198,12 @@ class TrainingClips:
         return len(self.manifest.samples)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self._state.epoch, "consumed": self._state.consumed, "num_samples": self.num_samples, "seed": self.seed}
+        return {
+            "epoch": self._state.epoch,
+            "consumed": self._state.consumed,
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state.get("num_samples") != self.num_samples or state.get("seed") != self.seed:
@@ -210,7 +219,12 @@ class TrainingClips:
     def indices(self) -> list[int]:
         """Manifest indices this rank still reads in the current epoch, in order."""
         st = self._state
-        return rank_slice(epoch_order(self.num_samples, self.seed, st.epoch, self.cfg.shuffle), st.consumed, self.rank, self.world_size)
+        return rank_slice(
+            epoch_order(self.num_samples, self.seed, st.epoch, self.cfg.shuffle),
+            st.consumed,
+            self.rank,
+            self.world_size,
+        )
 
     def __len__(self) -> int:
         n = len(self.indices())

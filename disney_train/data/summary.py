@@ -53,11 +53,17 @@ def print_summary(m: Manifest, where: str, console: Console) -> None:
     f, d = info["frames"], info["seconds"]
     t.add_row("clips", f"{info['clips']} in {info['shards']} shard(s), {info['bytes'] / 1e6:.1f} MB")
     t.add_row("frames", f"{f['total']} (per clip min {f['min']:g}, median {f['median']:g}, max {f['max']:g})")
-    t.add_row("duration", f"{d['total']:.1f} s (per clip min {d['min']:.2f}, median {d['median']:.2f}, max {d['max']:.2f})")
+    t.add_row(
+        "duration",
+        f"{d['total']:.1f} s (per clip min {d['min']:.2f}, median {d['median']:.2f}, max {d['max']:.2f})",
+    )
     t.add_row("resolution", ", ".join(f"{k} ×{v}" for k, v in info["resolutions"].items()))
     t.add_row("fps", ", ".join(f"{k} ×{v}" for k, v in info["fps"].items()))
     t.add_row("first frames", f"{info['with_images']} clip(s) with a packed image")
-    t.add_row("packed with", f"disney-train {info['tool_version']}, --min-frames {info['min_frames']}, from {info['source']}")
+    t.add_row(
+        "packed with",
+        f"disney-train {info['tool_version']}, --min-frames {info['min_frames']}, from {info['source']}",
+    )
     console.print(t)
     if m.rejects:
         console.print(rejects_table(m.rejects, "Rejected at pack time"))

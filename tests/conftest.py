@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from disney_train.config import S3Options
+from tests.support.faultproxy import FaultProxy
+from tests.support.seaweed import BUCKET, RW, SeaweedS3, start_seaweed
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_aws_env() -> Iterator[None]:
+    """No test may use a developer's AWS profile or ask a cloud metadata service for keys."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    for k in saved:
+        del os.environ[k]
+    os.environ.update(
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE="/nonexistent/aws-config",
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent/aws-credentials",
+    )
+    yield
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        del os.environ[k]
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    server = start_seaweed(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> S3Options:
+    """Read-write keys in the environment (as a Kubernetes Secret would put them); the endpoint."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", RW[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", RW[1])
+    return S3Options(endpoint_url=s3_server.endpoint, max_attempts=4)
+
+
+@pytest.fixture
+def proxy(s3_server: SeaweedS3) -> Iterator[FaultProxy]:
+    p = FaultProxy(s3_server.endpoint)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A fresh key prefix per test: `name-abcd1234`."""
+    return f"{request.node.name[:40].replace('[', '-').replace(']', '')}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def s3_uri(prefix: str) -> str:
+    return f"s3://{BUCKET}/{prefix}"
+
+
+@pytest.fixture(scope="session")
+def sample_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from disney_train.data.sample import write_sample
+
+    out = tmp_path_factory.mktemp("sample")
+    write_sample(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_src_x3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from disney_train.data.sample import write_sample
+
+    out = tmp_path_factory.mktemp("sample-x3")
+    write_sample(out, copies=3)
+    return out

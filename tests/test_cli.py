@@ -1,0 +1,64 @@
+"""The commands a user types, run as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent / "disney-train"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "160"}
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_run_on_the_embedded_default(tmp_path: Path) -> None:
+    res = run("run", "--workdir", str(tmp_path / "w"))
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "read 4 clip(s) over 1 epoch(s)" in out
+    assert "[17, 3, 64, 96]" in out
+    assert (tmp_path / "w" / "packed" / "manifest.json").is_file()
+    assert (tmp_path / "w" / "sample" / "ATTRIBUTION.txt").read_text().startswith("Clips cut from Big Buck Bunny")
+    again = run("run", "--workdir", str(tmp_path / "w"))  # a second run reuses every shard
+    assert again.returncode == 0, again.stderr
+    assert "0 shard(s) written" in again.stdout
+
+
+def test_config_show_and_bad_config(tmp_path: Path) -> None:
+    res = run("config", "show")
+    assert res.returncode == 0 and "learning_rate: 0.0001" in res.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {uri: m}\ndata: {uri: d, num_frames: 48}\noutput: {uri: o}\n")
+    res = run("config", "show", str(bad))
+    assert res.returncode == 1
+    assert "data.num_frames" in res.stderr and "8N+1" in res.stderr and str(bad) in res.stderr
+
+
+def test_pack_errors_are_one_clear_line(tmp_path: Path) -> None:
+    res = run("data", "pack", str(tmp_path / "nowhere"), str(tmp_path / "out"))
+    assert res.returncode == 1
+    assert "error:" in res.stderr and "no such folder" in res.stderr and "Traceback" not in res.stderr
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "videos.txt").write_text("a.mp4\n")
+    res = run("data", "pack", str(tmp_path / "src"), str(tmp_path / "out"))
+    assert res.returncode == 1 and "no prompt.txt or prompts.txt" in res.stderr
+    res = run("data", "inspect", str(tmp_path / "out"))
+    assert res.returncode == 1 and "no manifest" in res.stderr
+
+
+def test_data_read_command(tmp_path: Path) -> None:
+    sample, packed = tmp_path / "s", tmp_path / "p"
+    assert run("data", "sample", str(sample)).returncode == 0
+    res = run("data", "pack", str(sample), str(packed), "--min-frames", "9", "--shard-size", "300KB")
+    assert res.returncode == 0, res.stderr
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"model: {{uri: m}}\ndata: {{uri: {packed}, num_frames: 9, height: 32, width: 32}}\noutput: {{uri: o}}\n"
+    )
+    res = run("data", "read", "--config", str(cfg), "--world-size", "2", "--rank", "1")
+    assert res.returncode == 0, res.stderr
+    assert "read 2 clip(s) over 1 epoch(s) on rank 1/2" in res.stdout

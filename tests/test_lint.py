@@ -1,0 +1,21 @@
+"""The code stays ruff- and mypy-clean: CI runs `make test` only, so the suite checks it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_ruff() -> None:
+    for args in (["check", "."], ["format", "--check", "."]):
+        res = subprocess.run([str(BIN / "ruff"), *args], cwd=ROOT, capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_mypy() -> None:
+    res = subprocess.run([str(BIN / "mypy")], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
