@@ -31,7 +31,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 bench: setup
-	$(PY) bench/data_throughput.py
+	bash tools/netns-run $(PY) bench/data_throughput.py
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

@@ -54,14 +54,14 @@ class DataConfig(_Section):
     @classmethod
     def _eight_n_plus_one(cls, v: int) -> int:
         if (v - 1) % 8 != 0:
-            raise ValueError(f"must be 8N+1 (CogVideoX's VAE compresses time by 4 and its latents by 2): got {v}")
+            raise ValueError("must be 8N+1 (CogVideoX's VAE compresses time by 4 and its latents by 2)")
         return v
 
     @field_validator("height", "width")
     @classmethod
     def _multiple_of_16(cls, v: int) -> int:
         if v % 16 != 0:
-            raise ValueError(f"must be a multiple of 16 (VAE factor 8 times patch size 2): got {v}")
+            raise ValueError("must be a multiple of 16 (VAE factor 8 times patch size 2)")
         return v
 
 

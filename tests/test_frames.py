@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from disney_train.data.frames import ClipTooShortError, clip_rng, cover_and_crop, frame_indices
+from disney_train.data.frames import ClipTooShortError, centre_crop_box, clip_rng, frame_indices
 
 
 def test_target_fps_keeps_real_speed() -> None:
@@ -35,11 +35,11 @@ def test_start_is_deterministic_per_seed_epoch_clip() -> None:
     assert starts(1, 0) != starts(2, 0)
 
 
-def test_cover_and_crop_keeps_aspect() -> None:
-    g = cover_and_crop(1280, 720, 720, 480)
-    assert (g.resize_w, g.resize_h) == (853, 480)
-    assert g.resize_w / g.resize_h == pytest.approx(1280 / 720, rel=0.01)
-    assert (g.left, g.top, g.width, g.height) == (66, 0, 720, 480)
-    g = cover_and_crop(720, 1280, 720, 480)  # portrait source into landscape: crop height
-    assert (g.resize_w, g.resize_h, g.left) == (720, 1280, 0)
-    assert g.top == (1280 - 480) // 2
+def test_centre_crop_box_keeps_aspect() -> None:
+    b = centre_crop_box(1280, 720, 720, 480)  # 16:9 into 3:2: cut the sides
+    assert (b.left, b.top, b.width, b.height) == (100, 0, 1080, 720)
+    assert b.width / b.height == pytest.approx(720 / 480)
+    b = centre_crop_box(720, 1280, 720, 480)  # portrait into landscape: cut top and bottom
+    assert (b.left, b.top, b.width, b.height) == (0, 400, 720, 480)
+    b = centre_crop_box(96, 64, 720, 480)  # same aspect: the whole frame, upscaled later
+    assert (b.left, b.top, b.width, b.height) == (0, 0, 96, 64)

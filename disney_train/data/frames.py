@@ -12,8 +12,10 @@ Frame sampling (CogVideoX wants 8N+1 frames, 49 by default, at a target fps, 8 b
 3. The start is drawn from the slack uniformly, by a generator seeded with (seed, epoch, clip
    line), so it changes per epoch and is the same on every resume.
 
-Size: scale so the frame covers height x width keeping its aspect ratio, then crop the centre.
-(The CogVideo loader resizes straight to 480x720 and distorts the picture; this does not.)
+Size: keep the aspect ratio: cut the largest centred box of the training aspect out of the frame,
+then scale it to height x width (area filter) — the same picture as "scale to cover, crop the
+centre", with fewer pixels scaled. (The CogVideo loader resizes straight to 480x720 and distorts
+the picture; this does not.)
 """
 
 from __future__ import annotations
@@ -45,22 +47,21 @@ def frame_indices(
 
 
 @dataclass(frozen=True)
-class Geometry:
-    """Decode at resize_w x resize_h, then take the crop box (left, top, width, height)."""
+class CropBox:
+    """The box (left, top, width, height) of the source frame that is scaled to the training size."""
 
-    resize_w: int
-    resize_h: int
     left: int
     top: int
     width: int
     height: int
 
 
-def cover_and_crop(src_w: int, src_h: int, width: int, height: int) -> Geometry:
-    scale = max(width / src_w, height / src_h)
-    rw = max(width, round(src_w * scale))
-    rh = max(height, round(src_h * scale))
-    return Geometry(rw, rh, (rw - width) // 2, (rh - height) // 2, width, height)
+def centre_crop_box(src_w: int, src_h: int, width: int, height: int) -> CropBox:
+    if src_w * height > width * src_h:  # source wider than the target: cut the sides
+        cw = min(src_w, max(1, round(src_h * width / height)))
+        return CropBox((src_w - cw) // 2, 0, cw, src_h)
+    ch = min(src_h, max(1, round(src_w * height / width)))  # taller: cut top and bottom
+    return CropBox(0, (src_h - ch) // 2, src_w, ch)
 
 
 def clip_rng(seed: int, epoch: int, line: int) -> np.random.Generator:
