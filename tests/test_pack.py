@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 from disney_train.cli import app
 from disney_train.config import S3Options
 from disney_train.data.pack import PackError, PackOptions, load_manifest, pack
+from disney_train.data.probe import ProbeResult, probe_clip
 from disney_train.storage import S3Store
 from tests.support.corpus import write_bad_corpus, write_more_videos_than_prompts
 from tests.support.faultproxy import FaultProxy
@@ -139,3 +142,26 @@ def test_cli_pack_prints_rejects_and_inspect_summarises(
 def test_missing_manifest_is_a_clear_error(s3: S3Options, s3_uri: str) -> None:
     with pytest.raises(PackError, match=r"manifest\.json: no manifest"):
         load_manifest(s3_uri, s3)
+
+
+def _probe_that_crashes(path: Path, min_frames: int, image: Path | None = None) -> ProbeResult:
+    """A decoder that dies on one file (as a native library can), in the worker process."""
+    if path.name == "crash.mp4":
+        os.abort()
+    return probe_clip(path, min_frames, image)
+
+
+def test_a_decoder_crash_rejects_that_clip_only(
+    sample_src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(sample_src, src)
+    shutil.copy(src / "videos" / "climb-out.mp4", src / "videos" / "crash.mp4")
+    with (src / "videos.txt").open("a") as f:
+        f.write("videos/crash.mp4\n")
+    with (src / "prompt.txt").open("a") as f:
+        f.write("This clip crashes the decoder.\n")
+    monkeypatch.setattr("disney_train.data.pack.probe_clip", _probe_that_crashes)
+    m = pack(src, str(tmp_path / "out"), PackOptions(min_frames=17, workers=2)).manifest
+    assert [(r.where, r.reason) for r in m.rejects] == [("videos/crash.mp4", "the video decoder crashed on this file")]
+    assert m.totals.clips == 4

@@ -109,3 +109,10 @@ def test_read_only_keys_write_nothing_but_can_read(
 def test_missing_bucket_named(sample_src: Path, s3: S3Options) -> None:
     with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
         pack(sample_src, "s3://no-such-bucket/x", ONE_CLIP_PER_SHARD, s3)
+
+
+def test_no_keys_at_all(sample_src: Path, s3: S3Options, monkeypatch: pytest.MonkeyPatch, s3_uri: str) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(StorageError, match="no S3 credentials; set AWS_ACCESS_KEY_ID"):
+        pack(sample_src, s3_uri, ONE_CLIP_PER_SHARD, s3)

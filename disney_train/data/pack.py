@@ -14,7 +14,8 @@ import io
 import json
 import tarfile
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,21 +75,37 @@ def sample_key(line: int) -> str:
 
 
 def _probe_all(entries: list[SourceEntry], options: PackOptions, progress: Progress | None) -> list[ProbeResult]:
+    """Probe every clip in worker processes, so that a decoder crash never takes the pack down."""
     task = progress.add_task("checking clips", total=len(entries)) if progress else None
-    results: list[ProbeResult] = []
-    if options.workers <= 1:
-        for e in entries:
-            results.append(probe_clip(e.video_path, options.min_frames, e.image_path))
-            if progress and task is not None:
-                progress.advance(task)
-        return results
-    with ProcessPoolExecutor(max_workers=options.workers) as pool:
-        futures = [pool.submit(probe_clip, e.video_path, options.min_frames, e.image_path) for e in entries]
-        for f in futures:
-            results.append(f.result())
-            if progress and task is not None:
-                progress.advance(task)
-    return results
+
+    def advance() -> None:
+        if progress and task is not None:
+            progress.advance(task)
+
+    results: dict[int, ProbeResult] = {}
+    crashed: list[int] = []
+    with ProcessPoolExecutor(max_workers=max(1, options.workers)) as pool:
+        futures = {
+            pool.submit(probe_clip, e.video_path, options.min_frames, e.image_path): i for i, e in enumerate(entries)
+        }
+        for f in as_completed(futures):
+            try:
+                results[futures[f]] = f.result()
+            except BrokenProcessPool:
+                crashed.append(futures[f])
+                continue
+            advance()
+    # A crash breaks the whole pool: probe each unfinished clip alone to find the one that crashes.
+    for i in sorted(crashed):
+        e = entries[i]
+        with ProcessPoolExecutor(max_workers=1) as solo:
+            try:
+                results[i] = solo.submit(probe_clip, e.video_path, options.min_frames, e.image_path).result()
+            except BrokenProcessPool:
+                size = e.video_path.stat().st_size
+                results[i] = ProbeResult("", size, None, "the video decoder crashed on this file")
+        advance()
+    return [results[i] for i in range(len(entries))]
 
 
 def _plan_shards(clips: list[_Checked], shard_bytes: int) -> list[list[_Checked]]:
