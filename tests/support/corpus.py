@@ -25,13 +25,18 @@ def _frames(src: Path, n: int) -> list[np.ndarray]:
     return list(vr.get_batch(list(range(n))).asnumpy())
 
 
+def _copy_sample_clips(sample: Path, root: Path) -> list[str]:
+    (root / "videos").mkdir(parents=True)
+    names = [f"{s.name}.mp4" for s in SEGMENTS]
+    for name in names:
+        shutil.copy(sample / "videos" / name, root / "videos" / name)
+    return names
+
+
 def write_bad_corpus(sample: Path, root: Path) -> Corpus:
     """4 good clips and, one per line, every bad input the pack must refuse by name."""
+    good_names = _copy_sample_clips(sample, root)
     vids = root / "videos"
-    vids.mkdir(parents=True)
-    good_names = [f"{s.name}.mp4" for s in SEGMENTS]
-    for name in good_names:
-        shutil.copy(sample / "videos" / name, vids / name)
     first = sample / "videos" / good_names[0]
     data = first.read_bytes()
     (vids / "truncated.mp4").write_bytes(data[: int(len(data) * 0.4)])
@@ -85,11 +90,7 @@ def write_bad_corpus(sample: Path, root: Path) -> Corpus:
 
 
 def write_more_videos_than_prompts(sample: Path, root: Path) -> Corpus:
-    vids = root / "videos"
-    vids.mkdir(parents=True)
-    names = [f"{s.name}.mp4" for s in SEGMENTS]
-    for name in names:
-        shutil.copy(sample / "videos" / name, vids / name)
+    names = _copy_sample_clips(sample, root)
     (root / "videos.txt").write_text("\n".join(f"videos/{n}" for n in names) + "\n")
     (root / "prompts.txt").write_text("\n".join(s.prompt for s in SEGMENTS[:3]) + "\n")  # plural name accepted
     return Corpus(root, [f"videos/{n}" for n in names[:3]], {"videos.txt:4": "has no prompt (prompts.txt has 3 lines)"})
