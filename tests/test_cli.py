@@ -29,6 +29,9 @@ def test_run_on_the_embedded_default(tmp_path: Path) -> None:
 
 
 def test_config_show_and_bad_config(tmp_path: Path) -> None:
+    from disney_train import __version__
+
+    assert run("--version").stdout.strip() == __version__
     res = run("config", "show")
     assert res.returncode == 0 and "learning_rate: 0.0001" in res.stdout
     bad = tmp_path / "bad.yaml"
