@@ -30,7 +30,9 @@ from disney_train.storage import StorageError
 app = typer.Typer(help="Fine-tune CogVideoX with LoRA into a Disney-style animation model.", no_args_is_help=True)
 data_app = typer.Typer(help="Sample, pack, inspect and read video datasets.", no_args_is_help=True)
 config_app = typer.Typer(help="Run configurations.", no_args_is_help=True)
+model_app = typer.Typer(help="CogVideoX models: tiny test models, S3 upload and sync.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
 
 console = Console()
@@ -79,8 +81,9 @@ def _guard(fn: Callable[[], T]) -> T:
     """Run a command body; expected failures become one clear red message and exit status 1."""
     from disney_train.data.layout import LayoutError
     from disney_train.data.pack import PackError
+    from disney_train.model.source import ModelError
 
-    known: tuple[type[BaseException], ...] = (ConfigError, StorageError, LayoutError, PackError)
+    known: tuple[type[BaseException], ...] = (ConfigError, StorageError, LayoutError, PackError, ModelError)
     try:
         from disney_train.data.reader import DataError
 
@@ -225,6 +228,47 @@ def _read_epochs(cfg: RunConfig, epochs: int, rank: int, world_size: int) -> dic
         f"(frames, channels, height, width), values in [{lo:.2f}, {hi:.2f}], {seen / dt:.1f} clips/s"
     )
     return {"clips": seen, "shape": shape, "seconds": dt}
+
+
+# --------------------------------------------------------------------------- model
+
+
+@model_app.command("tiny")
+def model_tiny(
+    out: Annotated[Path, typer.Argument(help="Folder to write the model to (diffusers layout).")],
+    i2v: Annotated[bool, typer.Option("--i2v", help="An image-to-video model.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write a tiny CogVideoX with random weights, loadable like the real ones (tests, `make run`)."""
+    from disney_train.model.tiny import write_tiny_model
+
+    write_tiny_model(out, "i2v" if i2v else "t2v", seed)
+    console.print(f"wrote a tiny {'image' if i2v else 'text'}-to-video CogVideoX to {out}")
+
+
+@model_app.command("push")
+def model_push(
+    src: Annotated[Path, typer.Argument(help="Model folder in the diffusers layout.")],
+    dest: Annotated[str, typer.Argument(help="s3://bucket/prefix (or a folder).")],
+    endpoint_url: EndpointOpt = None,
+) -> None:
+    """Upload a model folder, each file with its sha256, skipping files already there."""
+    from disney_train.model.source import push_model
+
+    written = _guard(lambda: push_model(src, dest, _s3(endpoint_url)))
+    console.print(f"{dest}: {len(written)} file(s) uploaded")
+
+
+@model_app.command("fetch")
+def model_fetch(
+    uri: Annotated[str, typer.Argument(help="s3://bucket/prefix of a model (or a local folder to check).")],
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache folder (default ~/.cache/disney-train/models).")] = None,
+    endpoint_url: EndpointOpt = None,
+) -> None:
+    """Sync a model to the local cache with integrity checks and print its folder."""
+    from disney_train.model.source import resolve_model
+
+    print(_guard(lambda: resolve_model(uri, _s3(endpoint_url), cache_dir)))
 
 
 # --------------------------------------------------------------------------- config

@@ -229,6 +229,23 @@ class _ShortRead(Exception):
     pass
 
 
+class _IntegrityError(_ShortRead):
+    """Downloaded bytes do not match the object's checksum (retried: transit corruption is transient)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the store's prefix
+    size: int
+    etag: str
+
+
+def _etag_md5(etag: str) -> str | None:
+    """A single-part upload's ETag is the MD5 of its bytes; a multipart one ('…-N') is not."""
+    value = etag.strip('"')
+    return value if len(value) == 32 and "-" not in value else None
+
+
 def _log_retry(state: RetryCallState) -> None:
     err = state.outcome.exception() if state.outcome else None
     log.warning("S3 attempt %d failed (%s); retrying", state.attempt_number, type(err).__name__)
@@ -427,3 +444,50 @@ class S3Store:
     def check_access(self, write: bool) -> None:
         """Fail fast, before any work, when the bucket is missing or the keys are refused."""
         self._call("access", "", lambda: self.client.head_bucket(Bucket=self.bucket))
+
+    def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
+        def listing() -> list[ObjectInfo]:
+            out: list[ObjectInfo] = []
+            base = self._key("") if self.prefix else ""
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix):
+                out.extend(
+                    ObjectInfo(o["Key"][len(base) :], int(o["Size"]), str(o.get("ETag", "")))
+                    for o in page.get("Contents", [])
+                )
+            return sorted(out, key=lambda o: o.key)
+
+        result: list[ObjectInfo] = self._call("list", prefix, listing)
+        return result
+
+    def download(self, obj: ObjectInfo, dest: Path) -> str:
+        """Stream an object to `dest` (temp file, then rename) and return its sha256.
+
+        Checked against the listed size, the ETag when it is an MD5 (single-part uploads) and the
+        sha256 metadata our uploads carry; a mismatch is retried, then raised naming the object."""
+
+        def fetch() -> str:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(obj.key))
+            expected_sha = resp.get("Metadata", {}).get(SHA256_META)
+            sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.part")
+            try:
+                with tmp.open("wb") as f:
+                    for chunk in resp["Body"].iter_chunks(1 << 20):
+                        f.write(chunk)
+                        sha.update(chunk)
+                        md5.update(chunk)
+                        size += len(chunk)
+                if size != obj.size:
+                    raise _IntegrityError(f"got {size} of {obj.size} bytes")
+                if (want := _etag_md5(obj.etag)) and md5.hexdigest() != want:
+                    raise _IntegrityError(f"MD5 {md5.hexdigest()} does not match the ETag {want}")
+                if expected_sha and sha.hexdigest() != expected_sha:
+                    raise _IntegrityError(f"sha256 {sha.hexdigest()} does not match the stored {expected_sha}")
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return sha.hexdigest()
+
+        result: str = self._call("read", obj.key, fetch)
+        return result

@@ -1,0 +1,104 @@
+"""Where a model comes from: a local folder in the diffusers layout, or an s3:// prefix synced to a
+local cache with an integrity check (size, the ETag's MD5 where it is one, our sha256 metadata).
+
+A synced copy is complete only when its marker (`.disney-train-sync.json`, listing every object's
+key, size and ETag) is written, last; a later resolve of the same prefix whose listing is unchanged
+downloads nothing. Files that changed in S3 are downloaded again; files gone from S3 are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from disney_train.config import S3Options
+from disney_train.storage import S3Store, StorageError, is_s3, open_store, sha256_file, split_s3
+
+COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+INDEX = "model_index.json"
+SYNC_MARKER = ".disney-train-sync.json"
+
+
+class ModelError(RuntimeError):
+    """A model folder or prefix cannot be used; the message names what is missing or wrong."""
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("DISNEY_TRAIN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "disney-train"
+    )
+    return Path(base) / "models"
+
+
+def check_layout(path: Path, where: str | None = None) -> Path:
+    where = where or str(path)
+    if not path.is_dir():
+        raise ModelError(f"{where}: no such model folder")
+    missing = [n for n in (INDEX, *COMPONENTS) if not (path / n).exists()]
+    if missing:
+        raise ModelError(
+            f"{where}: not a CogVideoX model in the diffusers layout; missing {', '.join(missing)} "
+            f"(expected {INDEX} and the folders {', '.join(COMPONENTS)})"
+        )
+    return path
+
+
+def resolve_model(uri: str, s3: S3Options | None = None, cache_dir: Path | None = None) -> Path:
+    """The local folder to load `uri` from, syncing it from S3 first when it is an s3:// prefix."""
+    if not is_s3(uri):
+        return check_layout(Path(uri))
+    bucket, prefix = split_s3(uri)
+    store = open_store(uri, s3)
+    assert isinstance(store, S3Store)
+    local = (cache_dir or default_cache_dir()) / bucket / (prefix or "_root")
+    objects = [o for o in store.list_objects() if not o.key.endswith("/")]
+    if not objects:
+        raise ModelError(f"{uri}: no objects under this prefix")
+    listing = [{"key": o.key, "size": o.size, "etag": o.etag} for o in objects]
+    marker = local / SYNC_MARKER
+    if marker.is_file():
+        try:
+            done = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            done = None
+        if done == listing:
+            return check_layout(local, uri)
+        marker.unlink()  # about to change the copy: it is incomplete until the new marker lands
+    wanted = {o.key for o in objects}
+    for path in sorted(local.rglob("*")) if local.is_dir() else []:
+        rel = path.relative_to(local).as_posix()
+        if path.is_file() and rel not in wanted and rel != SYNC_MARKER:
+            path.unlink()
+    for o in objects:
+        dest = local / o.key
+        if dest.is_file() and dest.stat().st_size == o.size and _unchanged(dest, store, o.key):
+            continue
+        try:
+            store.download(o, dest)
+        except StorageError as err:
+            raise ModelError(f"cannot sync {uri} to {local}: {err}") from None
+    check_layout(local, uri)
+    marker.write_text(json.dumps(listing))
+    return local
+
+
+def _unchanged(dest: Path, store: S3Store, key: str) -> bool:
+    """A file left by an interrupted sync is kept only if it matches the object's sha256."""
+    stored = store.stored_sha256(key)
+    return stored is not None and sha256_file(dest) == stored
+
+
+def push_model(src: Path, uri: str, s3: S3Options | None = None) -> list[str]:
+    """Upload a model folder (each file with its sha256 in the object metadata)."""
+    check_layout(src)
+    store = open_store(uri, s3)
+    store.check_access(write=True)
+    written = []
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        key = path.relative_to(src).as_posix()
+        digest = sha256_file(path)
+        if store.stored_sha256(key) != digest:
+            store.write_file(key, path, digest)
+            written.append(key)
+    return written

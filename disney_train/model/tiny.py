@@ -1,0 +1,125 @@
+"""`disney-train model tiny`: a tiny CogVideoX with random weights, in the real diffusers layout.
+
+Tests and `make run` load it through the very code that loads the real 2b/5b weights, so the
+loading path is exercised without a hub or a GPU. The configs are the smallest that work with
+diffusers' CogVideoX code (measured); the T5 tokenizer is built offline from a sentencepiece model
+trained on the fly on the sample prompts (transformers 5's `T5Tokenizer(vocab_file=…)` ignores the
+file, so the tokenizer is built from the vocabulary list).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from disney_train.data.sample import SEGMENTS
+
+LATENT_CHANNELS = 4
+TEXT_DIM = 32
+_CORPUS_EXTRA = (
+    "A black and white cartoon mouse steers a steamboat down a river while whistling.",
+    "An animated cat and a parrot on the deck of a paddle steamer, in the style of 1928 Disney.",
+    "A cow is lifted onto the boat with a crane; the mouse plays music on a goat's tail.",
+)
+
+
+def _tokenizer(workdir: Path) -> Any:
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    corpus = workdir / "corpus.txt"
+    corpus.write_text("\n".join([s.prompt for s in SEGMENTS] + list(_CORPUS_EXTRA)) * 20, encoding="utf-8")
+    prefix = workdir / "spiece"
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(prefix),
+        vocab_size=256,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
+        num_threads=1,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
+    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def write_tiny_model(out: Path, variant: Literal["t2v", "i2v"] = "t2v", seed: int = 0) -> Path:
+    import torch
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDPMScheduler,
+        CogVideoXImageToVideoPipeline,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory(prefix="tiny-tokenizer-") as tmp:
+        tokenizer = _tokenizer(Path(tmp))
+    vocab = len(tokenizer)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4,
+        attention_head_dim=8,
+        in_channels=LATENT_CHANNELS * (2 if variant == "i2v" else 1),
+        out_channels=LATENT_CHANNELS,
+        time_embed_dim=2,
+        text_embed_dim=TEXT_DIM,
+        num_layers=1,
+        sample_width=8,
+        sample_height=8,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=226,
+    )
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=LATENT_CHANNELS,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    )
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=vocab,
+            d_model=TEXT_DIM,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+        )
+    )
+    pipeline_cls = CogVideoXImageToVideoPipeline if variant == "i2v" else CogVideoXPipeline
+    pipe = pipeline_cls(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        # CogVideoX-2b's scheduler settings: v-prediction, zero-terminal-SNR, trailing timesteps
+        scheduler=CogVideoXDPMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            prediction_type="v_prediction",
+            rescale_betas_zero_snr=True,
+            timestep_spacing="trailing",
+            snr_shift_scale=3.0,
+            clip_sample=False,
+            set_alpha_to_one=True,
+        ),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(out))
+    return out
