@@ -49,6 +49,7 @@ class SampleRecord(_Record):
     video: MemberRef
     image: MemberRef | None = None
     image_source: str | None = None
+    image_sha256: str | None = None
 
 
 class ShardRecord(_Record):

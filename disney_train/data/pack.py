@@ -10,6 +10,7 @@ Properties (each covered by a test):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -150,8 +151,11 @@ def _write_shard(path: Path, clips: list[_Checked]) -> None:
         for c in clips:
             key = sample_key(c.entry.line)
             suffix = c.entry.video_path.suffix.lower() or ".mp4"
+            video = c.entry.video_path.read_bytes()
+            if hashlib.sha256(video).hexdigest() != c.probe.sha256:
+                raise PackError(f"{c.entry.video}: the file changed while it was being packed; run the pack again")
             members = [
-                (f"{key}{suffix}", c.entry.video_path.read_bytes()),
+                (f"{key}{suffix}", video),
                 (f"{key}.txt", c.entry.prompt.encode()),
                 (f"{key}.json", json.dumps(_metadata(c, key), sort_keys=True).encode()),
             ]
@@ -227,6 +231,7 @@ def pack(
                 k = sample_key(c.entry.line)
                 vid = refs[f"{k}{c.entry.video_path.suffix.lower() or '.mp4'}"]
                 img = refs[f"{k}{c.entry.image_path.suffix.lower()}"] if c.entry.image_path else None
+                img_sha = hashlib.sha256(c.entry.image_path.read_bytes()).hexdigest() if c.entry.image_path else None
                 assert c.probe.clip is not None
                 samples.append(
                     SampleRecord(
@@ -241,6 +246,7 @@ def pack(
                         video=vid,
                         image=img,
                         image_source=c.entry.image,
+                        image_sha256=img_sha,
                     )
                 )
             shard_records.append(ShardRecord(index=index, key=key, sha256=digest, bytes=size, samples=len(clips)))

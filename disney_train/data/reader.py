@@ -172,7 +172,9 @@ class ClipDataset(Dataset[Sample]):
         sample: Sample = {"key": rec.key, "prompt": prompt, "video": video, "fps": fps, "frame_indices": idx}
         if self.with_image:
             if rec.image is not None:
-                sample["image"] = decode_image(self._read(rec, rec.image.offset, rec.image.size, None), self.cfg)
+                sample["image"] = decode_image(
+                    self._read(rec, rec.image.offset, rec.image.size, rec.image_sha256), self.cfg
+                )
             else:
                 sample["image"] = video[0].clone()
         return sample
