@@ -173,6 +173,12 @@ def data_pack(
         f"{m.totals.shards} shard(s) at {report.dest}: {len(report.uploaded)} written, "
         f"{len(report.skipped)} already there; {m.totals.rejects} rejected"
     )
+    if report.stale:
+        console.print(
+            f"{len(report.stale)} shard(s) of earlier packs are no longer referenced by the manifest "
+            f"(kept, in case a running job still reads them): {', '.join(report.stale[:5])}"
+            f"{' …' if len(report.stale) > 5 else ''}"
+        )
 
 
 @data_app.command("inspect")

@@ -23,22 +23,18 @@ def test_interrupted_pack_resumes_without_reuploading(
     proxy.drop_after(2, method="PUT", path_contains="/shards/")  # S3 starts failing after two shards
     with pytest.raises(StorageError) as err:
         pack(sample_src, s3_uri, ONE_CLIP_PER_SHARD, via_proxy)
-    assert "shard-000002.tar" in str(err.value) and "SlowDown" in str(err.value)
+    assert "shards/shard-000002-" in str(err.value) and "SlowDown" in str(err.value)
     keys = s3_server.keys(prefix + "/")
-    assert keys == [f"{prefix}/shards/shard-00000{i}.tar" for i in (0, 1)]  # no manifest: unfinished
+    assert [k.rsplit("-", 1)[0] for k in keys] == [f"{prefix}/shards/shard-00000{i}" for i in (0, 1)]  # no manifest
     with pytest.raises(PackError, match="did not finish"):
         load_manifest(s3_uri, s3)
 
     proxy.reset()
     report = pack(sample_src, s3_uri, ONE_CLIP_PER_SHARD, via_proxy)
-    assert report.skipped == ["shards/shard-000000.tar", "shards/shard-000001.tar"]
-    assert report.uploaded == ["shards/shard-000002.tar", "shards/shard-000003.tar"]
-    puts = proxy.requests("PUT")
-    assert sorted(p.rsplit("/", 1)[-1] for p in puts) == [
-        "manifest.json",
-        "shard-000002.tar",
-        "shard-000003.tar",
-    ]
+    assert report.skipped == [k.removeprefix(f"{prefix}/") for k in keys]  # the two already there
+    assert [k.rsplit("-", 1)[0] for k in report.uploaded] == ["shards/shard-000002", "shards/shard-000003"]
+    puts = sorted(p.rsplit("/", 1)[-1] for p in proxy.requests("PUT"))
+    assert puts == ["manifest.json", *(k.rsplit("/", 1)[-1] for k in report.uploaded)]
 
     proxy.reset()  # a third run: everything is there already
     again = pack(sample_src, s3_uri, ONE_CLIP_PER_SHARD, via_proxy)
@@ -50,12 +46,13 @@ def test_interrupted_pack_resumes_without_reuploading(
 def test_upload_retries_through_503_bursts(
     sample_src: Path, s3: S3Options, s3_uri: str, proxy: FaultProxy, s3_server: SeaweedS3, prefix: str
 ) -> None:
-    proxy.fail(2, method="PUT")  # each PUT below gets past a burst of two 503s at first
+    proxy.fail(2, method="PUT")  # the first shard upload meets a burst of two 503s
     proxy.fail(2, method="HEAD", path_contains="/shards/")
     via_proxy = s3.model_copy(update={"endpoint_url": proxy.endpoint, "max_attempts": 4})
     report = pack(sample_src, s3_uri, ONE_CLIP_PER_SHARD, via_proxy)
     assert len(report.uploaded) == 4
     assert len(proxy.requests("PUT")) == 4 + 1 + 2  # shards + manifest + the two refused
+    assert len(proxy.requests("HEAD", "/shards/")) == 4 + 2
     m = load_manifest(s3_uri, s3)
     assert m.totals.clips == 4
 
@@ -116,3 +113,37 @@ def test_no_keys_at_all(sample_src: Path, s3: S3Options, monkeypatch: pytest.Mon
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(StorageError, match="no S3 credentials; set AWS_ACCESS_KEY_ID"):
         pack(sample_src, s3_uri, ONE_CLIP_PER_SHARD, s3)
+
+
+def test_repack_of_changed_input_never_breaks_the_current_dataset(
+    sample_src: Path, tmp_path: Path, s3: S3Options, s3_uri: str, proxy: FaultProxy
+) -> None:
+    import shutil
+
+    first = pack(sample_src, s3_uri, ONE_CLIP_PER_SHARD, s3).manifest
+    cfg = DataConfig(uri=s3_uri, num_frames=17, height=32, width=48, decode_workers=0)
+    reader = TrainingClips(cfg, seed=0, s3=s3)  # a job reading the first pack
+
+    changed = tmp_path / "changed"
+    shutil.copytree(sample_src, changed)
+    prompts = (changed / "prompt.txt").read_text().splitlines()
+    prompts[2] = "A chubby grey cartoon rabbit yawns hugely."
+    (changed / "prompt.txt").write_text("\n".join(prompts) + "\n")
+    via_proxy = s3.model_copy(update={"endpoint_url": proxy.endpoint, "max_attempts": 2})
+    proxy.drop_after(0, method="PUT", path_contains="/manifest.json")  # the re-pack dies at the very end
+    with pytest.raises(StorageError):
+        pack(changed, s3_uri, ONE_CLIP_PER_SHARD, via_proxy)
+    # the old manifest still stands and every shard it names is intact: the running job goes on
+    assert load_manifest(s3_uri, s3) == first
+    assert len(list(reader)) == 4
+
+    proxy.reset()
+    report = pack(changed, s3_uri, ONE_CLIP_PER_SHARD, via_proxy)
+    m = report.manifest
+    assert [s.prompt for s in m.samples][2] == "A chubby grey cartoon rabbit yawns hugely."
+    changed_keys = {s.key for s in m.shards} - {s.key for s in first.shards}
+    assert len(changed_keys) == 1  # only the shard holding the changed prompt is new
+    assert report.uploaded == []  # it went up in the interrupted attempt; the re-run only commits
+    assert [p.rsplit("/", 1)[-1] for p in proxy.requests("PUT")] == ["manifest.json"]
+    assert report.stale == sorted({s.key for s in first.shards} - {s.key for s in m.shards})
+    assert len(report.stale) == 1

@@ -59,6 +59,7 @@ class PackReport:
     dest: str
     uploaded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # shards of earlier packs, no longer referenced
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,10 @@ class _Checked:
     probe: ProbeResult
 
 
-def shard_key(index: int) -> str:
-    return f"{SHARD_DIR}/shard-{index:06d}.tar"
+def shard_key(index: int, sha256: str) -> str:
+    """Content-addressed: the same input gives the same key (a re-run skips it), and a changed input
+    gives a new key, so a re-pack never overwrites a shard that the current manifest points at."""
+    return f"{SHARD_DIR}/shard-{index:06d}-{sha256[:16]}.tar"
 
 
 def sample_key(line: int) -> str:
@@ -113,11 +116,11 @@ def _plan_shards(clips: list[_Checked], shard_bytes: int) -> list[list[_Checked]
     shards: list[list[_Checked]] = [[]]
     size = 0
     for c in clips:
-        if shards[-1] and size + c.probe.size > shard_bytes:
+        if shards[-1] and size + c.probe.size > shard_bytes:  # a clip is never split across shards
             shards.append([])
             size = 0
         shards[-1].append(c)
-        size += c.probe.size + 3 * 1024
+        size += c.probe.size + (c.entry.image_path.stat().st_size if c.entry.image_path else 0) + 3 * 1024
     return shards
 
 
@@ -145,8 +148,11 @@ def _metadata(c: _Checked, key: str) -> dict[str, object]:
     }
 
 
-def _write_shard(path: Path, clips: list[_Checked]) -> None:
-    """A WebDataset shard: per sample KEY.mp4, KEY.txt (prompt), KEY.json, [KEY.png|jpg]."""
+def _write_shard(path: Path, clips: list[_Checked]) -> dict[int, str]:
+    """A WebDataset shard: per sample KEY.mp4, KEY.txt (prompt), KEY.json, [KEY.png|jpg].
+
+    Returns the sha256 of each packed image by source line."""
+    image_sha: dict[int, str] = {}
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for c in clips:
             key = sample_key(c.entry.line)
@@ -160,14 +166,23 @@ def _write_shard(path: Path, clips: list[_Checked]) -> None:
                 (f"{key}.json", json.dumps(_metadata(c, key), sort_keys=True).encode()),
             ]
             if c.entry.image_path is not None:
-                members.append((f"{key}{c.entry.image_path.suffix.lower()}", c.entry.image_path.read_bytes()))
+                image = c.entry.image_path.read_bytes()
+                image_sha[c.entry.line] = hashlib.sha256(image).hexdigest()
+                members.append((f"{key}{c.entry.image_path.suffix.lower()}", image))
             for name, data in members:
                 tar.addfile(*_member(name, data))
+    return image_sha
 
 
 def _member_refs(path: Path) -> dict[str, MemberRef]:
     with tarfile.open(path) as tar:
         return {m.name: MemberRef(name=m.name, offset=m.offset_data, size=m.size) for m in tar.getmembers()}
+
+
+def _reject_order(r: Reject) -> tuple[str, int, str]:
+    """videos.txt:9 before videos.txt:10."""
+    name, _, line = r.where.rpartition(":")
+    return (name, int(line), "") if line.isdigit() else (r.where, 0, "")
 
 
 def format_rejects(rejects: list[Reject]) -> str:
@@ -197,7 +212,7 @@ def pack(
             rejects.append(Reject(where=entry.image or "?", reason=probe.image_reason))
         else:
             good.append(_Checked(entry, probe))
-    rejects.sort(key=lambda r: r.where)
+    rejects.sort(key=_reject_order)
 
     if options.strict and rejects:
         raise PackError(
@@ -215,10 +230,10 @@ def pack(
     task = progress.add_task("writing shards", total=len(plan)) if progress else None
     with tempfile.TemporaryDirectory(prefix="disney-pack-") as tmp:
         for index, clips in enumerate(plan):
-            key = shard_key(index)
             local = Path(tmp) / f"shard-{index:06d}.tar"
-            _write_shard(local, clips)
+            image_sha = _write_shard(local, clips)
             digest = sha256_file(local)
+            key = shard_key(index, digest)
             size = local.stat().st_size
             if store.stored_sha256(key) == digest:
                 skipped.append(key)
@@ -231,7 +246,6 @@ def pack(
                 k = sample_key(c.entry.line)
                 vid = refs[f"{k}{c.entry.video_path.suffix.lower() or '.mp4'}"]
                 img = refs[f"{k}{c.entry.image_path.suffix.lower()}"] if c.entry.image_path else None
-                img_sha = hashlib.sha256(c.entry.image_path.read_bytes()).hexdigest() if c.entry.image_path else None
                 assert c.probe.clip is not None
                 samples.append(
                     SampleRecord(
@@ -246,7 +260,7 @@ def pack(
                         video=vid,
                         image=img,
                         image_source=c.entry.image,
-                        image_sha256=img_sha,
+                        image_sha256=image_sha.get(c.entry.line),
                     )
                 )
             shard_records.append(ShardRecord(index=index, key=key, sha256=digest, bytes=size, samples=len(clips)))
@@ -273,7 +287,9 @@ def pack(
         ),
     )
     store.write_bytes(MANIFEST_KEY, manifest.to_json())  # last: it commits the dataset
-    return PackReport(manifest=manifest, dest=store.uri, uploaded=uploaded, skipped=skipped)
+    referenced = {s.key for s in shard_records}
+    stale = [k for k in store.list_keys(f"{SHARD_DIR}/") if k.endswith(".tar") and k not in referenced]
+    return PackReport(manifest=manifest, dest=store.uri, uploaded=uploaded, skipped=skipped, stale=stale)
 
 
 def load_manifest(uri: str, s3: S3Options | None = None, store: Store | None = None) -> Manifest:
