@@ -80,10 +80,18 @@ def progress_bar() -> Progress:
 def _guard(fn: Callable[[], T]) -> T:
     """Run a command body; expected failures become one clear red message and exit status 1."""
     from disney_train.data.layout import LayoutError
+    from disney_train.data.manifest import ManifestError
     from disney_train.data.pack import PackError
     from disney_train.model.source import ModelError
 
-    known: tuple[type[BaseException], ...] = (ConfigError, StorageError, LayoutError, PackError, ModelError)
+    known: tuple[type[BaseException], ...] = (
+        ConfigError,
+        StorageError,
+        LayoutError,
+        PackError,
+        ModelError,
+        ManifestError,
+    )
     try:
         from disney_train.data.reader import DataError
 

@@ -170,7 +170,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+        # Name the place, never echo the text: the offending line may hold a secret.
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "syntax error"
+        raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
     data = {} if data is None else data
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)

@@ -30,6 +30,7 @@ from disney_train.config import S3Options
 log = logging.getLogger(__name__)
 
 SHA256_META = "sha256"
+WRITE_CHECK_KEY = ".disney-train-write-check"
 
 
 class StorageError(RuntimeError):
@@ -51,6 +52,24 @@ class Store(Protocol):
     def write_file(self, key: str, path: Path, sha256: str) -> None: ...
     def list_keys(self, prefix: str = "") -> list[str]: ...
     def check_access(self, write: bool) -> None: ...
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # read once, at import: os.umask is process-wide and not thread-safe
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -132,8 +151,10 @@ class LocalStore:
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()
+                os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; others may read it
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
         except BaseException as err:
             Path(tmp).unlink(missing_ok=True)
             if isinstance(err, OSError):
@@ -179,7 +200,6 @@ _TRANSIENT_CODES = {
     "ServiceUnavailable",
     "SlowDown",
     "RequestTimeout",
-    "RequestTimeTooSkewed",
     "Throttling",
     "ThrottlingException",
     "503",
@@ -222,7 +242,8 @@ def _is_transient(err: BaseException) -> bool:
         code = str(err.response.get("Error", {}).get("Code", ""))
         status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         return code in _TRANSIENT_CODES or status >= 500 or status == 429
-    return isinstance(err, OSError)
+    # local file errors (a full disk, a permission) and anything else are not worth a retry
+    return False
 
 
 class _ShortRead(Exception):
@@ -442,8 +463,13 @@ class S3Store:
         return result
 
     def check_access(self, write: bool) -> None:
-        """Fail fast, before any work, when the bucket is missing or the keys are refused."""
-        self._call("access", "", lambda: self.client.head_bucket(Bucket=self.bucket))
+        """Fail fast, before any work, when the bucket is missing or the keys are refused: reading
+        the bucket, and for `write` putting (then deleting) a small object under the prefix."""
+        self._call("read", "", lambda: self.client.head_bucket(Bucket=self.bucket))
+        if write:
+            key = WRITE_CHECK_KEY
+            self._call("write", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=b""))
+            self._call("write", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
 
     def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
         def listing() -> list[ObjectInfo]:
@@ -470,9 +496,10 @@ class S3Store:
             expected_sha = resp.get("Metadata", {}).get(SHA256_META)
             sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.part")
+            fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+            tmp = Path(name)
             try:
-                with tmp.open("wb") as f:
+                with os.fdopen(fd, "wb") as f:
                     for chunk in resp["Body"].iter_chunks(1 << 20):
                         f.write(chunk)
                         sha.update(chunk)
@@ -480,7 +507,10 @@ class S3Store:
                         size += len(chunk)
                 if size != obj.size:
                     raise _IntegrityError(f"got {size} of {obj.size} bytes")
-                if (want := _etag_md5(obj.etag)) and md5.hexdigest() != want:
+                # sha256 is the stronger check; an ETag is an MD5 only for single-part uploads without KMS
+                kms = str(resp.get("ServerSideEncryption", "")).startswith("aws:kms")
+                want = None if (expected_sha or kms) else _etag_md5(obj.etag)
+                if want and md5.hexdigest() != want:
                     raise _IntegrityError(f"MD5 {md5.hexdigest()} does not match the ETag {want}")
                 if expected_sha and sha.hexdigest() != expected_sha:
                     raise _IntegrityError(f"sha256 {sha.hexdigest()} does not match the stored {expected_sha}")

@@ -65,3 +65,9 @@ def test_data_read_command(tmp_path: Path) -> None:
     res = run("data", "read", "--config", str(cfg), "--world-size", "2", "--rank", "1")
     assert res.returncode == 0, res.stderr
     assert "read 2 clip(s) over 1 epoch(s) on rank 1/2" in res.stdout
+
+
+def test_inspect_of_a_foreign_manifest_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text('{"format": "something-else"}')
+    res = run("data", "inspect", str(tmp_path))
+    assert res.returncode == 1 and "not a disney-train manifest" in res.stderr and "Traceback" not in res.stderr

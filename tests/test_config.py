@@ -89,3 +89,10 @@ def test_config_imports_without_torch() -> None:
 
     code = "import sys, disney_train.config, disney_train.storage; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_yaml_errors_never_echo_the_text(tmp_path: Path) -> None:
+    path = write(tmp_path, 's3: {endpoint_url: x, aws_secret_access_key: "SUPERSECRET", ]\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "line 1" in str(err.value) and "SUPERSECRET" not in str(err.value)

@@ -83,10 +83,16 @@ def test_shards_are_webdataset_and_carry_everything(
         assert meta["source"] == rec.source
 
 
-def test_shards_are_deterministic(sample_src: Path, tmp_path: Path) -> None:
+def test_shards_are_deterministic_and_readable_by_others(sample_src: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(sample_src, src)
+    with (src / "videos.txt").open("a") as f:
+        f.write("\n\n")  # blank lines at the end of a list are not entries
     a = pack(sample_src, str(tmp_path / "a"), PackOptions(min_frames=17)).manifest
-    b = pack(sample_src, str(tmp_path / "b"), PackOptions(min_frames=17)).manifest
+    b = pack(src, str(tmp_path / "b"), PackOptions(min_frames=17, strict=True)).manifest
     assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
+    for shard in a.shards:
+        assert (tmp_path / "a" / shard.key).stat().st_mode & 0o044 == 0o044  # group and others may read
 
 
 def test_strict_refuses_and_writes_nothing(

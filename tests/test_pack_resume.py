@@ -34,7 +34,7 @@ def test_interrupted_pack_resumes_without_reuploading(
     assert report.skipped == [k.removeprefix(f"{prefix}/") for k in keys]  # the two already there
     assert [k.rsplit("-", 1)[0] for k in report.uploaded] == ["shards/shard-000002", "shards/shard-000003"]
     puts = sorted(p.rsplit("/", 1)[-1] for p in proxy.requests("PUT"))
-    assert puts == ["manifest.json", *(k.rsplit("/", 1)[-1] for k in report.uploaded)]
+    assert puts == [".disney-train-write-check", "manifest.json", *(k.rsplit("/", 1)[-1] for k in report.uploaded)]
 
     proxy.reset()  # a third run: everything is there already
     again = pack(sample_src, s3_uri, ONE_CLIP_PER_SHARD, via_proxy)
@@ -46,12 +46,12 @@ def test_interrupted_pack_resumes_without_reuploading(
 def test_upload_retries_through_503_bursts(
     sample_src: Path, s3: S3Options, s3_uri: str, proxy: FaultProxy, s3_server: SeaweedS3, prefix: str
 ) -> None:
-    proxy.fail(2, method="PUT")  # the first shard upload meets a burst of two 503s
+    proxy.fail(2, method="PUT", path_contains="/shards/")  # the first shard upload meets two 503s
     proxy.fail(2, method="HEAD", path_contains="/shards/")
     via_proxy = s3.model_copy(update={"endpoint_url": proxy.endpoint, "max_attempts": 4})
     report = pack(sample_src, s3_uri, ONE_CLIP_PER_SHARD, via_proxy)
     assert len(report.uploaded) == 4
-    assert len(proxy.requests("PUT")) == 4 + 1 + 2  # shards + manifest + the two refused
+    assert len(proxy.requests("PUT", "/shards/")) == 4 + 2  # the shards and the two refused
     assert len(proxy.requests("HEAD", "/shards/")) == 4 + 2
     m = load_manifest(s3_uri, s3)
     assert m.totals.clips == 4
@@ -94,6 +94,7 @@ def test_read_only_keys_write_nothing_but_can_read(
     with pytest.raises(StorageError) as err:
         pack(sample_src, s3_uri, ONE_CLIP_PER_SHARD, s3)
     assert "AccessDenied" in str(err.value) and "allow this write" in str(err.value)
+    assert ".disney-train-write-check" in str(err.value)  # refused before any clip was checked
     assert s3_server.keys(prefix) == []
     # a dataset packed with write keys is readable with the read-only ones (as training workers do)
     _with_keys(monkeypatch, RW)
@@ -144,6 +145,6 @@ def test_repack_of_changed_input_never_breaks_the_current_dataset(
     changed_keys = {s.key for s in m.shards} - {s.key for s in first.shards}
     assert len(changed_keys) == 1  # only the shard holding the changed prompt is new
     assert report.uploaded == []  # it went up in the interrupted attempt; the re-run only commits
-    assert [p.rsplit("/", 1)[-1] for p in proxy.requests("PUT")] == ["manifest.json"]
+    assert [p.rsplit("/", 1)[-1] for p in proxy.requests("PUT")] == [".disney-train-write-check", "manifest.json"]
     assert report.stale == sorted({s.key for s in first.shards} - {s.key for s in m.shards})
     assert len(report.stale) == 1

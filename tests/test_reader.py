@@ -163,10 +163,31 @@ def test_clips_shorter_than_asked_are_refused(packed12: str, s3: S3Options) -> N
         TrainingClips(DataConfig(uri=packed12, num_frames=49, height=48, width=80), seed=0, s3=s3)
 
 
-def test_state_from_another_dataset_refused(packed12: str, s3: S3Options) -> None:
-    clips = TrainingClips(DataConfig(uri=packed12, **SMALL), seed=0, s3=s3)
-    with pytest.raises(DataError, match="reader state is for 5 clips"):
-        clips.load_state_dict({"epoch": 0, "consumed": 2, "num_samples": 5, "seed": 0})
+def test_state_from_another_order_refused(packed12: str, s3: S3Options) -> None:
+    cfg = DataConfig(uri=packed12, **SMALL)
+    state = TrainingClips(cfg, seed=0, s3=s3).state_dict()
+    for change, fragment in (
+        ({"seed": 1}, "seed=1"),
+        ({"shuffle": False}, "shuffle=False"),
+        ({"dataset": "x"}, "dataset=.x."),
+    ):
+        with pytest.raises(DataError, match=f"reader state is for {fragment}"):
+            TrainingClips(cfg, seed=0, s3=s3).load_state_dict({**state, **change})
+    resumed = TrainingClips(cfg, seed=0, s3=s3)
+    resumed.load_state_dict({**state, "consumed": 5})
+    assert len(resumed.indices()) == 7
+
+
+def test_even_ranks_give_every_rank_the_same_count(packed12: str, s3: S3Options) -> None:
+    cfg = DataConfig(uri=packed12, decode_workers=0, **SMALL)
+    for world in (5, 7):
+        ranks = [TrainingClips(cfg, seed=2, rank=r, world_size=world, even_ranks=True, s3=s3) for r in range(world)]
+        counts = {len(r.indices()) for r in ranks}
+        assert counts == {12 // world}
+        first = [i for r in ranks for i in r.indices()]
+        assert len(set(first)) == len(first)  # still disjoint
+    uneven = [TrainingClips(cfg, seed=2, rank=r, world_size=5, s3=s3) for r in range(5)]
+    assert sorted(len(r.indices()) for r in uneven) == [2, 2, 2, 3, 3]
 
 
 def test_no_manifest(s3: S3Options, s3_uri: str) -> None:

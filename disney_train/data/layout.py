@@ -51,7 +51,10 @@ def _read_lines(path: Path) -> list[bytes]:
         raise LayoutError(f"{path}: cannot read ({err.strerror or err})") from err
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    return data.splitlines()
+    lines = data.splitlines()
+    while lines and not lines[-1].strip():  # blank lines at the very end are not entries
+        lines.pop()
+    return lines
 
 
 def _decode(raw: bytes, where: str) -> tuple[str | None, str | None]:

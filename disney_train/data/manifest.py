@@ -15,6 +15,10 @@ FORMAT = "disney-train-shards"
 FORMAT_VERSION = 1
 
 
+class ManifestError(ValueError):
+    """manifest.json is not a disney-train manifest (or not one this version reads)."""
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -100,4 +104,4 @@ class Manifest(_Record):
         except ValidationError as err:
             first = err.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"{where}: not a disney-train manifest ({loc}: {first['msg']})") from None
+            raise ManifestError(f"{where}: not a disney-train manifest ({loc}: {first['msg']})") from None

@@ -99,7 +99,7 @@ def check_image(path: Path) -> str | None:
             im.load()
             if im.width < 2 or im.height < 2:
                 return f"image {im.width}x{im.height} is too small"
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         return f"image cannot be decoded ({err})"
     return None
 

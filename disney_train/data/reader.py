@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import av
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
@@ -81,7 +82,6 @@ def decode_video(
     PyAV decodes every frame up to the last one needed (inter-frame coding needs them) but crops,
     scales and converts to RGB only the frames taken: per clip it was faster here than decord
     scaling every decoded frame (bench/data_throughput.py)."""
-    import av
 
     idx, fps = frame_indices(rec.clip.frames, rec.clip.fps, cfg.num_frames, cfg.fps, rng)
     box = centre_crop_box(rec.clip.width, rec.clip.height, cfg.width, cfg.height)
@@ -167,7 +167,11 @@ class ClipDataset(Dataset[Sample]):
     def __getitem__(self, i: int) -> Sample:
         rec = self.manifest.samples[i]
         data = self._read(rec, rec.video.offset, rec.video.size, rec.sha256)
-        video, idx, fps = decode_video(data, rec, self.cfg, clip_rng(self.seed, self.epoch, rec.line))
+        try:
+            video, idx, fps = decode_video(data, rec, self.cfg, clip_rng(self.seed, self.epoch, rec.line))
+        except (av.error.FFmpegError, ValueError) as err:
+            shard = self.store.url(self.manifest.shards[rec.shard].key)
+            raise DataError(f"clip {rec.key} ({rec.source}) in shard {shard} does not decode: {err}") from None
         prompt = f"{self.cfg.id_token} {rec.prompt}" if self.cfg.id_token else rec.prompt
         sample: Sample = {"key": rec.key, "prompt": prompt, "video": video, "fps": fps, "frame_indices": idx}
         if self.with_image:
@@ -200,9 +204,13 @@ class TrainingClips:
         world_size: int = 1,
         variant: str = "t2v",
         batch_size: int | None = None,
+        even_ranks: bool = False,
         s3: S3Options | None = None,
         store: Store | None = None,
     ) -> None:
+        """`even_ranks`: every rank gets the same number of clips (what lockstep data-parallel
+        training needs); the len % world_size clips at the end of each epoch's order, different
+        ones every epoch, wait for the next. Off, the ranks' clips make up exactly the epoch."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.cfg = cfg
@@ -210,6 +218,7 @@ class TrainingClips:
         self.rank = rank
         self.world_size = world_size
         self.batch_size = batch_size
+        self.even_ranks = even_ranks
         self.with_image = variant == "i2v"
         self.store = store or open_store(cfg.uri, s3)
         try:
@@ -226,26 +235,32 @@ class TrainingClips:
             )
         if not self.manifest.samples:
             raise DataError(f"{cfg.uri}: the dataset has no clips")
+        self.dataset_digest = hashlib.sha256(self.manifest.to_json()).hexdigest()[:16]
         self._state = ReaderState()
 
     @property
     def num_samples(self) -> int:
         return len(self.manifest.samples)
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self._state.epoch,
             "consumed": self._state.consumed,
             "num_samples": self.num_samples,
             "seed": self.seed,
+            "shuffle": self.cfg.shuffle,
+            "dataset": self.dataset_digest,
         }
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if state.get("num_samples") != self.num_samples or state.get("seed") != self.seed:
-            raise DataError(
-                f"reader state is for {state.get('num_samples')} clips with seed {state.get('seed')}, "
-                f"this dataset has {self.num_samples} clips and the run seed is {self.seed}"
-            )
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume; refused when the state belongs to another order (dataset, seed or shuffle)."""
+        mine = self.state_dict()
+        for field in ("dataset", "num_samples", "seed", "shuffle"):
+            if state.get(field) != mine[field]:
+                raise DataError(
+                    f"reader state is for {field}={state.get(field)!r}, this reader has {field}={mine[field]!r}: "
+                    "resuming would skip or repeat clips (was the dataset re-packed, or the seed changed?)"
+                )
         consumed = int(state["consumed"])
         if not 0 <= consumed <= self.num_samples:
             raise DataError(f"reader state consumed={consumed} is outside 0..{self.num_samples}")
@@ -254,8 +269,11 @@ class TrainingClips:
     def indices(self) -> list[int]:
         """Manifest indices this rank still reads in the current epoch, in order."""
         st = self._state
+        order = epoch_order(self.num_samples, self.seed, st.epoch, self.cfg.shuffle)
+        if self.even_ranks:
+            order = order[: len(order) - len(order) % self.world_size]
         return rank_slice(
-            epoch_order(self.num_samples, self.seed, st.epoch, self.cfg.shuffle),
+            order,
             st.consumed,
             self.rank,
             self.world_size,

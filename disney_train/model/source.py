@@ -71,7 +71,9 @@ def resolve_model(uri: str, s3: S3Options | None = None, cache_dir: Path | None 
         if path.is_file() and rel not in wanted and rel != SYNC_MARKER:
             path.unlink()
     for o in objects:
-        dest = local / o.key
+        dest = (local / o.key).resolve()
+        if not dest.is_relative_to(local.resolve()):
+            raise ModelError(f"{uri}: object key {o.key!r} would land outside the model folder; refused")
         if dest.is_file() and dest.stat().st_size == o.size and _unchanged(dest, store, o.key):
             continue
         try:
