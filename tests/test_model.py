@@ -98,3 +98,20 @@ def test_s3_model_syncs_with_integrity_and_is_reused(
         resolve_model(s3_uri, via_proxy, cache)
     assert "scheduler/scheduler_config.json" in str(err.value) and "does not match" in str(err.value)
     assert not (local / SYNC_MARKER).exists()  # the copy is marked incomplete, never used half-synced
+
+
+def test_concurrent_syncs_download_once(
+    tiny_t2v: Path, tmp_path: Path, s3: S3Options, s3_uri: str, proxy: FaultProxy
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    push_model(tiny_t2v, s3_uri, s3)
+    via_proxy = s3.model_copy(update={"endpoint_url": proxy.endpoint})
+    cache = tmp_path / "cache"
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda _: resolve_model(s3_uri, via_proxy, cache), range(4)))
+    assert len(set(paths)) == 1
+    files = [p for p in tiny_t2v.rglob("*") if p.is_file()]
+    object_gets = [p for p in proxy.requests("GET") if "list-type" not in p]
+    assert len(object_gets) == len(files)  # each file fetched once, by whichever worker synced
+    load_components(paths[0], "t2v")

@@ -8,6 +8,7 @@ downloads nothing. Files that changed in S3 are downloaded again; files gone fro
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -52,6 +53,14 @@ def resolve_model(uri: str, s3: S3Options | None = None, cache_dir: Path | None 
     store = open_store(uri, s3)
     assert isinstance(store, S3Store)
     local = (cache_dir or default_cache_dir()) / bucket / (prefix or "_root")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    # Workers on one node share the cache: one syncs, the others wait and then find it complete.
+    with (local.parent / f".{local.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _sync(uri, store, local)
+
+
+def _sync(uri: str, store: S3Store, local: Path) -> Path:
     objects = [o for o in store.list_objects() if not o.key.endswith("/")]
     if not objects:
         raise ModelError(f"{uri}: no objects under this prefix")
