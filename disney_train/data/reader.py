@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +76,7 @@ def _normalised(u8: np.ndarray) -> torch.Tensor:
 
 
 def decode_video(
-    data: bytes, rec: SampleRecord, cfg: DataConfig, rng: np.random.Generator
+    data: bytes, rec: SampleRecord, cfg: DataConfig, rng: np.random.Generator, threads: int = 1
 ) -> tuple[torch.Tensor, list[int], float]:
     """mp4 bytes -> float tensor [F, 3, H, W] in [-1, 1] (see `disney_train.data.frames`).
 
@@ -90,6 +91,8 @@ def decode_video(
     filled = 0
     with av.open(io.BytesIO(data), "r") as container:
         stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame and slice threads …
+        stream.codec_context.thread_count = threads  # … as many as this worker's share of the CPUs
         graph = av.filter.Graph()
         chain = [
             graph.add_buffer(template=stream),
@@ -139,6 +142,7 @@ class ClipDataset(Dataset[Sample]):
         seed: int,
         epoch: int,
         with_image: bool,
+        decode_threads: int = 1,
     ) -> None:
         self.store = store
         self.manifest = manifest
@@ -146,6 +150,7 @@ class ClipDataset(Dataset[Sample]):
         self.seed = seed
         self.epoch = epoch
         self.with_image = with_image
+        self.decode_threads = decode_threads
 
     def __len__(self) -> int:
         return len(self.manifest.samples)
@@ -168,7 +173,9 @@ class ClipDataset(Dataset[Sample]):
         rec = self.manifest.samples[i]
         data = self._read(rec, rec.video.offset, rec.video.size, rec.sha256)
         try:
-            video, idx, fps = decode_video(data, rec, self.cfg, clip_rng(self.seed, self.epoch, rec.line))
+            video, idx, fps = decode_video(
+                data, rec, self.cfg, clip_rng(self.seed, self.epoch, rec.line), self.decode_threads
+            )
         except (av.error.FFmpegError, ValueError) as err:
             shard = self.store.url(self.manifest.shards[rec.shard].key)
             raise DataError(f"clip {rec.key} ({rec.source}) in shard {shard} does not decode: {err}") from None
@@ -294,6 +301,7 @@ class TrainingClips:
             seed=self.seed,
             epoch=st.epoch,
             with_image=self.with_image,
+            decode_threads=max(1, len(os.sched_getaffinity(0)) // max(1, workers)),
         )
         loader: DataLoader[Sample] = DataLoader(
             dataset,
