@@ -43,9 +43,7 @@ def test_interrupted_pack_resumes_without_reuploading(
     assert [s.sha256 for s in again.manifest.shards] == [s.sha256 for s in report.manifest.shards]
 
 
-def test_upload_retries_through_503_bursts(
-    sample_src: Path, s3: S3Options, s3_uri: str, proxy: FaultProxy, s3_server: SeaweedS3, prefix: str
-) -> None:
+def test_upload_retries_through_503_bursts(sample_src: Path, s3: S3Options, s3_uri: str, proxy: FaultProxy) -> None:
     proxy.fail(2, method="PUT", path_contains="/shards/")  # the first shard upload meets two 503s
     proxy.fail(2, method="HEAD", path_contains="/shards/")
     via_proxy = s3.model_copy(update={"endpoint_url": proxy.endpoint, "max_attempts": 4})

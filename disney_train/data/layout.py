@@ -57,7 +57,7 @@ def _read_lines(path: Path) -> list[bytes]:
     return lines
 
 
-def _decode(raw: bytes, where: str) -> tuple[str | None, str | None]:
+def _decode(raw: bytes) -> tuple[str | None, str | None]:
     try:
         return raw.decode("utf-8").strip(), None
     except UnicodeDecodeError as err:
@@ -123,11 +123,11 @@ def read_source(src: Path) -> SourceListing:
 
     for i in range(min(len(prompts), len(videos))):
         line = i + 1
-        video, verr = _decode(videos[i], f"{vname}:{line}")
+        video, verr = _decode(videos[i])
         if verr or not video:
             rejects.append(Reject(where=f"{vname}:{line}", reason=f"video path {verr or 'is empty'}"))
             continue
-        prompt, perr = _decode(prompts[i], f"{pname}:{line}")
+        prompt, perr = _decode(prompts[i])
         if perr:
             rejects.append(Reject(where=f"{pname}:{line}", reason=f"prompt for {video} is {perr}"))
             continue
@@ -153,7 +153,7 @@ def read_source(src: Path) -> SourceListing:
         if has_images:
             if i >= len(images):
                 continue  # already rejected above
-            image, ierr = _decode(images[i], f"{iname}:{line}")
+            image, ierr = _decode(images[i])
             if ierr or not image:
                 rejects.append(Reject(where=f"{iname}:{line}", reason=f"image path {ierr or 'is empty'}"))
                 continue

@@ -11,8 +11,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_KEY = "manifest.json"
-FORMAT = "disney-train-shards"
-FORMAT_VERSION = 1
 
 
 class ManifestError(ValueError):
