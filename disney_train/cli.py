@@ -92,10 +92,14 @@ def _guard(fn: Callable[[], T]) -> T:
         ModelError,
         ManifestError,
     )
+    from disney_train.train.launch import TrainingError
+
+    known += (TrainingError,)
     try:
         from disney_train.data.reader import DataError
+        from disney_train.train.checkpoint import CheckpointError
 
-        known += (DataError,)
+        known += (DataError, CheckpointError)
     except ImportError:  # the reader needs torch (the train extra); pack and inspect do not
         pass
     try:
@@ -297,6 +301,122 @@ def config_show(
     sys.stdout.write(dump_config(cfg))
 
 
+# --------------------------------------------------------------------------- train
+
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a field: --set optim.epochs=3 (YAML value); repeatable."),
+]
+RayOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to join; default: start one on 127.0.0.1."),
+]
+
+
+def _overrides(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set optim.epochs=3")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _absolute(cfg: RunConfig, base: Path) -> RunConfig:
+    """Local URIs become absolute (relative to `base`): Ray workers do not share our working folder."""
+    for section in (cfg.model, cfg.data, cfg.output):
+        if not section.uri.startswith("s3://"):
+            section.uri = str((base / section.uri).resolve())
+    if cfg.train.cache_uri and not cfg.train.cache_uri.startswith("s3://"):
+        cfg.train.cache_uri = str((base / cfg.train.cache_uri).resolve())
+    cfg.validation.images = [u if u.startswith("s3://") else str((base / u).resolve()) for u in cfg.validation.images]
+    return cfg
+
+
+def _ray_storage() -> Path:
+    import os
+
+    base = os.environ.get("DISNEY_TRAIN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "disney-train"
+    )
+    return Path(base) / "ray-runs"
+
+
+def _train(cfg: RunConfig, ray_address: str | None, cache_only: bool = False) -> dict[str, Any]:
+    from disney_train.train.launch import launch
+    from disney_train.train.run_files import RunFiles
+
+    files = RunFiles(cfg)
+    with progress_bar() as progress:
+        task = progress.add_task("cache stage" if cache_only else f"training {cfg.name}", total=None)
+
+        def on_progress(p: dict[str, Any]) -> None:
+            loss = p.get("loss")
+            text = f"training {cfg.name}: epoch {p.get('epoch')}" + (f", loss {loss:.4f}" if loss is not None else "")
+            progress.update(task, completed=p.get("step", 0), total=p.get("horizon"), description=text)
+
+        return launch(
+            cfg,
+            storage_path=_ray_storage(),
+            cache_only=cache_only,
+            address=ray_address,
+            on_progress=None if cache_only else on_progress,
+            files=files,
+        )
+
+
+@app.command("train")
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (YAML).")],
+    set_: SetOpt = None,
+    ray_address: RayOpt = None,
+) -> None:
+    """Train (or resume) the run of a configuration on a Ray worker group: what cluster workers run."""
+    from disney_train.train.launch import RunFinishedError
+
+    cfg = _guard(lambda: _absolute(load_config(config, _overrides(set_)), Path.cwd()))
+    try:
+        metrics = _guard(lambda: _train(cfg, ray_address))
+    except RunFinishedError as err:
+        console.print(f"[bold yellow]{err}[/]", highlight=False)
+        return
+    _print_outputs(cfg, metrics)
+
+
+@app.command("cache")
+def cache(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (YAML).")],
+    set_: SetOpt = None,
+    ray_address: RayOpt = None,
+) -> None:
+    """Compute the latent cache of a run's dataset (VAE latents, T5 embeddings) on the worker group."""
+    cfg = _guard(lambda: _absolute(load_config(config, _overrides(set_)), Path.cwd()))
+    _guard(lambda: _train(cfg, ray_address, cache_only=True))
+    console.print(f"latent cache ready beside {cfg.train.cache_uri or cfg.data.uri + '/cache'}")
+
+
+def _print_outputs(cfg: RunConfig, metrics: dict[str, Any]) -> None:
+    from disney_train.train.run_files import FINAL_LORA, RunFiles
+
+    files = RunFiles(cfg)
+    progress = files.read_progress() or {}
+    videos = [k for k in files.store.list_keys("validation/") if k.endswith(".mp4")]
+    console.rule("[bold]outputs")
+    console.print(f"run         {files.uri}")
+    console.print(
+        f"steps       {progress.get('step')} (epoch {progress.get('epoch')}), last loss {progress.get('loss')}"
+    )
+    console.print(f"checkpoint  {progress.get('last_checkpoint')}")
+    console.print(f"LoRA        {files.store.url(FINAL_LORA)}")
+    for key in videos[-3:]:
+        console.print(f"video       {files.store.url(key)}")
+    _ = metrics
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -306,17 +426,18 @@ def run(
         ".run"
     ),
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Run configuration; default: embedded.")] = None,
+    set_: SetOpt = None,
 ) -> None:
-    """The main job on the embedded default: sample -> pack -> read one epoch -> summary."""
+    """The main job on the embedded default: sample -> pack -> tiny model -> cache -> train -> LoRA."""
     from disney_train.data.pack import PackOptions, pack
     from disney_train.data.sample import write_sample
     from disney_train.data.summary import print_summary
+    from disney_train.model.tiny import write_tiny_model
 
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = config or embedded_default()
-    cfg = _guard(lambda: load_config(cfg_path))
-    if not cfg.data.uri.startswith("s3://") and not Path(cfg.data.uri).is_absolute():
-        cfg.data.uri = str(workdir / cfg.data.uri)
+    cfg = _guard(lambda: _absolute(load_config(cfg_path, _overrides(set_)), workdir))
+    t0 = time.perf_counter()
     src = workdir / "sample"
     console.rule("[bold]1. sample dataset")
     write_sample(src)
@@ -334,15 +455,22 @@ def run(
         )
     console.print(f"{report.dest}: {len(report.uploaded)} shard(s) written, {len(report.skipped)} already there")
     print_summary(report.manifest, report.dest, console)
-    console.rule("[bold]3. read one epoch of training input")
-    result = _guard(lambda: _read_epochs(cfg, 1, 0, 1))
-    console.rule("[bold]summary")
-    console.print(f"dataset    {src}")
-    console.print(f"packed     {report.dest} ({report.manifest.totals.shards} shard(s), manifest.json)")
-    console.print(
-        f"input      {result['clips']} clip(s) of {list(result['shape'])} in {result['seconds']:.1f} s "
-        f"at {cfg.data.fps:g} fps ({cfg.data.num_frames} frames, {cfg.data.height}x{cfg.data.width})"
-    )
+    console.rule("[bold]3. tiny model")
+    model = Path(cfg.model.uri)
+    if not cfg.model.uri.startswith("s3://") and not (model / "model_index.json").is_file():
+        write_tiny_model(model, cfg.model.variant)
+    console.print(f"{cfg.model.uri}: CogVideoX ({cfg.model.variant}) with tiny random weights")
+    console.rule("[bold]4. latent cache and training")
+    from disney_train.train.launch import RunFinishedError
+
+    try:
+        metrics = _guard(lambda: _train(cfg, None))
+    except RunFinishedError as err:
+        console.print(f"[bold yellow]{err}[/]", highlight=False)
+        metrics = {}
+    _print_outputs(cfg, metrics)
+    console.print(f"dataset     {src} -> {report.dest}")
+    console.print(f"took        {time.perf_counter() - t0:.0f} s")
 
 
 def main() -> None:

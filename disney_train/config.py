@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|[^:]+)$"
 Uri = Annotated[str, Field(min_length=1, pattern=URI_PATTERN)]
@@ -79,6 +79,72 @@ class OptimConfig(_Section):
     learning_rate: float = Field(default=1e-4, gt=0, le=1, description="Peak learning rate.")
     batch_size: int = Field(default=4, ge=1, le=1024, description="Clips per worker per step.")
     epochs: int = Field(default=30, ge=1, le=100_000, description="Passes over the dataset.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps (default: the epochs' worth)."
+    )
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024, description="Micro-batches per step.")
+    warmup_steps: int = Field(default=0, ge=0, description="Linear learning-rate warm-up steps.")
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        default="constant", description="Learning rate after warm-up."
+    )
+    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay.")
+    beta1: float = Field(default=0.9, gt=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(default=0.95, gt=0, lt=1, description="AdamW beta2.")
+    eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm (0: no clipping).")
+
+
+class WorkersConfig(_Section):
+    """How many Ray Train workers and what each gets. min/max make the run elastic."""
+
+    replicas: int = Field(default=1, ge=1, le=1024, description="Workers (one per GPU on GPU nodes).")
+    min_replicas: int | None = Field(default=None, ge=1, le=1024, description="Elastic lower bound.")
+    max_replicas: int | None = Field(default=None, ge=1, le=1024, description="Elastic upper bound.")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto", description="auto: CUDA when the worker sees a GPU, else CPU."
+    )
+    cpus_per_worker: float = Field(default=1, gt=0, le=512, description="CPUs Ray reserves per worker.")
+    max_failures: int = Field(default=3, ge=0, le=1000, description="Worker-group restarts before the run fails.")
+
+    @model_validator(mode="after")
+    def _range(self) -> WorkersConfig:
+        lo = self.min_replicas or self.replicas
+        hi = self.max_replicas or self.replicas
+        if not lo <= self.replicas <= hi:
+            raise ValueError(f"need min_replicas ({lo}) <= replicas ({self.replicas}) <= max_replicas ({hi})")
+        return self
+
+
+class TrainConfig(_Section):
+    """The engine: DeepSpeed ZeRO, precision, reporting, checkpoints."""
+
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    zero_stage: Literal[1, 2, 3] = Field(default=2, description="DeepSpeed ZeRO stage.")
+    offload_optimizer: bool = Field(default=False, description="ZeRO: keep optimizer states in CPU memory.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto", description="auto: bf16 on GPU, fp32 on CPU (bf16 autocast on CPU is ~20x slower)."
+    )
+    gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward.")
+    report_every: int = Field(default=10, ge=1, description="Steps between metric reports (each blocks briefly).")
+    checkpoint_every: int = Field(default=100, ge=1, description="Steps between checkpoints.")
+    keep_checkpoints: int = Field(default=3, ge=1, le=1000, description="Committed checkpoints kept (last K).")
+    use_cache: bool = Field(
+        default=True, description="Train on cached VAE latents and T5 embeddings (built when missing)."
+    )
+    cache_uri: Uri | None = Field(default=None, description="Latent cache location (default: <data.uri>/cache).")
+
+
+class ValidationConfig(_Section):
+    """Sample videos rendered during training for fixed prompts (and images for i2v)."""
+
+    every: int = Field(default=0, ge=0, description="Steps between validation videos (0: only at the end).")
+    at_end: bool = Field(default=True, description="Render the validation videos after the last step.")
+    prompts: list[str] = Field(default_factory=list, description="Prompts (empty: no validation videos).")
+    images: list[Uri] = Field(default_factory=list, description="i2v: one conditioning image per prompt.")
+    steps: int = Field(default=50, ge=1, le=1000, description="Denoising steps.")
+    guidance_scale: float = Field(default=6.0, ge=1.0, description="Classifier-free guidance scale.")
+    num_frames: int | None = Field(default=None, ge=1, description="Frames (default: data.num_frames).")
+    seed: int = Field(default=0, ge=0, description="Noise seed, fixed so videos compare across steps.")
 
 
 class OutputConfig(_Section):
@@ -99,7 +165,19 @@ class RunConfig(_Section):
     output: OutputConfig
     lora: LoraConfig = Field(default_factory=LoraConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     s3: S3Options = Field(default_factory=S3Options)
+
+    @model_validator(mode="after")
+    def _validation_images(self) -> RunConfig:
+        v = self.validation
+        if self.model.variant == "i2v" and v.prompts and len(v.images) != len(v.prompts):
+            raise ValueError(
+                f"validation: an image-to-video run needs one image per prompt "
+                f"({len(v.prompts)} prompt(s), {len(v.images)} image(s))"
+            )
+        return self
 
 
 class ConfigError(ValueError):

@@ -51,6 +51,7 @@ class Store(Protocol):
     def write_bytes(self, key: str, data: bytes) -> None: ...
     def write_file(self, key: str, path: Path, sha256: str) -> None: ...
     def list_keys(self, prefix: str = "") -> list[str]: ...
+    def delete(self, keys: list[str]) -> None: ...
     def check_access(self, write: bool) -> None: ...
 
 
@@ -180,6 +181,13 @@ class LocalStore:
             for p in self.root.rglob("*")
             if p.is_file() and str(p.relative_to(self.root)).startswith(prefix)
         )
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self._path(key).unlink(missing_ok=True)
+            except OSError as err:
+                raise StorageError(f"cannot delete {self.url(key)}: {err.strerror or err}") from err
 
     def check_access(self, write: bool) -> None:
         if write:
@@ -461,6 +469,24 @@ class S3Store:
 
         result: list[str] = self._call("list", prefix, listing)
         return result
+
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes up to 1000 keys
+            batch = keys[start : start + 1000]
+
+            def remove(batch: list[str] = batch) -> None:
+                resp = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": self._key(k)} for k in batch], "Quiet": True}
+                )
+                errors = resp.get("Errors") or []
+                if errors:
+                    first = errors[0]
+                    raise StorageError(
+                        f"delete {self.url(batch[0])}…: {len(errors)} object(s) not deleted "
+                        f"({first.get('Key')}: {first.get('Code')} {first.get('Message')})"
+                    )
+
+            self._call("delete", batch[0], remove)
 
     def check_access(self, write: bool) -> None:
         """Fail fast, before any work, when the bucket is missing or the keys are refused: reading

@@ -75,6 +75,11 @@ def _normalised(u8: np.ndarray) -> torch.Tensor:
     return out.copy_(src).div_(127.5).sub_(1.0)
 
 
+def training_prompt(cfg: DataConfig, prompt: str) -> str:
+    """The prompt as trained: the optional id token, then a space, then the clip's prompt."""
+    return f"{cfg.id_token} {prompt}" if cfg.id_token else prompt
+
+
 def decode_video(
     data: bytes, rec: SampleRecord, cfg: DataConfig, rng: np.random.Generator, threads: int = 1
 ) -> tuple[torch.Tensor, list[int], float]:
@@ -179,7 +184,7 @@ class ClipDataset(Dataset[Sample]):
         except (av.error.FFmpegError, ValueError) as err:
             shard = self.store.url(self.manifest.shards[rec.shard].key)
             raise DataError(f"clip {rec.key} ({rec.source}) in shard {shard} does not decode: {err}") from None
-        prompt = f"{self.cfg.id_token} {rec.prompt}" if self.cfg.id_token else rec.prompt
+        prompt = training_prompt(self.cfg, rec.prompt)
         sample: Sample = {"key": rec.key, "prompt": prompt, "video": video, "fps": fps, "frame_indices": idx}
         if self.with_image:
             if rec.image is not None:
@@ -214,8 +219,11 @@ class TrainingClips:
         even_ranks: bool = False,
         s3: S3Options | None = None,
         store: Store | None = None,
+        source: Dataset[Sample] | None = None,
     ) -> None:
-        """`even_ranks`: every rank gets the same number of clips (what lockstep data-parallel
+        """`source`: read index i from this dataset instead of decoding clip i (the latent cache).
+
+        `even_ranks`: every rank gets the same number of clips (what lockstep data-parallel
         training needs); the len % world_size clips at the end of each epoch's order, different
         ones every epoch, wait for the next. Off, the ranks' clips make up exactly the epoch."""
         if not 0 <= rank < world_size:
@@ -243,6 +251,7 @@ class TrainingClips:
         if not self.manifest.samples:
             raise DataError(f"{cfg.uri}: the dataset has no clips")
         self.dataset_digest = hashlib.sha256(self.manifest.to_json()).hexdigest()[:16]
+        self.source = source
         self._state = ReaderState()
 
     @property
@@ -294,15 +303,19 @@ class TrainingClips:
         st = self._state
         indices = self.indices()
         workers = self.cfg.decode_workers
-        dataset = ClipDataset(
-            self.store,
-            self.manifest,
-            self.cfg,
-            seed=self.seed,
-            epoch=st.epoch,
-            with_image=self.with_image,
-            decode_threads=max(1, len(os.sched_getaffinity(0)) // max(1, workers)),
-        )
+        dataset: Dataset[Sample]
+        if self.source is not None:
+            dataset, workers = self.source, min(workers, 1)  # a cache read is one GET, no decoding
+        else:
+            dataset = ClipDataset(
+                self.store,
+                self.manifest,
+                self.cfg,
+                seed=self.seed,
+                epoch=st.epoch,
+                with_image=self.with_image,
+                decode_threads=max(1, len(os.sched_getaffinity(0)) // max(1, workers)),
+            )
         loader: DataLoader[Sample] = DataLoader(
             dataset,
             sampler=indices,

@@ -29,13 +29,7 @@ def model_variant(path: Path) -> Literal["t2v", "i2v"]:
     return "i2v" if int(t["in_channels"]) == 2 * int(v["latent_channels"]) else "t2v"
 
 
-def load_components(
-    path: Path, variant: Literal["t2v", "i2v"], dtype: Any = None, device: str = "cpu"
-) -> CogVideoXComponents:
-    import torch
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
-    from transformers import AutoTokenizer, T5EncoderModel
-
+def check_variant(path: Path, variant: Literal["t2v", "i2v"]) -> None:
     from disney_train.model.source import ModelError
 
     check_layout(path)
@@ -45,16 +39,50 @@ def load_components(
             f"{path}: this is a {'image' if found == 'i2v' else 'text'}-to-video model "
             f"(transformer in_channels vs vae latent_channels), but model.variant is {variant!r}"
         )
+
+
+def load_transformer(path: Path, dtype: Any = None, device: Any = "cpu") -> Any:
+    import torch
+    from diffusers import CogVideoXTransformer3DModel
+
+    return CogVideoXTransformer3DModel.from_pretrained(
+        str(path), subfolder="transformer", torch_dtype=dtype or torch.float32
+    ).to(device)
+
+
+def load_scheduler(path: Path) -> Any:
+    from diffusers import CogVideoXDPMScheduler
+
+    return CogVideoXDPMScheduler.from_pretrained(str(path), subfolder="scheduler")
+
+
+def load_encoders(path: Path, dtype: Any = None, device: Any = "cpu") -> tuple[Any, Any, Any]:
+    """(vae, text_encoder, tokenizer): the frozen parts the cache stage and generation run."""
+    import torch
+    from diffusers import AutoencoderKLCogVideoX
+    from transformers import AutoTokenizer, T5EncoderModel
+
     dtype = dtype or torch.float32
     s = str(path)
+    vae = AutoencoderKLCogVideoX.from_pretrained(s, subfolder="vae", torch_dtype=dtype).to(device)
+    text_encoder = T5EncoderModel.from_pretrained(s, subfolder="text_encoder", torch_dtype=dtype).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(s, subfolder="tokenizer")
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    return vae, text_encoder, tokenizer
+
+
+def load_components(
+    path: Path, variant: Literal["t2v", "i2v"], dtype: Any = None, device: Any = "cpu"
+) -> CogVideoXComponents:
+    check_variant(path, variant)
+    vae, text_encoder, tokenizer = load_encoders(path, dtype, device)
     return CogVideoXComponents(
-        transformer=CogVideoXTransformer3DModel.from_pretrained(s, subfolder="transformer", torch_dtype=dtype).to(
-            device
-        ),
-        vae=AutoencoderKLCogVideoX.from_pretrained(s, subfolder="vae", torch_dtype=dtype).to(device),
-        text_encoder=T5EncoderModel.from_pretrained(s, subfolder="text_encoder", torch_dtype=dtype).to(device),
-        tokenizer=AutoTokenizer.from_pretrained(s, subfolder="tokenizer"),
-        scheduler=CogVideoXDPMScheduler.from_pretrained(s, subfolder="scheduler"),
+        transformer=load_transformer(path, dtype, device),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=load_scheduler(path),
         variant=variant,
         path=path,
     )

@@ -1,0 +1,187 @@
+"""Launching a run on Ray Train (V2): the worker group, its elastic range, failure handling.
+
+`disney-train train --config run.yaml` calls `launch`: on a cluster (the operator's RayJob) it
+joins the running Ray cluster; locally it starts Ray bound to 127.0.0.1 only.
+Checkpoints are ours (the run's prefix on S3 or disk, see `checkpoint.py`); Ray's own storage
+path only holds Ray's run bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from disney_train.config import RunConfig
+from disney_train.train.run_files import RunFiles
+
+log = logging.getLogger(__name__)
+
+LOCAL_HOST = "127.0.0.1"
+
+
+class RunFinishedError(RuntimeError):
+    """The run of this name already finished; a rerun would train nothing."""
+
+
+class TrainingError(RuntimeError):
+    """The worker group failed for good (after FailureConfig's restarts); the message says why."""
+
+
+def _worker_errors(err: BaseException) -> str:
+    """Ray wraps each worker's exception; keep the first distinct messages, not the tracebacks."""
+    errors = getattr(err, "worker_failures", None) or getattr(err, "errors", None)
+    found: list[str] = []
+    if isinstance(errors, dict):
+        for rank, e in sorted(errors.items()):
+            cause = getattr(e, "cause", None) or e
+            text = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+            if text not in found:
+                found.append(f"rank {rank}: {text}")
+    return "; ".join(found[:3]) or f"{type(err).__name__}: {str(err).strip()[:2000]}"
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What Ray is asked for: pure, from the configuration and the cluster's GPU count."""
+
+    num_workers: int | tuple[int, int]
+    use_gpu: bool
+    resources_per_worker: dict[str, float]
+    backend: str
+    max_failures: int
+
+
+def launch_plan(cfg: RunConfig, cluster_gpus: float) -> LaunchPlan:
+    w = cfg.train.workers
+    use_gpu = w.device == "cuda" or (w.device == "auto" and cluster_gpus > 0)
+    elastic = w.min_replicas is not None or w.max_replicas is not None
+    num: int | tuple[int, int] = (w.min_replicas or w.replicas, w.max_replicas or w.replicas) if elastic else w.replicas
+    res: dict[str, float] = {"CPU": w.cpus_per_worker}
+    if use_gpu:
+        res["GPU"] = 1.0
+    return LaunchPlan(num, use_gpu, res, "nccl" if use_gpu else "gloo", w.max_failures)
+
+
+def local_ray_init(num_cpus: int | None = None) -> None:
+    """Start a local Ray on loopback only: no dashboard, nothing listening beyond 127.0.0.1."""
+    import ray
+
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    ray.init(
+        address="local",  # a new cluster of our own, never one found in /tmp/ray
+        num_cpus=num_cpus,
+        _node_ip_address=LOCAL_HOST,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=True,
+    )
+
+
+def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Connect to `address` (or RAY_ADDRESS), else start a local Ray. True when we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, configure_logging=False)
+        return False
+    local_ray_init(num_cpus)
+    return True
+
+
+def launch(
+    cfg: RunConfig,
+    *,
+    storage_path: Path,
+    cache_only: bool = False,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    restart_finished: bool = False,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    files: RunFiles | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) `cfg` to the end on a Ray worker group; returns the last reported metrics."""
+    import ray
+    from ray.train import FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from disney_train.train.worker import train_loop
+
+    files = files or RunFiles(cfg)
+    done = files.finished()
+    if done is not None and not cache_only and not restart_finished:
+        raise RunFinishedError(
+            f"run {cfg.name!r} already finished at step {done['step']} ({files.uri}; LoRA {done['lora']}). "
+            "Nothing to do: pick another run name to train again."
+        )
+    started = ensure_ray(address, num_cpus)
+    try:
+        plan = launch_plan(cfg, float(ray.cluster_resources().get("GPU", 0)))  # type: ignore[no-untyped-call]
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"run": cfg.model_dump(mode="json"), "cache_only": cache_only},
+            torch_config=TorchConfig(backend=plan.backend),
+            scaling_config=ScalingConfig(
+                num_workers=plan.num_workers,  # type: ignore[arg-type]  # V2 takes (min, max)
+                use_gpu=plan.use_gpu,
+                resources_per_worker=plan.resources_per_worker,
+            ),
+            run_config=RayRunConfig(
+                name=f"{cfg.name}-cache" if cache_only else cfg.name,
+                storage_path=str(storage_path.resolve()),
+                failure_config=FailureConfig(max_failures=plan.max_failures),
+            ),
+        )
+        with _ProgressWatcher(files, on_progress):
+            try:
+                result = trainer.fit()
+            except Exception as err:
+                raise TrainingError(f"run {cfg.name!r} failed: {_worker_errors(err)}") from err
+        if result.error is not None:
+            raise TrainingError(f"run {cfg.name!r} failed: {_worker_errors(result.error)}") from result.error
+        return files.read_progress() or {}
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class _ProgressWatcher:
+    """Polls the run's progress.json while the workers train, for a progress bar on the driver."""
+
+    def __init__(self, files: RunFiles, callback: Callable[[dict[str, Any]], None] | None, every: float = 1.0) -> None:
+        self.files, self.callback, self.every = files, callback, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="progress-watcher", daemon=True)
+
+    def _poll(self) -> None:
+        seen = None
+        while not self._stop.wait(self.every):
+            try:
+                p = self.files.read_progress()
+            except Exception:  # a progress bar never fails a run
+                continue
+            if p is not None and p != seen and self.callback is not None:
+                seen = p
+                self.callback(p)
+
+    def __enter__(self) -> _ProgressWatcher:
+        if self.callback is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        if self.callback is not None:
+            p = self.files.read_progress()
+            if p is not None:
+                self.callback(p)

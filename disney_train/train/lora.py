@@ -1,0 +1,65 @@
+"""LoRA adapters on the CogVideoX transformer (peft), saved in the diffusers LoRA format.
+
+The saved file is `pytorch_lora_weights.safetensors` as `CogVideoXPipeline.save_lora_weights`
+writes it (keys `transformer.<module>.lora_A.weight`, the adapter's rank and alpha in the
+safetensors metadata), so `CogVideoXPipeline.load_lora_weights(folder)` loads it as it is.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from disney_train.config import LoraConfig
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+ADAPTER = "default"
+
+
+def peft_config(cfg: LoraConfig) -> Any:
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights=True, target_modules=list(cfg.target_modules)
+    )
+
+
+def add_lora(transformer: Any, cfg: LoraConfig) -> list[tuple[str, torch.nn.Parameter]]:
+    """Freeze the transformer, add the adapter; return its trainable (name, parameter) pairs."""
+    transformer.requires_grad_(False)
+    transformer.add_adapter(peft_config(cfg), adapter_name=ADAPTER)
+    params = [(n, p) for n, p in transformer.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(
+            f"lora.target_modules {cfg.target_modules} matched no module of the transformer "
+            "(CogVideoX attention uses to_q, to_k, to_v, to_out.0)"
+        )
+    return params
+
+
+def peft_key(param_name: str) -> str:
+    """`transformer_blocks.0.attn1.to_q.lora_A.default.weight` -> `…to_q.lora_A.weight`."""
+    return param_name.replace(f".{ADAPTER}.", ".")
+
+
+def lora_file_bytes(state: dict[str, torch.Tensor], cfg: LoraConfig) -> bytes:
+    """The diffusers LoRA file for a peft-keyed state dict (keys as `peft_key` gives them)."""
+    from diffusers import CogVideoXPipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        CogVideoXPipeline.save_lora_weights(
+            tmp,
+            transformer_lora_layers={k: v.detach().to("cpu").contiguous() for k, v in state.items()},
+            transformer_lora_adapter_metadata=peft_config(cfg).to_dict(),
+        )
+        return (Path(tmp) / LORA_FILE).read_bytes()
+
+
+def read_lora_file(data: bytes) -> dict[str, torch.Tensor]:
+    """A diffusers LoRA file -> peft-keyed state (the `transformer.` prefix removed)."""
+    from safetensors.torch import load
+
+    return {k.removeprefix("transformer."): v for k, v in load(data).items()}

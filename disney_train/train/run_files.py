@@ -1,0 +1,69 @@
+"""The files of a run under `<output.uri>/<name>/`, besides its checkpoints.
+
+progress.json                 live progress (step, epoch, loss, last checkpoint): the operator
+                              and `disney-train status` read it
+final/pytorch_lora_weights.safetensors, final/config.yaml   the trained LoRA
+validation/step-000000120/video-00.mp4 (+ prompts.json)      validation videos
+finished.json                 written last, when the run is done: a finished run is not rerun
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from disney_train.config import RunConfig
+from disney_train.storage import Store, open_store
+
+PROGRESS = "progress.json"
+FINAL_LORA = "final/pytorch_lora_weights.safetensors"
+FINAL_CONFIG = "final/config.yaml"
+FINISHED = "finished.json"
+
+
+def run_uri(cfg: RunConfig) -> str:
+    return f"{cfg.output.uri.rstrip('/')}/{cfg.name}"
+
+
+class RunFiles:
+    def __init__(self, cfg: RunConfig, store: Store | None = None) -> None:
+        self.uri = run_uri(cfg)
+        self.store = store or open_store(self.uri, cfg.s3)
+
+    def _json(self, key: str, value: dict[str, Any]) -> None:
+        self.store.write_bytes(key, json.dumps(value, indent=1, sort_keys=True).encode())
+
+    def write_progress(self, progress: dict[str, Any]) -> None:
+        self._json(PROGRESS, progress)
+
+    def read_progress(self) -> dict[str, Any] | None:
+        if not self.store.exists(PROGRESS):
+            return None
+        value: dict[str, Any] = json.loads(self.store.read_bytes(PROGRESS))
+        return value
+
+    def write_final(self, lora_file: bytes, config_yaml: str) -> None:
+        self.store.write_bytes(FINAL_CONFIG, config_yaml.encode())
+        self.store.write_bytes(FINAL_LORA, lora_file)
+
+    def write_validation(self, step: int, index: int, mp4: bytes, prompt: str) -> str:
+        key = f"validation/step-{step:09d}/video-{index:02d}.mp4"
+        self.store.write_bytes(key, mp4)
+        prompts_key = f"validation/step-{step:09d}/prompts.json"
+        prompts: dict[str, str] = {}
+        if self.store.exists(prompts_key):
+            prompts = json.loads(self.store.read_bytes(prompts_key))
+        prompts[f"video-{index:02d}.mp4"] = prompt
+        self.store.write_bytes(prompts_key, json.dumps(prompts, indent=1).encode())
+        return self.store.url(key)
+
+    def finish(self, step: int, progress: dict[str, Any]) -> None:
+        self.write_progress(progress)
+        self._json(FINISHED, {"step": step, "time": time.time(), "lora": self.store.url(FINAL_LORA)})
+
+    def finished(self) -> dict[str, Any] | None:
+        if not self.store.exists(FINISHED):
+            return None
+        value: dict[str, Any] = json.loads(self.store.read_bytes(FINISHED))
+        return value

@@ -1,0 +1,437 @@
+"""One Ray Train worker: cache stage, DeepSpeed ZeRO over the LoRA, checkpoints, validation.
+
+Ray Train runs `train_loop` in every worker of the group with the process group already set up
+(gloo on CPU, NCCL on GPU). On a restart (a failed worker, or the group resized by elastic
+training) Ray calls it again in the new group and it resumes from the latest committed checkpoint
+of the run, at whatever world size the new group has.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from disney_train.config import RunConfig, dump_config
+from disney_train.storage import open_store
+from disney_train.train.checkpoint import Checkpoint, CheckpointStore
+from disney_train.train.engine import (
+    Placement,
+    deepspeed_config,
+    lr_factor,
+    placement,
+    set_accelerator_env,
+    steps_per_epoch,
+)
+from disney_train.train.run_files import RunFiles
+
+log = logging.getLogger("disney_train.worker")
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def mean(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+
+def _dist() -> Dist:
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return Dist(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank())
+
+
+def _report(metrics: dict[str, Any]) -> None:
+    import ray.train
+
+    ray.train.report(metrics)
+
+
+# --------------------------------------------------------------------------- cache stage
+
+
+def ensure_cache(cfg: RunConfig, model_path: Any, dist: Dist, device: torch.device, dtype: torch.dtype) -> Any:
+    """Every worker encodes its share of the missing entries; all wait until the cache is complete."""
+    from disney_train.data.pack import load_manifest
+    from disney_train.model.load import load_encoders
+    from disney_train.train.cache import build_entries, cache_set, missing_entries
+
+    data_store = open_store(cfg.data.uri, cfg.s3)
+    manifest = load_manifest(cfg.data.uri, store=data_store)
+    max_len = int(json.loads((model_path / "transformer" / "config.json").read_text())["max_text_seq_length"])
+    cs = cache_set(cfg, model_path, max_len)
+    missing = missing_entries(cs, manifest, cfg)
+    mine = missing[dist.rank :: dist.world_size]
+    if mine:
+        t0 = time.perf_counter()
+        vae, text_encoder, tokenizer = load_encoders(model_path, dtype, device)
+
+        comps = SimpleNamespace(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+        n = build_entries(cs, cfg, manifest, data_store, comps, mine, device)
+        log.info("rank %d cached %d clip(s) in %.1f s into %s", dist.rank, n, time.perf_counter() - t0, cs.uri)
+        del vae, text_encoder, comps
+    dist.barrier()
+    still = missing_entries(cs, manifest, cfg) if missing else []
+    if still:
+        raise RuntimeError(f"latent cache {cs.uri}: {len(still)} entr(ies) still missing after the cache stage")
+    return cs, manifest, data_store, len(missing)
+
+
+# --------------------------------------------------------------------------- optimizer state
+
+
+def gather_state(
+    params: list[tuple[str, torch.nn.Parameter]],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Full fp32 LoRA weights and AdamW moments, gathered from ZeRO's partitions (collective)."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    from disney_train.train.lora import peft_key
+
+    weights: dict[str, torch.Tensor] = {}
+    moments: dict[str, torch.Tensor] = {}
+    for name, p in params:
+        key = peft_key(name)
+        weights[key] = safe_get_full_fp32_param(p).detach().float().cpu().clone()
+        for m in ("exp_avg", "exp_avg_sq"):
+            value = safe_get_full_optimizer_state(p, m)
+            if value is not None:
+                moments[f"{key}.{m}"] = value.detach().float().cpu().clone()
+    return weights, moments
+
+
+def restore_state(
+    engine: Any,
+    params: list[tuple[str, torch.nn.Parameter]],
+    weights: dict[str, torch.Tensor],
+    moments: dict[str, torch.Tensor],
+    step: int,
+) -> None:
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    from disney_train.train.lora import peft_key
+
+    missing = [peft_key(n) for n, _ in params if peft_key(n) not in weights]
+    if missing:
+        raise RuntimeError(f"checkpoint lacks LoRA weights for {len(missing)} parameter(s), e.g. {missing[0]}")
+    for name, p in params:
+        key = peft_key(name)
+        safe_set_full_fp32_param(p, weights[key].to(p.device))
+        for m in ("exp_avg", "exp_avg_sq"):
+            if f"{key}.{m}" in moments:
+                safe_set_full_optimizer_state(p, moments[f"{key}.{m}"].to(p.device), m)
+    set_adam_step(engine, step)
+
+
+def set_adam_step(engine: Any, step: int) -> None:
+    """AdamW's bias correction counts steps; after a restore it goes on from the checkpoint's."""
+    opt = engine.optimizer
+    inner = getattr(opt, "optimizer", opt)
+    for group in inner.param_groups:
+        for p in group["params"]:
+            state = inner.state[p]
+            if "step" in state:
+                state["step"] = torch.full_like(state["step"], float(step)) if torch.is_tensor(state["step"]) else step
+            else:
+                state["step"] = torch.tensor(float(step))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Window:
+    """Per-rank figures since the last report."""
+
+    losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    data_seconds: float = 0.0
+    samples: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """The Ray Train loop (`disney-train train` and the operator's RayJob both end up here)."""
+    cfg = RunConfig.model_validate(config["run"])
+    cache_only = bool(config.get("cache_only"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    dist = _dist()
+    place = placement(cfg, torch.cuda.is_available())
+    set_accelerator_env(place)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=place.backend)  # Ray's process group is reused
+    try:
+        _run(cfg, dist, place, cache_only)
+    finally:
+        shutdown(dist)
+
+
+def shutdown(dist: Dist) -> None:
+    """Free the engine, line the ranks up, then tear the process group down (an abrupt exit
+    aborted a gloo thread about one run in eight)."""
+    import gc
+
+    gc.collect()
+    if torch.distributed.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            torch.distributed.destroy_process_group()
+
+
+def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None:
+    import deepspeed
+
+    from disney_train.data.reader import TrainingClips
+    from disney_train.model.load import check_variant, load_scheduler, load_transformer
+    from disney_train.model.source import resolve_model
+    from disney_train.train.cache import CachedClipDataset
+    from disney_train.train.lora import add_lora, lora_file_bytes, read_lora_file
+    from disney_train.train.objective import diffusion_loss, model_facts, step_generator
+
+    device = torch.device(f"cuda:{dist.local_rank}" if place.device == "cuda" else "cpu")
+    if place.device == "cuda":
+        torch.cuda.set_device(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[place.precision]
+    model_path = resolve_model(cfg.model.uri, cfg.s3)
+    check_variant(model_path, cfg.model.variant)
+    files = RunFiles(cfg)
+    cs, manifest, data_store, built = ensure_cache(cfg, model_path, dist, device, dtype)
+    if cache_only:
+        return
+
+    transformer = load_transformer(model_path, dtype, device)
+    if cfg.train.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    params = add_lora(transformer, cfg.lora)
+    scheduler = load_scheduler(model_path)
+    vae_config = _vae_config(model_path)
+    facts = model_facts(transformer, vae_config, scheduler)
+
+    reader = TrainingClips(
+        cfg.data,
+        seed=cfg.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        variant=cfg.model.variant,
+        batch_size=cfg.optim.batch_size,
+        even_ranks=True,
+        store=data_store,
+        source=CachedClipDataset(cs, manifest, cfg),
+    )
+    ckpts = CheckpointStore(files.store, cfg.train.keep_checkpoints)
+    latest = ckpts.latest()
+    resumed = ckpts.load(latest) if latest is not None else None
+    per_epoch = steps_per_epoch(
+        reader.num_samples, dist.world_size, cfg.optim.batch_size, cfg.optim.gradient_accumulation_steps
+    )
+    horizon = int(resumed.state["horizon"]) if resumed else (cfg.optim.max_steps or per_epoch * cfg.optim.epochs)
+
+    o = cfg.optim
+    engine, _, _, lr_sched = deepspeed.initialize(
+        model=transformer,
+        model_parameters=[p for _, p in params],
+        config=deepspeed_config(cfg, place),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, o.warmup_steps, horizon, o.lr_schedule)
+        ),
+    )
+    step = 0
+    history: list[dict[str, Any]] = []
+    if resumed is not None:
+        step = resumed.step
+        reader.load_state_dict(resumed.state["reader"])
+        weights = read_lora_file(resumed.lora_file)
+        restore_state(engine, params, weights, resumed.optimizer, step)
+        lr_sched.load_state_dict(resumed.state["lr_scheduler"])
+        history = list(resumed.state.get("metrics", []))
+        if dist.rank == 0:
+            log.info(
+                "resumed %s at step %d (world size %d, was %d)",
+                ckpts.url(step),
+                step,
+                dist.world_size,
+                resumed.state.get("world_size"),
+            )
+    restarts = int(resumed.state.get("restarts", -1)) + 1 if resumed else 0
+
+    def save_checkpoint() -> str | None:
+        weights, moments = gather_state(params)
+        uri = None
+        if dist.rank == 0:
+            state = {
+                "step": step,
+                "horizon": horizon,
+                "reader": reader.state_dict(),
+                "lr_scheduler": lr_sched.state_dict(),
+                "world_size": dist.world_size,
+                "restarts": restarts,
+                "rng": {"scheme": "per-step generator seeded by (seed, step, rank, micro-batch)", "seed": cfg.seed},
+                "metrics": history,
+            }
+            uri = ckpts.save(Checkpoint(step, lora_file_bytes(weights, cfg.lora), moments, state, dump_config(cfg)))
+            files.write_progress(_progress(step, horizon, reader, history, uri, dist.world_size, "running"))
+        dist.barrier()
+        return uri
+
+    def batches() -> Iterator[dict[str, Any]]:
+        while reader.state_dict()["epoch"] < o.epochs:
+            yield from reader
+
+    window = Window()
+    last_ckpt: str | None = None
+    micro = 0
+    t_data = time.perf_counter()
+    engine.train()
+    for batch in batches():
+        if step >= horizon:
+            break
+        window.data_seconds += time.perf_counter() - t_data
+        t0 = time.perf_counter()
+        gen = step_generator(cfg.seed, step, dist.rank, micro)
+        loss = diffusion_loss(engine, scheduler, facts, batch, gen, device, dtype)
+        engine.backward(loss)
+        engine.step()
+        window.losses.append(float(loss.detach()))
+        window.samples += len(batch["key"])
+        micro += 1
+        if not engine.is_gradient_accumulation_boundary() and micro % o.gradient_accumulation_steps != 0:
+            t_data = time.perf_counter()
+            continue
+        micro = 0
+        step += 1
+        window.step_seconds.append(time.perf_counter() - t0)
+        if step % cfg.train.report_every == 0 or step == horizon:
+            record = _window_record(step, reader, window, engine, lr_sched, dist, built, restarts)
+            history.append(record)
+            _report(record)
+            if dist.rank == 0:
+                log.info("step %d/%d loss %.4f lr %.2e", step, horizon, record["loss"], record["learning_rate"])
+                files.write_progress(_progress(step, horizon, reader, history, last_ckpt, dist.world_size, "running"))
+            window = Window()
+        if step % cfg.train.checkpoint_every == 0 and step < horizon:
+            last_ckpt = save_checkpoint()
+        if cfg.validation.every and step % cfg.validation.every == 0 and step < horizon:
+            _validate(cfg, model_path, files, step, params, dist, place)
+        t_data = time.perf_counter()
+
+    if window.losses:
+        record = _window_record(step, reader, window, engine, lr_sched, dist, built, restarts)
+        history.append(record)
+        _report(record)
+    last_ckpt = save_checkpoint()
+    weights, _ = gather_state(params)
+    if dist.rank == 0:
+        files.write_final(lora_file_bytes(weights, cfg.lora), dump_config(cfg))
+    if cfg.validation.at_end:
+        _validate(cfg, model_path, files, step, params, dist, place)
+    if dist.rank == 0:
+        files.finish(step, _progress(step, horizon, reader, history, last_ckpt, dist.world_size, "finished"))
+    del engine
+
+
+def _vae_config(model_path: Any) -> Any:
+    return SimpleNamespace(**json.loads((model_path / "vae" / "config.json").read_text()))
+
+
+def _window_record(
+    step: int, reader: Any, w: Window, engine: Any, lr_sched: Any, dist: Dist, cached: int, restarts: int
+) -> dict[str, Any]:
+    elapsed = max(1e-9, time.perf_counter() - w.started)
+    local_loss = sum(w.losses) / max(1, len(w.losses))
+    loss = dist.mean(local_loss)
+    samples = dist.mean(float(w.samples)) * dist.world_size
+    grad_norm = engine.get_global_grad_norm()
+    return {
+        "step": step,
+        "epoch": reader.state_dict()["epoch"],
+        "loss": loss,
+        "loss_rank": local_loss,
+        "learning_rate": float(lr_sched.get_last_lr()[0]),
+        "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+        "step_seconds": sum(w.step_seconds) / max(1, len(w.step_seconds)),
+        "data_wait_seconds": w.data_seconds / max(1, len(w.step_seconds)),
+        "samples_per_second": samples / elapsed,
+        "world_size": dist.world_size,
+        "restarts": restarts,
+        "cache_entries_built": cached,
+        "time": time.time(),
+    }
+
+
+def _progress(
+    step: int, horizon: int, reader: Any, history: list[dict[str, Any]], ckpt: str | None, world: int, phase: str
+) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    return {
+        "phase": phase,
+        "step": step,
+        "horizon": horizon,
+        "epoch": reader.state_dict()["epoch"],
+        "loss": last.get("loss"),
+        "world_size": world,
+        "last_checkpoint": ckpt,
+        "last_checkpoint_time": time.time() if ckpt else None,
+        "updated": time.time(),
+    }
+
+
+def _validate(
+    cfg: RunConfig,
+    model_path: Any,
+    files: RunFiles,
+    step: int,
+    params: list[tuple[str, torch.nn.Parameter]],
+    dist: Dist,
+    place: Placement,
+) -> None:
+    """Validation videos for the current LoRA, rendered on rank 0 with a fresh pipeline."""
+    from disney_train.generate import RenderSpec, apply_lora, load_pipeline, mp4_bytes, render
+    from disney_train.train.lora import lora_file_bytes
+
+    v = cfg.validation
+    if not v.prompts:
+        return
+    weights, _ = gather_state(params)  # collective: every rank takes part
+    if dist.rank == 0:
+        t0 = time.perf_counter()
+        images = [open_store(u.rsplit("/", 1)[0], cfg.s3).read_bytes(u.rsplit("/", 1)[1]) for u in v.images]
+        dtype = torch.bfloat16 if place.precision == "bf16" else torch.float32
+        pipe = load_pipeline(model_path, cfg.model.variant, place.device, dtype)
+        apply_lora(pipe, lora_file_bytes(weights, cfg.lora))
+        spec = RenderSpec(
+            prompts=v.prompts,
+            images=images,
+            num_frames=v.num_frames or cfg.data.num_frames,
+            height=cfg.data.height,
+            width=cfg.data.width,
+            fps=cfg.data.fps,
+            steps=v.steps,
+            guidance_scale=v.guidance_scale,
+            seed=v.seed,
+        )
+        for i, frames in enumerate(render(pipe, spec, cfg.model.variant)):
+            files.write_validation(step, i, mp4_bytes(frames, cfg.data.fps), v.prompts[i])
+        log.info("validation videos for step %d in %.1f s", step, time.perf_counter() - t0)
+        del pipe
+    dist.barrier()
