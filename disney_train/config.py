@@ -105,6 +105,9 @@ class WorkersConfig(_Section):
     )
     cpus_per_worker: float = Field(default=1, gt=0, le=512, description="CPUs Ray reserves per worker.")
     max_failures: int = Field(default=3, ge=0, le=1000, description="Worker-group restarts before the run fails.")
+    resize_check_seconds: float = Field(
+        default=60, ge=1, le=3600, description="Elastic runs: how often Ray checks whether the group can grow."
+    )
 
     @model_validator(mode="after")
     def _range(self) -> WorkersConfig:

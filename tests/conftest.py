@@ -78,3 +78,34 @@ def sample_src_x3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sample-x3")
     write_sample(out, copies=3)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_t2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from disney_train.model.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-t2v"), "t2v")
+
+
+@pytest.fixture(scope="session")
+def tiny_i2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from disney_train.model.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-i2v"), "i2v")
+
+
+@pytest.fixture(scope="session")
+def packed_sample(sample_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 4 sample clips packed locally for 17-frame training (a fresh copy per test: `packed`)."""
+    from disney_train.data.pack import PackOptions, pack
+
+    out = tmp_path_factory.mktemp("packed-sample")
+    pack(sample_src, str(out), PackOptions(min_frames=17, shard_bytes=512 * 1024), None, None)
+    return out
+
+
+@pytest.fixture
+def packed(packed_sample: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(packed_sample, tmp_path / "packed"))

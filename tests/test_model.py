@@ -16,16 +16,6 @@ from tests.support.faultproxy import FaultProxy
 from tests.support.seaweed import BUCKET, SeaweedS3
 
 
-@pytest.fixture(scope="session")
-def tiny_t2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny-t2v"), "t2v")
-
-
-@pytest.fixture(scope="session")
-def tiny_i2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny-i2v"), "i2v")
-
-
 def test_tiny_models_load_and_generate(tiny_t2v: Path, tiny_i2v: Path) -> None:
     from diffusers import CogVideoXImageToVideoPipeline, CogVideoXPipeline
 

@@ -54,6 +54,7 @@ class LaunchPlan:
     resources_per_worker: dict[str, float]
     backend: str
     max_failures: int
+    resize_check_seconds: float
 
 
 def launch_plan(cfg: RunConfig, cluster_gpus: float) -> LaunchPlan:
@@ -64,14 +65,31 @@ def launch_plan(cfg: RunConfig, cluster_gpus: float) -> LaunchPlan:
     res: dict[str, float] = {"CPU": w.cpus_per_worker}
     if use_gpu:
         res["GPU"] = 1.0
-    return LaunchPlan(num, use_gpu, res, "nccl" if use_gpu else "gloo", w.max_failures)
+    return LaunchPlan(num, use_gpu, res, "nccl" if use_gpu else "gloo", w.max_failures, w.resize_check_seconds)
+
+
+LOCAL_ENV = {
+    # Ray resolves its node IP to the machine's external address on Linux unless "clusters" are
+    # off; off, every Ray server (GCS, raylet, workers, agents) listens on 127.0.0.1 only.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "GLOO_SOCKET_IFNAME": "lo",  # gloo's data connections stay on loopback
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # a report() waits for the controller's poll
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+}
 
 
 def local_ray_init(num_cpus: int | None = None) -> None:
-    """Start a local Ray on loopback only: no dashboard, nothing listening beyond 127.0.0.1."""
-    import ray
+    """Start a local Ray on loopback only (no dashboard). Not for joining a cluster: the settings
+    it makes are process-wide and would keep a multi-node cluster from forming.
 
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    One listener remains on all interfaces during training: torch's TCPStore rendezvous of the
+    process group (rank 0's MASTER_PORT), which torch binds to `::` whatever MASTER_ADDR says."""
+    for key, value in LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import; the variable above covers children
     ray.init(
         address="local",  # a new cluster of our own, never one found in /tmp/ray
         num_cpus=num_cpus,

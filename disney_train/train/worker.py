@@ -21,6 +21,7 @@ import torch
 
 from disney_train.config import RunConfig, dump_config
 from disney_train.storage import open_store
+from disney_train.train import chaos, zero_state
 from disney_train.train.checkpoint import Checkpoint, CheckpointStore
 from disney_train.train.engine import (
     Placement,
@@ -31,6 +32,7 @@ from disney_train.train.engine import (
     steps_per_epoch,
 )
 from disney_train.train.run_files import RunFiles
+from disney_train.train.zero_state import skip_shm_comm
 
 log = logging.getLogger("disney_train.worker")
 
@@ -96,65 +98,6 @@ def ensure_cache(cfg: RunConfig, model_path: Any, dist: Dist, device: torch.devi
     return cs, manifest, data_store, len(missing)
 
 
-# --------------------------------------------------------------------------- optimizer state
-
-
-def gather_state(
-    params: list[tuple[str, torch.nn.Parameter]],
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Full fp32 LoRA weights and AdamW moments, gathered from ZeRO's partitions (collective)."""
-    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
-
-    from disney_train.train.lora import peft_key
-
-    weights: dict[str, torch.Tensor] = {}
-    moments: dict[str, torch.Tensor] = {}
-    for name, p in params:
-        key = peft_key(name)
-        weights[key] = safe_get_full_fp32_param(p).detach().float().cpu().clone()
-        for m in ("exp_avg", "exp_avg_sq"):
-            value = safe_get_full_optimizer_state(p, m)
-            if value is not None:
-                moments[f"{key}.{m}"] = value.detach().float().cpu().clone()
-    return weights, moments
-
-
-def restore_state(
-    engine: Any,
-    params: list[tuple[str, torch.nn.Parameter]],
-    weights: dict[str, torch.Tensor],
-    moments: dict[str, torch.Tensor],
-    step: int,
-) -> None:
-    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-
-    from disney_train.train.lora import peft_key
-
-    missing = [peft_key(n) for n, _ in params if peft_key(n) not in weights]
-    if missing:
-        raise RuntimeError(f"checkpoint lacks LoRA weights for {len(missing)} parameter(s), e.g. {missing[0]}")
-    for name, p in params:
-        key = peft_key(name)
-        safe_set_full_fp32_param(p, weights[key].to(p.device))
-        for m in ("exp_avg", "exp_avg_sq"):
-            if f"{key}.{m}" in moments:
-                safe_set_full_optimizer_state(p, moments[f"{key}.{m}"].to(p.device), m)
-    set_adam_step(engine, step)
-
-
-def set_adam_step(engine: Any, step: int) -> None:
-    """AdamW's bias correction counts steps; after a restore it goes on from the checkpoint's."""
-    opt = engine.optimizer
-    inner = getattr(opt, "optimizer", opt)
-    for group in inner.param_groups:
-        for p in group["params"]:
-            state = inner.state[p]
-            if "step" in state:
-                state["step"] = torch.full_like(state["step"], float(step)) if torch.is_tensor(state["step"]) else step
-            else:
-                state["step"] = torch.tensor(float(step))
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -179,6 +122,8 @@ def train_loop(config: dict[str, Any]) -> None:
     set_accelerator_env(place)
     import deepspeed
 
+    if place.device == "cpu":
+        skip_shm_comm()
     deepspeed.init_distributed(dist_backend=place.backend)  # Ray's process group is reused
     try:
         _run(cfg, dist, place, cache_only)
@@ -206,7 +151,7 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None
     from disney_train.model.load import check_variant, load_scheduler, load_transformer
     from disney_train.model.source import resolve_model
     from disney_train.train.cache import CachedClipDataset
-    from disney_train.train.lora import add_lora, lora_file_bytes, read_lora_file
+    from disney_train.train.lora import add_lora, lora_file_bytes, peft_key, read_lora_file
     from disney_train.train.objective import diffusion_loss, model_facts, step_generator
 
     device = torch.device(f"cuda:{dist.local_rank}" if place.device == "cuda" else "cpu")
@@ -245,6 +190,7 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None
     per_epoch = steps_per_epoch(
         reader.num_samples, dist.world_size, cfg.optim.batch_size, cfg.optim.gradient_accumulation_steps
     )
+    # the LR schedule's length, fixed at the first start so that a resize does not bend the curve
     horizon = int(resumed.state["horizon"]) if resumed else (cfg.optim.max_steps or per_epoch * cfg.optim.epochs)
 
     o = cfg.optim
@@ -261,9 +207,10 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None
     if resumed is not None:
         step = resumed.step
         reader.load_state_dict(resumed.state["reader"])
-        weights = read_lora_file(resumed.lora_file)
-        restore_state(engine, params, weights, resumed.optimizer, step)
-        lr_sched.load_state_dict(resumed.state["lr_scheduler"])
+        by_key = read_lora_file(resumed.lora_file)
+        weights = {name: by_key[peft_key(name)] for name, _ in params if peft_key(name) in by_key}
+        optimizer = {"moments": resumed.optimizer, "meta": resumed.state["optimizer"]}
+        zero_state.restore(engine, params, weights, optimizer, resumed.state["lr_scheduler"])
         history = list(resumed.state.get("metrics", []))
         if dist.rank == 0:
             log.info(
@@ -275,8 +222,15 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None
             )
     restarts = int(resumed.state.get("restarts", -1)) + 1 if resumed else 0
 
+    saved = resumed.step if resumed is not None else -1
+
     def save_checkpoint() -> str | None:
-        weights, moments = gather_state(params)
+        """Collective; rank 0 writes. A step already committed (a restart right after the last
+        checkpoint) is not written again."""
+        nonlocal saved
+        if saved == step:
+            return ckpts.url(step)
+        weights, optimizer = zero_state.gather(engine, params)
         uri = None
         if dist.rank == 0:
             state = {
@@ -284,28 +238,34 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None
                 "horizon": horizon,
                 "reader": reader.state_dict(),
                 "lr_scheduler": lr_sched.state_dict(),
+                "optimizer": optimizer["meta"],
                 "world_size": dist.world_size,
                 "restarts": restarts,
                 "rng": {"scheme": "per-step generator seeded by (seed, step, rank, micro-batch)", "seed": cfg.seed},
                 "metrics": history,
             }
-            uri = ckpts.save(Checkpoint(step, lora_file_bytes(weights, cfg.lora), moments, state, dump_config(cfg)))
+            lora = lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora)
+            uri = ckpts.save(Checkpoint(step, lora, optimizer["moments"], state, dump_config(cfg)))
             files.write_progress(_progress(step, horizon, reader, history, uri, dist.world_size, "running"))
+        saved = step
         dist.barrier()
         return uri
 
+    def done() -> bool:
+        if o.max_steps is not None:
+            return step >= o.max_steps
+        return int(reader.state_dict()["epoch"]) >= o.epochs
+
     def batches() -> Iterator[dict[str, Any]]:
-        while reader.state_dict()["epoch"] < o.epochs:
+        while not done():
             yield from reader
 
     window = Window()
-    last_ckpt: str | None = None
+    last_ckpt: str | None = ckpts.url(step) if resumed is not None else None
     micro = 0
     t_data = time.perf_counter()
     engine.train()
     for batch in batches():
-        if step >= horizon:
-            break
         window.data_seconds += time.perf_counter() - t_data
         t0 = time.perf_counter()
         gen = step_generator(cfg.seed, step, dist.rank, micro)
@@ -315,13 +275,15 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None
         window.losses.append(float(loss.detach()))
         window.samples += len(batch["key"])
         micro += 1
-        if not engine.is_gradient_accumulation_boundary() and micro % o.gradient_accumulation_steps != 0:
-            t_data = time.perf_counter()
+        window.step_seconds.append(time.perf_counter() - t0)
+        t_data = time.perf_counter()
+        if micro < o.gradient_accumulation_steps:
             continue
         micro = 0
         step += 1
-        window.step_seconds.append(time.perf_counter() - t0)
-        if step % cfg.train.report_every == 0 or step == horizon:
+        chaos.after_step(step, dist.rank)
+        finished = done()
+        if step % cfg.train.report_every == 0 and not finished:
             record = _window_record(step, reader, window, engine, lr_sched, dist, built, restarts)
             history.append(record)
             _report(record)
@@ -329,9 +291,11 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None
                 log.info("step %d/%d loss %.4f lr %.2e", step, horizon, record["loss"], record["learning_rate"])
                 files.write_progress(_progress(step, horizon, reader, history, last_ckpt, dist.world_size, "running"))
             window = Window()
-        if step % cfg.train.checkpoint_every == 0 and step < horizon:
+        if finished:
+            break
+        if step % cfg.train.checkpoint_every == 0:
             last_ckpt = save_checkpoint()
-        if cfg.validation.every and step % cfg.validation.every == 0 and step < horizon:
+        if cfg.validation.every and step % cfg.validation.every == 0:
             _validate(cfg, model_path, files, step, params, dist, place)
         t_data = time.perf_counter()
 
@@ -340,14 +304,14 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None
         history.append(record)
         _report(record)
     last_ckpt = save_checkpoint()
-    weights, _ = gather_state(params)
+    weights = zero_state.gather_weights(params)
     if dist.rank == 0:
-        files.write_final(lora_file_bytes(weights, cfg.lora), dump_config(cfg))
+        files.write_final(lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora), dump_config(cfg))
     if cfg.validation.at_end:
         _validate(cfg, model_path, files, step, params, dist, place)
     if dist.rank == 0:
         files.finish(step, _progress(step, horizon, reader, history, last_ckpt, dist.world_size, "finished"))
-    del engine
+    engine.destroy()
 
 
 def _vae_config(model_path: Any) -> Any:
@@ -407,18 +371,18 @@ def _validate(
 ) -> None:
     """Validation videos for the current LoRA, rendered on rank 0 with a fresh pipeline."""
     from disney_train.generate import RenderSpec, apply_lora, load_pipeline, mp4_bytes, render
-    from disney_train.train.lora import lora_file_bytes
+    from disney_train.train.lora import lora_file_bytes, peft_key
 
     v = cfg.validation
     if not v.prompts:
         return
-    weights, _ = gather_state(params)  # collective: every rank takes part
+    weights = zero_state.gather_weights(params)  # collective: every rank takes part
     if dist.rank == 0:
         t0 = time.perf_counter()
         images = [open_store(u.rsplit("/", 1)[0], cfg.s3).read_bytes(u.rsplit("/", 1)[1]) for u in v.images]
         dtype = torch.bfloat16 if place.precision == "bf16" else torch.float32
         pipe = load_pipeline(model_path, cfg.model.variant, place.device, dtype)
-        apply_lora(pipe, lora_file_bytes(weights, cfg.lora))
+        apply_lora(pipe, lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora))
         spec = RenderSpec(
             prompts=v.prompts,
             images=images,

@@ -1,0 +1,88 @@
+"""Checkpoints: committed by a marker written last, checked on load, the last K kept; local and S3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from disney_train.config import LoraConfig, S3Options
+from disney_train.storage import Store, open_store
+from disney_train.train.checkpoint import COMMIT, Checkpoint, CheckpointError, CheckpointStore, step_prefix
+from disney_train.train.lora import lora_file_bytes, read_lora_file
+
+
+def _ckpt(step: int) -> Checkpoint:
+    lora = {"blocks.0.to_q.lora_A.weight": torch.full((2, 4), float(step))}
+    return Checkpoint(
+        step,
+        lora_file_bytes(lora, LoraConfig(rank=2, alpha=2, target_modules=["to_q"])),
+        {"blocks.0.to_q.lora_A.default.weight.exp_avg": torch.ones(2, 4) * step},
+        {"step": step, "reader": {"epoch": 1, "consumed": 2}},
+        "name: x\n",
+    )
+
+
+def _exercise(store: Store) -> None:
+    ckpts = CheckpointStore(store, keep=2)
+    assert ckpts.latest() is None
+    for step in (10, 20, 30):
+        ckpts.save(_ckpt(step))
+    assert ckpts.committed() == [20, 30]  # the last K
+    back = ckpts.load(30)
+    assert back.state["reader"] == {"epoch": 1, "consumed": 2} and back.config_yaml == "name: x\n"
+    assert float(read_lora_file(back.lora_file)["blocks.0.to_q.lora_A.weight"][0, 0]) == 30.0
+    torch.testing.assert_close(back.optimizer["blocks.0.to_q.lora_A.default.weight.exp_avg"], torch.ones(2, 4) * 30)
+
+    # a save that died before its commit: invisible, and removed by the next save
+    store.write_bytes(f"{step_prefix(40)}/state.json", b"{}")
+    assert ckpts.latest() == 30
+    ckpts.save(_ckpt(50))
+    assert not store.list_keys(step_prefix(40)) and ckpts.committed() == [30, 50]
+
+    # a file that does not match its commit is refused by name
+    store.write_bytes(f"{step_prefix(50)}/state.json", b'{"step": 49}')
+    with pytest.raises(CheckpointError, match=r"step-000000050: state.json does not match the sha256"):
+        ckpts.load(50)
+    commit = json.loads(store.read_bytes(f"{step_prefix(30)}/{COMMIT}"))
+    assert set(commit["files"]) == {"pytorch_lora_weights.safetensors", "optimizer.safetensors", "state.json", "config.yaml"}
+
+
+def test_local_checkpoints(tmp_path: Path) -> None:
+    _exercise(open_store(str(tmp_path / "run")))
+
+
+def test_s3_checkpoints(s3: S3Options, s3_uri: str) -> None:
+    _exercise(open_store(s3_uri, s3))
+
+
+def test_lora_file_loads_into_the_diffusers_pipeline(tiny_t2v: Path) -> None:
+    """The saved file is what CogVideoXPipeline.load_lora_weights reads, with its rank and alpha."""
+    from diffusers import CogVideoXPipeline
+
+    from disney_train.generate import apply_lora
+    from disney_train.model.load import load_transformer
+    from disney_train.train.lora import add_lora, peft_key
+
+    cfg = LoraConfig(rank=4, alpha=8)
+    transformer = load_transformer(tiny_t2v)
+    params = add_lora(transformer, cfg)
+    g = torch.Generator().manual_seed(0)
+    state = {peft_key(n): torch.randn(p.shape, generator=g) for n, p in params}
+    data = lora_file_bytes(state, cfg)
+
+    pipe = CogVideoXPipeline.from_pretrained(str(tiny_t2v))
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    apply_lora(pipe, data)
+    by_param = {n: v for n, v in pipe.transformer.named_parameters() if "lora_" in n}
+    for key, value in state.items():
+        module, kind, _w = key.rsplit(".", 2)
+        match = [v for n, v in by_param.items() if n.startswith(f"{module}.{kind}.") and n.endswith(".weight")]
+        assert len(match) == 1, key
+        torch.testing.assert_close(match[0].detach(), value)
+    assert len(by_param) == len(state) == 8  # A and B for to_q, to_k, to_v, to_out.0
+    scale = pipe.transformer.transformer_blocks[0].attn1.to_q.scaling
+    assert list(scale.values()) == [2.0]  # alpha / rank from the file's metadata
+    assert all(torch.equal(before[k], v) for k, v in pipe.transformer.state_dict().items() if k in before)

@@ -1,0 +1,88 @@
+"""The GPU and CPU choices of the engine, checked without a GPU: placement, DeepSpeed config, Ray plan."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from disney_train.config import ConfigError, RunConfig
+from disney_train.train.engine import Placement, deepspeed_config, lr_factor, placement, steps_per_epoch
+from disney_train.train.launch import launch_plan
+from tests.support.training import train_config
+
+
+def _cfg(**overrides: Any) -> RunConfig:
+    return train_config("m", "d", "o", **overrides)
+
+
+def _parsed(conf: dict[str, Any]) -> Any:
+    """DeepSpeed's own parser accepts the config (and fills in what it derives)."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    return DeepSpeedConfig(conf)
+
+
+def test_gpu_worker_gets_cuda_bf16_nccl_fused_adam() -> None:
+    cfg = _cfg()
+    p = placement(cfg, cuda_available=True)
+    assert p == Placement("cuda", "bf16", "nccl")
+    conf = deepspeed_config(cfg, p)
+    assert conf["bf16"] == {"enabled": True} and conf["fp16"]["enabled"] is False
+    assert conf["optimizer"]["params"]["torch_adam"] is False  # DeepSpeed's fused Adam
+    assert conf["zero_optimization"]["stage"] == 2 and conf["zero_optimization"]["overlap_comm"] is True
+    parsed = _parsed(conf)
+    assert parsed.bfloat16_config.enabled and parsed.zero_optimization_stage == 2
+
+
+def test_cpu_worker_gets_fp32_gloo_torch_adam() -> None:
+    cfg = _cfg()
+    p = placement(cfg, cuda_available=False)
+    assert p == Placement("cpu", "fp32", "gloo")
+    conf = deepspeed_config(cfg, p)
+    assert conf["bf16"]["enabled"] is False and conf["fp16"]["enabled"] is False
+    assert conf["optimizer"]["params"]["torch_adam"] is True
+    assert conf["gradient_clipping"] == 1.0 and conf["train_micro_batch_size_per_gpu"] == 1
+    _parsed(conf)
+
+
+def test_zero3_and_offload_are_rendered() -> None:
+    cfg = _cfg(**{"train.zero_stage": 3, "train.offload_optimizer": True})
+    gpu = deepspeed_config(cfg, placement(cfg, True))
+    assert gpu["zero_optimization"]["stage"] == 3
+    assert gpu["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert gpu["optimizer"]["params"]["torch_adam"] is False  # DeepSpeed's CPU Adam for offload
+    assert _parsed(gpu).zero_optimization_stage == 3
+    cpu = deepspeed_config(cfg, placement(cfg, False))
+    assert cpu["zero_optimization"]["offload_optimizer"]["pin_memory"] is False
+
+
+def test_forced_cuda_without_gpu_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="device is 'cuda' but this worker sees no GPU"):
+        placement(_cfg(**{"train.workers.device": "cuda"}), cuda_available=False)
+    assert placement(_cfg(**{"train.precision": "bf16"}), False).precision == "bf16"  # explicit wins
+
+
+def test_ray_plan_requests_gpus_on_gpu_clusters_and_elastic_ranges() -> None:
+    cfg = _cfg(**{"train.workers.replicas": 4, "train.workers.min_replicas": 2, "train.workers.max_replicas": 8})
+    gpu = launch_plan(cfg, cluster_gpus=8)
+    assert gpu.use_gpu and gpu.resources_per_worker == {"CPU": 1.0, "GPU": 1.0} and gpu.backend == "nccl"
+    assert gpu.num_workers == (2, 8)
+    cpu = launch_plan(_cfg(), cluster_gpus=0)
+    assert not cpu.use_gpu and cpu.resources_per_worker == {"CPU": 1.0} and cpu.backend == "gloo"
+    assert cpu.num_workers == 2  # fixed size: an int, not a range
+
+
+def test_elastic_range_must_hold_replicas() -> None:
+    with pytest.raises(ConfigError, match=r"min_replicas \(3\) <= replicas \(2\)"):
+        _cfg(**{"train.workers.min_replicas": 3})
+
+
+def test_lr_schedule_and_steps_per_epoch() -> None:
+    assert [lr_factor(s, 4, 100, "constant") for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_factor(4, 4, 104, "cosine") == 1.0 and math.isclose(lr_factor(54, 4, 104, "cosine"), 0.5)
+    assert lr_factor(104, 4, 104, "linear") == 0.0
+    assert steps_per_epoch(69, 4, 2, 1) == 9  # 68 clips on 4 ranks: 17 each, 9 micro-batches of <= 2
+    assert steps_per_epoch(69, 4, 2, 3) == 3
+    assert steps_per_epoch(1, 1, 4, 8) == 1
