@@ -47,7 +47,12 @@ def _exercise(store: Store) -> None:
     with pytest.raises(CheckpointError, match=r"step-000000050: state.json does not match the sha256"):
         ckpts.load(50)
     commit = json.loads(store.read_bytes(f"{step_prefix(30)}/{COMMIT}"))
-    assert set(commit["files"]) == {"pytorch_lora_weights.safetensors", "optimizer.safetensors", "state.json", "config.yaml"}
+    assert set(commit["files"]) == {
+        "pytorch_lora_weights.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+        "config.yaml",
+    }
 
 
 def test_local_checkpoints(tmp_path: Path) -> None:

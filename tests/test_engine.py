@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from disney_train.config import ConfigError, RunConfig
-from disney_train.train.engine import Placement, deepspeed_config, lr_factor, placement, steps_per_epoch
+from disney_train.train.engine import Placement, deepspeed_config, lr_factor, placement, run_progress, steps_per_epoch
 from disney_train.train.launch import launch_plan
 from tests.support.training import train_config
 
@@ -80,9 +80,12 @@ def test_elastic_range_must_hold_replicas() -> None:
 
 
 def test_lr_schedule_and_steps_per_epoch() -> None:
-    assert [lr_factor(s, 4, 100, "constant") for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
-    assert lr_factor(4, 4, 104, "cosine") == 1.0 and math.isclose(lr_factor(54, 4, 104, "cosine"), 0.5)
-    assert lr_factor(104, 4, 104, "linear") == 0.0
+    assert [lr_factor(s, 4, 0.5, "constant") for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_factor(4, 4, 0.0, "cosine") == 1.0 and math.isclose(lr_factor(54, 4, 0.5, "cosine"), 0.5)
+    assert lr_factor(104, 4, 1.0, "linear") == 0.0 and lr_factor(9, 4, 1.7, "cosine") == 0.0
+    # progress is data (epochs) or max_steps, whatever the world size
+    assert run_progress(10, 40, 0, 0, 69, 30) == 0.25
+    assert run_progress(3, None, 1, 23, 69, 2) == pytest.approx((1 + 23 / 69) / 2)
     assert steps_per_epoch(69, 4, 2, 1) == 9  # 68 clips on 4 ranks: 17 each, 9 micro-batches of <= 2
     assert steps_per_epoch(69, 4, 2, 3) == 3
     assert steps_per_epoch(1, 1, 4, 8) == 1

@@ -57,7 +57,9 @@ def test_true_velocity_gives_zero_loss_and_zero_output_the_weighted_x0_error(tin
     batch = _batch()
     x0 = batch["latent_dist"].chunk(2, dim=2)[0] * facts.scaling_factor
     cpu = torch.device("cpu")
-    exact = diffusion_loss(Oracle(x0, facts.alphas_cumprod, True, 4), scheduler, facts, batch, step_generator(1, 0, 0), cpu, torch.float32)
+    exact = diffusion_loss(
+        Oracle(x0, facts.alphas_cumprod, True, 4), scheduler, facts, batch, step_generator(1, 0, 0), cpu, torch.float32
+    )
     assert float(exact) == pytest.approx(0.0, abs=1e-6)
 
     zero = Oracle(x0, facts.alphas_cumprod, False, 4)
@@ -78,13 +80,17 @@ def test_image_to_video_conditions_on_the_first_frame_latent(tiny_i2v: Path) -> 
     batch = _batch()
     x0 = batch["latent_dist"].chunk(2, dim=2)[0] * facts.scaling_factor
     oracle = Oracle(x0, facts.alphas_cumprod, True, 4)
-    loss = diffusion_loss(oracle, scheduler, facts, batch, step_generator(1, 0, 0), torch.device("cpu"), torch.float32, image_dropout=0.0)
+    loss = diffusion_loss(
+        oracle, scheduler, facts, batch, step_generator(1, 0, 0), torch.device("cpu"), torch.float32, image_dropout=0.0
+    )
     assert float(loss) == pytest.approx(0.0, abs=1e-6)
     x = oracle.inputs[0]
     assert x.shape == (2, 3, 8, 4, 6)  # noisy latents and the image latents on channels
     torch.testing.assert_close(x[:, 0, 4:], x0[:, 0])  # frame 0: the image's latent
     assert torch.count_nonzero(x[:, 1:, 4:]) == 0  # later frames: zero padding
-    diffusion_loss(oracle, scheduler, facts, batch, step_generator(1, 0, 0), torch.device("cpu"), torch.float32, image_dropout=1.0)
+    diffusion_loss(
+        oracle, scheduler, facts, batch, step_generator(1, 0, 0), torch.device("cpu"), torch.float32, image_dropout=1.0
+    )
     assert torch.count_nonzero(oracle.inputs[-1][:, :, 4:]) == 0  # dropped: no image at all
 
 
@@ -100,7 +106,17 @@ def test_steps_are_deterministic_per_seed_step_and_rank(tiny_t2v: Path) -> None:
     batch["prompt_embeds"] = torch.randn((2, 226, 32), generator=torch.Generator().manual_seed(3))
 
     def loss(seed: int, step: int, rank: int) -> float:
-        return float(diffusion_loss(transformer, scheduler, facts, batch, step_generator(seed, step, rank), torch.device("cpu"), torch.float32))
+        return float(
+            diffusion_loss(
+                transformer,
+                scheduler,
+                facts,
+                batch,
+                step_generator(seed, step, rank),
+                torch.device("cpu"),
+                torch.float32,
+            )
+        )
 
     assert loss(5, 3, 0) == loss(5, 3, 0)
     assert len({loss(5, 3, 0), loss(5, 4, 0), loss(5, 3, 1), loss(6, 3, 0)}) == 4

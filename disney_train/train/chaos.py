@@ -1,7 +1,7 @@
 """Failure drills: make a training worker die or slow down at a chosen step.
 
-Set `DISNEY_TRAIN_CHAOS` in the workers' environment (a staging RayJob, or the tests), a list of
-`;`-separated actions:
+Set `DISNEY_TRAIN_CHAOS` in the environment of `disney-train train` (a staging RayJob, or the
+tests); the driver hands it to every worker. A list of `;`-separated actions:
 
     kill:STEP:RANK:ONCE_FILE    SIGKILL rank RANK's own process right after step STEP, if
                                 ONCE_FILE does not exist yet (it is created first, so the
@@ -21,8 +21,7 @@ from pathlib import Path
 ENV = "DISNEY_TRAIN_CHAOS"
 
 
-def after_step(step: int, rank: int) -> None:
-    spec = os.environ.get(ENV)
+def after_step(step: int, rank: int, spec: str | None) -> None:
     if not spec:
         return
     for action in filter(None, (a.strip() for a in spec.split(";"))):

@@ -79,16 +79,24 @@ def deepspeed_config(cfg: RunConfig, p: Placement) -> dict[str, Any]:
     return conf
 
 
-def lr_factor(step: int, warmup: int, horizon: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate at `step` (0-based) of a `horizon`-step run."""
+def lr_factor(step: int, warmup: int, progress: float, schedule: str) -> float:
+    """Multiplier of the peak learning rate for optimizer step `step` (0-based), `progress` into
+    the run (0..1). Progress is measured in data (epochs) or in max_steps, not in steps of the
+    current world size, so an elastic resize does not bend the curve."""
     if warmup and step < warmup:
         return (step + 1) / warmup
-    if schedule == "constant" or horizon <= warmup:
-        return 1.0
-    frac = min(1.0, (step - warmup) / max(1, horizon - warmup))
+    frac = min(1.0, max(0.0, progress))
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * frac))
-    return max(0.0, 1.0 - frac)
+    if schedule == "linear":
+        return 1.0 - frac
+    return 1.0
+
+
+def run_progress(step: int, max_steps: int | None, epoch: int, consumed: int, num_samples: int, epochs: int) -> float:
+    if max_steps is not None:
+        return step / max_steps
+    return (epoch + consumed / max(1, num_samples)) / epochs
 
 
 def steps_per_epoch(num_samples: int, world_size: int, batch_size: int, accumulation: int) -> int:

@@ -131,6 +131,7 @@ def launch(
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from disney_train.train import chaos
     from disney_train.train.worker import train_loop
 
     files = files or RunFiles(cfg)
@@ -145,7 +146,11 @@ def launch(
         plan = launch_plan(cfg, float(ray.cluster_resources().get("GPU", 0)))  # type: ignore[no-untyped-call]
         trainer = TorchTrainer(
             train_loop,
-            train_loop_config={"run": cfg.model_dump(mode="json"), "cache_only": cache_only},
+            train_loop_config={
+                "run": cfg.model_dump(mode="json"),
+                "cache_only": cache_only,
+                "chaos": os.environ.get(chaos.ENV),
+            },
             torch_config=TorchConfig(backend=plan.backend),
             scaling_config=ScalingConfig(
                 num_workers=plan.num_workers,  # type: ignore[arg-type]  # V2 takes (min, max)

@@ -28,6 +28,7 @@ from disney_train.train.engine import (
     deepspeed_config,
     lr_factor,
     placement,
+    run_progress,
     set_accelerator_env,
     steps_per_epoch,
 )
@@ -116,6 +117,7 @@ def train_loop(config: dict[str, Any]) -> None:
     """The Ray Train loop (`disney-train train` and the operator's RayJob both end up here)."""
     cfg = RunConfig.model_validate(config["run"])
     cache_only = bool(config.get("cache_only"))
+    chaos_spec = config.get("chaos")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     dist = _dist()
     place = placement(cfg, torch.cuda.is_available())
@@ -125,10 +127,10 @@ def train_loop(config: dict[str, Any]) -> None:
     if place.device == "cpu":
         skip_shm_comm()
     deepspeed.init_distributed(dist_backend=place.backend)  # Ray's process group is reused
-    try:
-        _run(cfg, dist, place, cache_only)
-    finally:
-        shutdown(dist)
+    # No clean-up on an error: the other ranks may be inside a collective that a barrier would
+    # never match. The error ends this worker; Ray then tears the whole group down.
+    _run(cfg, dist, place, cache_only, chaos_spec)
+    shutdown(dist)
 
 
 def shutdown(dist: Dist) -> None:
@@ -144,7 +146,7 @@ def shutdown(dist: Dist) -> None:
             torch.distributed.destroy_process_group()
 
 
-def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None:
+def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_spec: str | None) -> None:
     import deepspeed
 
     from disney_train.data.reader import TrainingClips
@@ -168,6 +170,7 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None
     transformer = load_transformer(model_path, dtype, device)
     if cfg.train.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
+    torch.manual_seed(cfg.seed)  # LoRA A's initialisation: the same on every rank and every start
     params = add_lora(transformer, cfg.lora)
     scheduler = load_scheduler(model_path)
     vae_config = _vae_config(model_path)
@@ -190,16 +193,19 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None
     per_epoch = steps_per_epoch(
         reader.num_samples, dist.world_size, cfg.optim.batch_size, cfg.optim.gradient_accumulation_steps
     )
-    # the LR schedule's length, fixed at the first start so that a resize does not bend the curve
-    horizon = int(resumed.state["horizon"]) if resumed else (cfg.optim.max_steps or per_epoch * cfg.optim.epochs)
-
     o = cfg.optim
+    # for the progress bar: the run's length in steps at this world size
+    horizon = o.max_steps or (resumed.step if resumed else 0) + per_epoch * max(
+        0, o.epochs - (int(resumed.state["reader"]["epoch"]) if resumed else 0)
+    )
+    # where the LR schedule is: set before each optimizer step, read by the scheduler's lambda
+    position = {"step": resumed.step if resumed else 0, "progress": 0.0}
     engine, _, _, lr_sched = deepspeed.initialize(
         model=transformer,
         model_parameters=[p for _, p in params],
         config=deepspeed_config(cfg, place),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, o.warmup_steps, horizon, o.lr_schedule)
+            opt, lambda _: lr_factor(int(position["step"]), o.warmup_steps, position["progress"], o.lr_schedule)
         ),
     )
     step = 0
@@ -235,7 +241,6 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None
         if dist.rank == 0:
             state = {
                 "step": step,
-                "horizon": horizon,
                 "reader": reader.state_dict(),
                 "lr_scheduler": lr_sched.state_dict(),
                 "optimizer": optimizer["meta"],
@@ -271,6 +276,11 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None
         gen = step_generator(cfg.seed, step, dist.rank, micro)
         loss = diffusion_loss(engine, scheduler, facts, batch, gen, device, dtype)
         engine.backward(loss)
+        rs = reader.state_dict()
+        position["step"] = step + 1  # the scheduler steps after this optimizer step: set the next
+        position["progress"] = run_progress(
+            step + 1, o.max_steps, rs["epoch"], rs["consumed"], reader.num_samples, o.epochs
+        )
         engine.step()
         window.losses.append(float(loss.detach()))
         window.samples += len(batch["key"])
@@ -281,7 +291,7 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool) -> None
             continue
         micro = 0
         step += 1
-        chaos.after_step(step, dist.rank)
+        chaos.after_step(step, dist.rank, chaos_spec)
         finished = done()
         if step % cfg.train.report_every == 0 and not finished:
             record = _window_record(step, reader, window, engine, lr_sched, dist, built, restarts)

@@ -1,0 +1,216 @@
+"""The fine-tuning engine end to end on Ray Train (local, loopback only) with the tiny model.
+
+The CLI run trains with the data and the outputs on S3 (SeaweedFS); the resume tests compare the
+loss of every step of an interrupted run with an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+import torch
+import yaml
+
+from disney_train.config import RunConfig, S3Options, dump_config
+from disney_train.data.pack import PackOptions, pack
+from disney_train.storage import open_store
+from disney_train.train.checkpoint import CheckpointStore
+from disney_train.train.launch import RunFinishedError, TrainingError, launch, local_ray_init
+from disney_train.train.run_files import FINAL_LORA, RunFiles
+from tests.support.raywatch import ListenWatch
+from tests.support.training import train_config
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    import ray
+
+    local_ray_init(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def _history(cfg: RunConfig) -> list[dict[str, Any]]:
+    files = RunFiles(cfg)
+    ckpts = CheckpointStore(files.store, 10)
+    latest = ckpts.latest()
+    assert latest is not None
+    history: list[dict[str, Any]] = ckpts.load(latest).state["metrics"]
+    return history
+
+
+def test_cli_trains_from_s3_to_s3_and_refuses_to_rerun_a_finished_run(
+    tiny_t2v: Path, sample_src: Path, s3: S3Options, s3_uri: str, tmp_path: Path
+) -> None:
+    data = f"{s3_uri}/data"
+    pack(sample_src, data, PackOptions(min_frames=17, shard_bytes=512 * 1024), s3, None)
+    cfg = train_config(
+        tiny_t2v,
+        data,
+        f"{s3_uri}/runs",
+        **{
+            "s3.endpoint_url": s3.endpoint_url,
+            "optim.max_steps": 8,
+            "train.checkpoint_every": 3,
+            "train.keep_checkpoints": 2,
+            "train.report_every": 2,
+            "validation.prompts": ["A chubby grey cartoon rabbit.", "A purple butterfly."],
+            "validation.every": 4,
+            "validation.steps": 2,
+            "validation.at_end": True,
+        },
+    )
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(cfg))
+    cmd = [sys.executable, "-m", "disney_train.cli", "train", "--config", str(path)]
+    env = {**os.environ, "DISNEY_TRAIN_CACHE": str(tmp_path / "cache")}
+    with ListenWatch(os.getpid()) as watch:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "LoRA" in proc.stdout and "final/pytorch_lora_weights.safetensors" in proc.stdout
+
+    # Ray bound to loopback; beyond it only torch's TCPStore (rank 0's rendezvous port) listens
+    assert len(watch.seen) >= 5, watch.seen
+    outside = watch.beyond_loopback()
+    assert len(outside) <= 1 and all("RayTrainWorker" in o.name or "ray::" in o.name for o in outside), outside
+
+    run = open_store(f"{s3_uri}/runs/{cfg.name}", s3)
+    assert CheckpointStore(run, 2).committed() == [6, 8]  # 3, 6, then the final 8; the last two kept
+    progress = json.loads(run.read_bytes("progress.json"))
+    assert progress["phase"] == "finished" and progress["step"] == 8 and progress["world_size"] == 2
+    videos = sorted(k for k in run.list_keys("validation/") if k.endswith(".mp4"))
+    assert videos == [
+        "validation/step-000000004/video-00.mp4",
+        "validation/step-000000004/video-01.mp4",
+        "validation/step-000000008/video-00.mp4",
+        "validation/step-000000008/video-01.mp4",
+    ]
+    mp4 = tmp_path / "v.mp4"
+    mp4.write_bytes(run.read_bytes(videos[-1]))
+    with av.open(str(mp4)) as c:
+        frames = list(c.decode(video=0))
+    assert len(frames) == 17 and (frames[0].height, frames[0].width) == (64, 96)
+
+    # the final LoRA is trained (B is no longer zero) and loads into the diffusers pipeline
+    from diffusers import CogVideoXPipeline
+
+    from disney_train.generate import apply_lora
+    from disney_train.train.lora import read_lora_file
+
+    lora = run.read_bytes(FINAL_LORA)
+    state = read_lora_file(lora)
+    assert any("lora_B" in k and torch.count_nonzero(v) > 0 for k, v in state.items())
+    pipe = CogVideoXPipeline.from_pretrained(str(tiny_t2v))
+    apply_lora(pipe, lora)
+    assert any("lora_B" in n for n, _ in pipe.transformer.named_parameters())
+
+    # the latent cache was built beside the dataset, by both workers
+    assert sum(k.endswith(".safetensors") for k in open_store(data, s3).list_keys("cache/")) == 4
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already finished at step 8" in " ".join(again.stdout.split())
+    assert CheckpointStore(run, 2).committed() == [6, 8]
+
+
+def _resume_config(model: Path, data: Path, out: Path, name: str, **extra: Any) -> RunConfig:
+    return train_config(
+        model,
+        data,
+        out,
+        **{
+            "name": name,
+            "optim.max_steps": 8,
+            "optim.warmup_steps": 3,
+            "optim.lr_schedule": "cosine",
+            "train.checkpoint_every": 4,
+            "train.report_every": 1,
+            **extra,
+        },
+    )
+
+
+def test_killed_worker_is_replaced_and_training_resumes_exactly(
+    ray_local: None, tiny_t2v: Path, packed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker SIGKILLed after step 6 (checkpoint at 4): Ray restarts the group, which resumes
+    from step 4; every step's loss equals the uninterrupted run's. Then the same with no retries
+    left: the run fails, and `launch` again resumes it to the same losses."""
+    straight = _resume_config(tiny_t2v, packed, tmp_path / "out", "straight")
+    launch(straight, storage_path=tmp_path / "ray")
+    expected = [(h["step"], h["loss"]) for h in _history(straight)]
+    assert [s for s, _ in expected] == list(range(1, 9))
+
+    killed = _resume_config(tiny_t2v, packed, tmp_path / "out", "killed", **{"train.workers.max_failures": 1})
+    monkeypatch.setenv("DISNEY_TRAIN_CHAOS", f"kill:6:1:{tmp_path / 'killed-once'}")
+    launch(killed, storage_path=tmp_path / "ray")
+    assert (tmp_path / "killed-once").exists()  # the kill happened
+    history = _history(killed)
+    assert history[-1]["restarts"] == 1
+    got = [(h["step"], h["loss"]) for h in history]
+    assert [s for s, _ in got] == list(range(1, 9))
+    for (s, a), (_, b) in zip(got, expected, strict=True):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-7), f"step {s}"
+
+    failed = _resume_config(tiny_t2v, packed, tmp_path / "out", "failed", **{"train.workers.max_failures": 0})
+    monkeypatch.setenv("DISNEY_TRAIN_CHAOS", f"kill:6:0:{tmp_path / 'failed-once'}")
+    with pytest.raises(TrainingError, match="run 'failed' failed"):
+        launch(failed, storage_path=tmp_path / "ray")
+    assert CheckpointStore(RunFiles(failed).store, 3).committed() == [4]
+    monkeypatch.delenv("DISNEY_TRAIN_CHAOS")
+    launch(failed, storage_path=tmp_path / "ray")
+    got = [(h["step"], h["loss"]) for h in _history(failed)]
+    assert [round(a, 6) for _, a in got] == [round(b, 6) for _, b in expected]
+    with pytest.raises(RunFinishedError, match="already finished at step 8"):
+        launch(failed, storage_path=tmp_path / "ray")
+
+
+def test_resume_at_another_world_size_continues_the_data_and_schedule(
+    ray_local: None, tiny_t2v: Path, packed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped at step 6 with 2 workers, resumed with 1: the optimizer state is loaded (no error,
+    step counts go on), every clip of the epoch is still seen once, and the LR schedule continues."""
+    cfg = _resume_config(
+        tiny_t2v,
+        packed,
+        tmp_path / "out",
+        "resize",
+        **{"train.workers.max_failures": 0, "optim.epochs": 3, "optim.max_steps": None, "train.checkpoint_every": 2},
+    )
+    monkeypatch.setenv("DISNEY_TRAIN_CHAOS", f"kill:3:1:{tmp_path / 'once'}")
+    with pytest.raises(TrainingError):
+        launch(cfg, storage_path=tmp_path / "ray")
+    monkeypatch.delenv("DISNEY_TRAIN_CHAOS")
+    one = cfg.model_copy(deep=True)
+    one.train.workers.replicas = 1
+    launch(one, storage_path=tmp_path / "ray")
+    history = _history(one)
+    sizes = [(h["step"], h["world_size"]) for h in history]
+    # 3 epochs of 4 clips: 2 steps an epoch at 2 workers (2 done before the kill at step 3, the
+    # checkpoint at 2), then 4 steps an epoch at 1 worker: 2 + 4 + 4 = 10 steps
+    assert sizes == [(1, 2), (2, 2)] + [(s, 1) for s in range(3, 11)]
+    lrs = [h["learning_rate"] for h in history]
+    assert lrs[0] < lrs[1] < lrs[2] and lrs[-1] < lrs[3]  # warm-up, then the cosine goes on
+    assert history[-1]["epoch"] == 3
+
+
+def test_bad_cache_entry_fails_the_run_with_its_name(
+    ray_local: None, tiny_t2v: Path, packed: Path, tmp_path: Path
+) -> None:
+    cfg = train_config(tiny_t2v, packed, tmp_path / "out", **{"optim.max_steps": 2, "train.workers.max_failures": 0})
+    launch(cfg, storage_path=tmp_path / "ray", cache_only=True)
+    entry = next((packed / "cache").rglob("*.safetensors"))
+    entry.write_bytes(b"not a safetensors file")
+    with pytest.raises(TrainingError, match=rf"{entry.name} of clip \d+ is corrupt"):
+        launch(cfg, storage_path=tmp_path / "ray")
+    _ = yaml
