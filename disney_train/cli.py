@@ -380,11 +380,11 @@ def train(
 
     cfg = _guard(lambda: _absolute(load_config(config, _overrides(set_)), Path.cwd()))
     try:
-        metrics = _guard(lambda: _train(cfg, ray_address))
+        _guard(lambda: _train(cfg, ray_address))
     except RunFinishedError as err:
         console.print(f"[bold yellow]{err}[/]", highlight=False)
         return
-    _print_outputs(cfg, metrics)
+    _print_outputs(cfg)
 
 
 @app.command("cache")
@@ -399,22 +399,23 @@ def cache(
     console.print(f"latent cache ready beside {cfg.train.cache_uri or cfg.data.uri + '/cache'}")
 
 
-def _print_outputs(cfg: RunConfig, metrics: dict[str, Any]) -> None:
+def _print_outputs(cfg: RunConfig) -> None:
     from disney_train.train.run_files import FINAL_LORA, RunFiles
+
+    def out(text: str) -> None:  # paths are never broken across lines
+        console.print(text, soft_wrap=True, highlight=False)
 
     files = RunFiles(cfg)
     progress = files.read_progress() or {}
     videos = [k for k in files.store.list_keys("validation/") if k.endswith(".mp4")]
     console.rule("[bold]outputs")
-    console.print(f"run         {files.uri}")
-    console.print(
-        f"steps       {progress.get('step')} (epoch {progress.get('epoch')}), last loss {progress.get('loss')}"
-    )
-    console.print(f"checkpoint  {progress.get('last_checkpoint')}")
-    console.print(f"LoRA        {files.store.url(FINAL_LORA)}")
+    out(f"run         {files.uri}")
+    loss = progress.get("loss")
+    out(f"steps       {progress.get('step')} (epoch {progress.get('epoch')}), last loss {loss:.4f}" if loss else "")
+    out(f"checkpoint  {progress.get('last_checkpoint')}")
+    out(f"LoRA        {files.store.url(FINAL_LORA)}")
     for key in videos[-3:]:
-        console.print(f"video       {files.store.url(key)}")
-    _ = metrics
+        out(f"video       {files.store.url(key)}")
 
 
 # --------------------------------------------------------------------------- run
@@ -464,12 +465,11 @@ def run(
     from disney_train.train.launch import RunFinishedError
 
     try:
-        metrics = _guard(lambda: _train(cfg, None))
+        _guard(lambda: _train(cfg, None))
     except RunFinishedError as err:
         console.print(f"[bold yellow]{err}[/]", highlight=False)
-        metrics = {}
-    _print_outputs(cfg, metrics)
-    console.print(f"dataset     {src} -> {report.dest}")
+    _print_outputs(cfg)
+    console.print(f"dataset     {src} -> {report.dest}", soft_wrap=True, highlight=False)
     console.print(f"took        {time.perf_counter() - t0:.0f} s")
 
 

@@ -23,6 +23,7 @@ from disney_train.config import RunConfig, S3Options, dump_config
 from disney_train.data.pack import PackOptions, pack
 from disney_train.storage import open_store
 from disney_train.train.checkpoint import CheckpointStore
+from disney_train.train.engine import lr_factor
 from disney_train.train.launch import RunFinishedError, TrainingError, launch, local_ray_init
 from disney_train.train.run_files import FINAL_LORA, RunFiles
 from tests.support.raywatch import ListenWatch
@@ -199,9 +200,14 @@ def test_resume_at_another_world_size_continues_the_data_and_schedule(
     # 3 epochs of 4 clips: 2 steps an epoch at 2 workers (2 done before the kill at step 3, the
     # checkpoint at 2), then 4 steps an epoch at 1 worker: 2 + 4 + 4 = 10 steps
     assert sizes == [(1, 2), (2, 2)] + [(s, 1) for s in range(3, 11)]
-    lrs = [h["learning_rate"] for h in history]
-    assert lrs[0] < lrs[1] < lrs[2] and lrs[-1] < lrs[3]  # warm-up, then the cosine goes on
-    assert history[-1]["epoch"] == 3
+    # the LR after step s follows warm-up, then the cosine over the data seen: 2 clips a step at 2
+    # workers, then 1 a step at 1 worker; no jump at the resize, zero at the end of epoch 3
+    progress = [0.5 / 3, 1 / 3] + [(1 + k / 4) / 3 for k in range(1, 5)] + [(2 + k / 4) / 3 for k in range(1, 5)]
+    expected = [1e-3 * lr_factor(s, 3, p, "cosine") for s, p in zip(range(1, 11), progress, strict=True)]
+    assert [h["learning_rate"] for h in history] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert [h["epoch"] for h in history] == [0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    progress_file = RunFiles(one).read_progress()
+    assert progress_file is not None and progress_file["phase"] == "finished" and progress_file["epoch"] == 3
 
 
 def test_bad_cache_entry_fails_the_run_with_its_name(
