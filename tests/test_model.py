@@ -11,7 +11,6 @@ import torch
 from disney_train.config import S3Options
 from disney_train.model.load import load_components
 from disney_train.model.source import SYNC_MARKER, ModelError, push_model, resolve_model
-from disney_train.model.tiny import write_tiny_model
 from tests.support.faultproxy import FaultProxy
 from tests.support.seaweed import BUCKET, SeaweedS3
 

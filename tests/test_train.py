@@ -17,7 +17,6 @@ from typing import Any
 import av
 import pytest
 import torch
-import yaml
 
 from disney_train.config import RunConfig, S3Options, dump_config
 from disney_train.data.pack import PackOptions, pack
@@ -219,4 +218,3 @@ def test_bad_cache_entry_fails_the_run_with_its_name(
     entry.write_bytes(b"not a safetensors file")
     with pytest.raises(TrainingError, match=rf"{entry.name} of clip \d+ is corrupt"):
         launch(cfg, storage_path=tmp_path / "ray")
-    _ = yaml
