@@ -183,11 +183,20 @@ class LocalStore:
         )
 
     def delete(self, keys: list[str]) -> None:
+        """Remove the files, then the folders that this leaves empty (S3 has no folders to leave)."""
+        parents: set[Path] = set()
         for key in keys:
+            path = self._path(key)
             try:
-                self._path(key).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
             except OSError as err:
                 raise StorageError(f"cannot delete {self.url(key)}: {err.strerror or err}") from err
+            parents.update(p for p in path.parents if self.root in p.parents)
+        for folder in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): keep it
+                pass
 
     def check_access(self, write: bool) -> None:
         if write:

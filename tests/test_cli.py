@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import subprocess
 import sys
@@ -19,13 +21,23 @@ def test_run_on_the_embedded_default(tmp_path: Path) -> None:
     res = run("run", "--workdir", str(tmp_path / "w"))
     assert res.returncode == 0, res.stderr
     out = res.stdout
-    assert "read 4 clip(s) over 1 epoch(s)" in out
-    assert "[17, 3, 64, 96]" in out
-    assert (tmp_path / "w" / "packed" / "manifest.json").is_file()
-    assert (tmp_path / "w" / "sample" / "ATTRIBUTION.txt").read_text().startswith("Clips cut from Big Buck Bunny")
-    again = run("run", "--workdir", str(tmp_path / "w"))  # a second run reuses every shard
+    w = tmp_path / "w"
+    run_dir = w / "output" / "local-demo"
+    assert f"LoRA        {run_dir / 'final' / 'pytorch_lora_weights.safetensors'}" in out
+    assert (w / "packed" / "manifest.json").is_file()
+    assert (w / "sample" / "ATTRIBUTION.txt").read_text().startswith("Clips cut from Big Buck Bunny")
+    assert len(list((w / "packed" / "cache").rglob("*.safetensors"))) == 4  # the latent cache
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000000020", "step-000000030"]
+    assert (run_dir / "validation" / "step-000000030" / "video-00.mp4").stat().st_size > 1000
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["phase"] == "finished" and progress["step"] == 30 and progress["world_size"] == 2
+    state = json.loads((run_dir / "checkpoints" / "step-000000030" / "state.json").read_text())
+    losses = [m["loss"] for m in state["metrics"]]
+    assert len(losses) == 6 and losses[-1] < losses[0]  # the LoRA learns (seeded: the same every run)
+    again = run("run", "--workdir", str(w))  # a second run reuses every shard and trains nothing
     assert again.returncode == 0, again.stderr
     assert "0 shard(s) written" in again.stdout
+    assert "already finished at step 30" in " ".join(again.stdout.split())
 
 
 def test_config_show_and_bad_config(tmp_path: Path) -> None:
@@ -33,7 +45,7 @@ def test_config_show_and_bad_config(tmp_path: Path) -> None:
 
     assert run("--version").stdout.strip() == __version__
     res = run("config", "show")
-    assert res.returncode == 0 and "learning_rate: 0.0001" in res.stdout
+    assert res.returncode == 0 and "learning_rate: 0.001" in res.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {uri: m}\ndata: {uri: d, num_frames: 48}\noutput: {uri: o}\n")
     res = run("config", "show", str(bad))
