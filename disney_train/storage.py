@@ -9,6 +9,7 @@ truncated bodies) are retried with exponential backoff; permanent ones (403, 404
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -193,10 +194,8 @@ class LocalStore:
                 raise StorageError(f"cannot delete {self.url(key)}: {err.strerror or err}") from err
             parents.update(p for p in path.parents if self.root in p.parents)
         for folder in sorted(parents, key=lambda p: len(p.parts), reverse=True):
-            try:
+            with contextlib.suppress(OSError):  # not empty (or gone): keep it
                 folder.rmdir()
-            except OSError:  # not empty (or gone): keep it
-                pass
 
     def check_access(self, write: bool) -> None:
         if write:
