@@ -218,3 +218,34 @@ def test_bad_cache_entry_fails_the_run_with_its_name(
     entry.write_bytes(b"not a safetensors file")
     with pytest.raises(TrainingError, match=rf"{entry.name} of clip \d+ is corrupt"):
         launch(cfg, storage_path=tmp_path / "ray")
+
+
+def test_image_to_video_trains_the_same_from_the_cache_as_encoding_every_step(
+    ray_local: None, tiny_i2v: Path, packed: Path, tmp_path: Path
+) -> None:
+    """I2V LoRA on 2 workers, once encoding every clip at every step (the reference trainers' way)
+    and once from the latent cache: the same losses, and a validation video from an image."""
+    from PIL import Image
+
+    image = tmp_path / "first-frame.png"
+    Image.new("RGB", (96, 64), (200, 120, 40)).save(image)
+    common = {
+        "model.variant": "i2v",
+        "optim.max_steps": 2,
+        "train.report_every": 1,
+        "validation.prompts": ["A chubby grey cartoon rabbit."],
+        "validation.images": [str(image)],
+        "validation.steps": 2,
+    }
+    direct = train_config(tiny_i2v, packed, tmp_path / "out", name="direct", **{**common, "train.use_cache": False})
+    launch(direct, storage_path=tmp_path / "ray")
+    assert not (packed / "cache").exists()
+    cached = train_config(tiny_i2v, packed, tmp_path / "out", name="cached", **common)
+    launch(cached, storage_path=tmp_path / "ray")
+    assert len(list((packed / "cache").rglob("*.safetensors"))) == 4
+    a = [h["loss"] for h in _history(direct)]
+    b = [h["loss"] for h in _history(cached)]
+    assert len(a) == 2 and a == pytest.approx(b, rel=1e-5)
+    video = tmp_path / "out" / "cached" / "validation" / "step-000000002" / "video-00.mp4"
+    with av.open(str(video)) as c:
+        assert len(list(c.decode(video=0))) == 17

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -163,9 +163,17 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
     model_path = resolve_model(cfg.model.uri, cfg.s3)
     check_variant(model_path, cfg.model.variant)
     files = RunFiles(cfg)
-    cs, manifest, data_store, built = ensure_cache(cfg, model_path, dist, device, dtype)
-    if cache_only:
-        return
+    data_store = open_store(cfg.data.uri, cfg.s3)
+    encode: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    source = None
+    built = 0
+    if cfg.train.use_cache or cache_only:
+        cs, manifest, data_store, built = ensure_cache(cfg, model_path, dist, device, dtype)
+        if cache_only:
+            return
+        source = CachedClipDataset(cs, manifest, cfg)
+    else:  # the reference trainers' way: decode and encode every clip at every step
+        encode = _step_encoder(model_path, device, dtype)
 
     transformer = load_transformer(model_path, dtype, device)
     if cfg.train.gradient_checkpointing:
@@ -185,7 +193,7 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
         batch_size=cfg.optim.batch_size,
         even_ranks=True,
         store=data_store,
-        source=CachedClipDataset(cs, manifest, cfg),
+        source=source,
     )
     ckpts = CheckpointStore(files.store, cfg.train.keep_checkpoints)
     latest = ckpts.latest()
@@ -274,6 +282,8 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
         window.data_seconds += time.perf_counter() - t_data
         t0 = time.perf_counter()
         gen = step_generator(cfg.seed, step, dist.rank, micro)
+        if encode is not None:
+            batch = encode(batch)
         loss = diffusion_loss(engine, scheduler, facts, batch, gen, device, dtype)
         engine.backward(loss)
         rs = reader.state_dict()
@@ -322,6 +332,29 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
     if dist.rank == 0:
         files.finish(step, _progress(step, horizon, reader, history, last_ckpt, dist.world_size, "finished"))
     engine.destroy()
+
+
+def _step_encoder(
+    model_path: Any, device: torch.device, dtype: torch.dtype
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Without the cache: the frozen VAE and T5 run on every batch (what the cache saves)."""
+    from disney_train.model.encode import encode_prompts, encode_video_dist
+    from disney_train.model.load import load_encoders
+
+    vae, text_encoder, tokenizer = load_encoders(model_path, dtype, device)
+    max_len = int(json.loads((model_path / "transformer" / "config.json").read_text())["max_text_seq_length"])
+
+    def encode(batch: dict[str, Any]) -> dict[str, Any]:
+        out = {
+            "key": batch["key"],
+            "latent_dist": encode_video_dist(vae, batch["video"].to(device)),
+            "prompt_embeds": encode_prompts(tokenizer, text_encoder, list(batch["prompt"]), max_len, device),
+        }
+        if "image" in batch:
+            out["image_dist"] = encode_video_dist(vae, batch["image"][:, None].to(device))
+        return out
+
+    return encode
 
 
 def _vae_config(model_path: Any) -> Any:
