@@ -32,6 +32,8 @@ lint: setup
 
 bench: setup
 	bash tools/netns-run $(PY) bench/data_throughput.py
+	bash tools/netns-run $(PY) bench/train_step.py
+	$(PY) bench/memory_estimates.py
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
