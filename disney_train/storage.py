@@ -101,6 +101,14 @@ def open_store(uri: str, s3: S3Options | None = None) -> Store:
     return LocalStore(Path(uri))
 
 
+def read_uri(uri: str, s3: S3Options | None = None) -> bytes:
+    """One object by its full URI: a local file path or s3://bucket/key."""
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    if not name or (is_s3(uri) and parent.count("/") < 2):
+        raise StorageError(f"{uri}: not a file or object URI")
+    return open_store(parent or ".", s3).read_bytes(name)
+
+
 # --------------------------------------------------------------------------- local folder
 
 

@@ -120,3 +120,42 @@ def test_steps_are_deterministic_per_seed_step_and_rank(tiny_t2v: Path) -> None:
 
     assert loss(5, 3, 0) == loss(5, 3, 0)
     assert len({loss(5, 3, 0), loss(5, 4, 0), loss(5, 3, 1), loss(6, 3, 0)}) == 4
+
+
+def test_cogvideox_1_5_image_to_video_shapes_train(tiny_t2v: Path) -> None:
+    """CogVideoX 1.5 patches time by 2 (odd latent frame counts are padded), uses 3D rotary
+    embeddings and, for i2v, the `ofs` embedding: one forward and backward goes through."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=8,
+        out_channels=4,
+        time_embed_dim=2,
+        ofs_embed_dim=2,
+        text_embed_dim=32,
+        num_layers=1,
+        sample_width=12,
+        sample_height=8,
+        sample_frames=9,
+        patch_size=2,
+        patch_size_t=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=226,
+        use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=False,
+        patch_bias=False,
+    )
+    scheduler = load_scheduler(tiny_t2v)
+    vae = SimpleNamespace(**json.loads((tiny_t2v / "vae" / "config.json").read_text()))
+    facts = model_facts(transformer, vae, scheduler)
+    assert facts.i2v
+    batch = _batch(b=1, f=3, h=8, w=12)  # 3 latent frames: padded to 4 for patch_size_t=2
+    batch["prompt_embeds"] = torch.randn((1, 226, 32), generator=torch.Generator().manual_seed(1))
+    loss = diffusion_loss(
+        transformer, scheduler, facts, batch, step_generator(0, 0, 0), torch.device("cpu"), torch.float32
+    )
+    assert torch.isfinite(loss)
+    loss.backward()  # type: ignore[no-untyped-call]
+    assert all(p.grad is not None for p in transformer.parameters() if p.requires_grad)

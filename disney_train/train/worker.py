@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from disney_train.config import RunConfig, dump_config
-from disney_train.storage import open_store
+from disney_train.storage import open_store, read_uri
 from disney_train.train import chaos, zero_state
 from disney_train.train.checkpoint import Checkpoint, CheckpointStore
 from disney_train.train.engine import (
@@ -422,7 +422,7 @@ def _validate(
     weights = zero_state.gather_weights(params)  # collective: every rank takes part
     if dist.rank == 0:
         t0 = time.perf_counter()
-        images = [open_store(u.rsplit("/", 1)[0], cfg.s3).read_bytes(u.rsplit("/", 1)[1]) for u in v.images]
+        images = [read_uri(u, cfg.s3) for u in v.images]
         dtype = torch.bfloat16 if place.precision == "bf16" else torch.float32
         pipe = load_pipeline(model_path, cfg.model.variant, place.device, dtype)
         apply_lora(pipe, lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora))
