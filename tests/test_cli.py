@@ -82,3 +82,17 @@ def test_inspect_of_a_foreign_manifest_is_one_clear_line(tmp_path: Path) -> None
     (tmp_path / "manifest.json").write_text('{"format": "something-else"}')
     res = run("data", "inspect", str(tmp_path))
     assert res.returncode == 1 and "not a disney-train manifest" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cache_command_builds_the_latent_cache(tiny_t2v: Path, packed: Path, tmp_path: Path) -> None:
+    from disney_train.config import dump_config
+    from tests.support.training import train_config
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(dump_config(train_config(tiny_t2v, packed, tmp_path / "out")))
+    res = run("cache", "--config", str(cfg), "--set", "train.workers.replicas=1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "latent cache ready" in res.stdout
+    assert len(list((packed / "cache").rglob("*.safetensors"))) == 4
+    bad = run("cache", "--config", str(cfg), "--set", "train.workers.replicas")
+    assert bad.returncode == 1 and "expected FIELD=VALUE" in bad.stderr
