@@ -148,14 +148,27 @@ def test_cogvideox_1_5_image_to_video_shapes_train(tiny_t2v: Path) -> None:
         patch_bias=False,
     )
     scheduler = load_scheduler(tiny_t2v)
-    vae = SimpleNamespace(**json.loads((tiny_t2v / "vae" / "config.json").read_text()))
+    vae = SimpleNamespace(
+        **{**json.loads((tiny_t2v / "vae" / "config.json").read_text()), "invert_scale_latents": True}
+    )
     facts = model_facts(transformer, vae, scheduler)
-    assert facts.i2v
+    assert facts.i2v and facts.image_scaling_factor == 1 / facts.scaling_factor
+    seen: list[torch.Tensor] = []
+    transformer.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["hidden_states"]), with_kwargs=True)
     batch = _batch(b=1, f=3, h=8, w=12)  # 3 latent frames: padded to 4 for patch_size_t=2
     batch["prompt_embeds"] = torch.randn((1, 226, 32), generator=torch.Generator().manual_seed(1))
+    gen = step_generator(0, 0, 0)
     loss = diffusion_loss(
-        transformer, scheduler, facts, batch, step_generator(0, 0, 0), torch.device("cpu"), torch.float32
+        transformer, scheduler, facts, batch, gen, torch.device("cpu"), torch.float32, image_dropout=0
     )
     assert torch.isfinite(loss)
+    # the image latents as the 1.5 i2v pipeline builds them: divided by the factor, then
+    # [image, image (time padding), zeros, zeros]
+    image = batch["image_dist"].chunk(2, dim=2)[0][:, 0] / facts.scaling_factor
+    x = seen[0]
+    assert x.shape == (1, 4, 8, 8, 12)
+    torch.testing.assert_close(x[:, 0, 4:], image)
+    torch.testing.assert_close(x[:, 1, 4:], image)
+    assert torch.count_nonzero(x[:, 2:, 4:]) == 0
     loss.backward()  # type: ignore[no-untyped-call]
     assert all(p.grad is not None for p in transformer.parameters() if p.requires_grad)

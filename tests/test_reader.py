@@ -189,6 +189,17 @@ def test_even_ranks_give_every_rank_the_same_count(packed12: str, s3: S3Options)
     uneven = [TrainingClips(cfg, seed=2, rank=r, world_size=5, s3=s3) for r in range(5)]
     assert sorted(len(r.indices()) for r in uneven) == [2, 2, 2, 3, 3]
 
+    # resized mid-epoch: 4 clips taken at world size 4 (or 3 at world size 1), resumed at 3 or 2
+    state = ranks[0].state_dict()
+    for consumed, world in ((4, 3), (3, 2), (5, 7)):
+        resumed = [TrainingClips(cfg, seed=2, rank=r, world_size=world, even_ranks=True, s3=s3) for r in range(world)]
+        for r in resumed:
+            r.load_state_dict({**state, "consumed": consumed})
+        left = (12 - consumed) // world
+        assert {len(r.indices()) for r in resumed} == {left}, (consumed, world)
+        taken = [i for r in resumed for i in r.indices()]
+        assert len(set(taken)) == len(taken) == left * world
+
 
 def test_no_manifest(s3: S3Options, s3_uri: str) -> None:
     with pytest.raises(DataError, match="no manifest"):

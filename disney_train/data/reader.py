@@ -287,13 +287,12 @@ class TrainingClips:
         st = self._state
         order = epoch_order(self.num_samples, self.seed, st.epoch, self.cfg.shuffle)
         if self.even_ranks:
-            order = order[: len(order) - len(order) % self.world_size]
-        return rank_slice(
-            order,
-            st.consumed,
-            self.rank,
-            self.world_size,
-        )
+            # cut what is left of the epoch, not the whole order: after a resize mid-epoch the
+            # clips taken so far are a multiple of the old world size, not of this one
+            rest = order[st.consumed :]
+            rest = rest[: len(rest) - len(rest) % self.world_size]
+            return [int(i) for i in rest[self.rank :: self.world_size]]
+        return rank_slice(order, st.consumed, self.rank, self.world_size)
 
     def __len__(self) -> int:
         n = len(self.indices())

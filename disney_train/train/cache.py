@@ -116,6 +116,7 @@ def cache_set(cfg: RunConfig, model_path: Path, max_text_length: int) -> CacheSe
         "height": cfg.data.height,
         "width": cfg.data.width,
         "max_text_length": max_text_length,
+        "seed": cfg.seed,  # picks each clip's frame window (clip_rng(seed, 0, line))
     }
     key = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
     return CacheSet(open_store(uri, cfg.s3), key, info)

@@ -151,11 +151,13 @@ def launch(
                 "cache_only": cache_only,
                 "chaos": os.environ.get(chaos.ENV),
             },
-            torch_config=TorchConfig(backend=plan.backend),
+            # validation renders on rank 0 while the others wait in a barrier: allow it hours, not 30 min
+            torch_config=TorchConfig(backend=plan.backend, timeout_s=4 * 3600),
             scaling_config=ScalingConfig(
                 num_workers=plan.num_workers,  # type: ignore[arg-type]  # V2 takes (min, max)
                 use_gpu=plan.use_gpu,
                 resources_per_worker=plan.resources_per_worker,
+                elastic_resize_monitor_interval_s=plan.resize_check_seconds,  # type: ignore[call-arg]  # V2
             ),
             run_config=RayRunConfig(
                 name=f"{cfg.name}-cache" if cache_only else cfg.name,

@@ -34,6 +34,7 @@ class ModelFacts:
     """What the objective needs to know about the frozen parts (read once from their configs)."""
 
     scaling_factor: float
+    image_scaling_factor: float  # what the i2v pipeline multiplies the image latents by
     vae_scale_spatial: int
     transformer_config: Any
     num_train_timesteps: int
@@ -44,6 +45,13 @@ class ModelFacts:
 def model_facts(transformer: Any, vae_config: Any, scheduler: Any) -> ModelFacts:
     return ModelFacts(
         scaling_factor=float(vae_config.scaling_factor),
+        # CogVideoX 1.5's VAE config sets invert_scale_latents: its pipeline divides the image
+        # latents by the factor ("the CogVideoX team forgot to multiply ... during training")
+        image_scaling_factor=(
+            1.0 / float(vae_config.scaling_factor)
+            if getattr(vae_config, "invert_scale_latents", False)
+            else float(vae_config.scaling_factor)
+        ),
         vae_scale_spatial=2 ** (len(vae_config.block_out_channels) - 1),
         transformer_config=transformer.config,
         num_train_timesteps=int(scheduler.config.num_train_timesteps),
@@ -64,22 +72,22 @@ def diffusion_loss(
 ) -> torch.Tensor:
     """One batch of cached entries -> the scalar loss (graph attached to the transformer's LoRA)."""
     dist = batch["latent_dist"].to(device=device, dtype=torch.float32)  # [B, F', 2C, h, w]
-    latents = pad_for_patch_t(
-        sample_latents(dist, facts.scaling_factor, generator), facts.transformer_config.patch_size_t
-    )
+    patch_t = facts.transformer_config.patch_size_t
+    unpadded = sample_latents(dist, facts.scaling_factor, generator)
+    latents = pad_for_patch_t(unpadded, patch_t)
     b, f, _, h, w = latents.shape
     t = torch.randint(0, facts.num_train_timesteps, (b,), generator=generator).to(device)
     noise = torch.randn(latents.shape, generator=generator).to(device)
     noisy = scheduler.add_noise(latents, noise, t)
     model_input = noisy
     if facts.i2v:
-        image = sample_latents(
-            batch["image_dist"].to(device=device, dtype=torch.float32), facts.scaling_factor, generator
-        )
+        image_dist = batch["image_dist"].to(device=device, dtype=torch.float32)
+        image = sample_latents(image_dist, facts.image_scaling_factor, generator)
         keep = (torch.rand((b,), generator=generator) >= image_dropout).to(device=device, dtype=image.dtype)
         image = image * keep[:, None, None, None, None]
-        padded = torch.cat([image, image.new_zeros((b, f - image.shape[1], *image.shape[2:]))], dim=1)
-        model_input = torch.cat([noisy, padded], dim=2)
+        # as the i2v pipeline builds it: zeros after the first frame, then 1.5's time padding
+        padded = torch.cat([image, image.new_zeros((b, unpadded.shape[1] - 1, *image.shape[2:]))], dim=1)
+        model_input = torch.cat([noisy, pad_for_patch_t(padded, patch_t)], dim=2)
     cfg = facts.transformer_config
     rotary = rotary_embeddings(
         cfg, facts.vae_scale_spatial, h * facts.vae_scale_spatial, w * facts.vae_scale_spatial, f, device

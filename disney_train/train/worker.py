@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+import yaml
 
 from disney_train.config import RunConfig, dump_config
 from disney_train.storage import open_store, read_uri
@@ -43,6 +44,7 @@ class Dist:
     rank: int
     world_size: int
     local_rank: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # NCCL reduces CUDA tensors only
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -51,7 +53,7 @@ class Dist:
     def mean(self, value: float) -> float:
         if self.world_size == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t)
         return float(t.item()) / self.world_size
 
@@ -82,6 +84,7 @@ def ensure_cache(cfg: RunConfig, model_path: Any, dist: Dist, device: torch.devi
     manifest = load_manifest(cfg.data.uri, store=data_store)
     max_len = int(json.loads((model_path / "transformer" / "config.json").read_text())["max_text_seq_length"])
     cs = cache_set(cfg, model_path, max_len)
+    dist.barrier()  # every rank lists the same state: none has written an entry yet
     missing = missing_entries(cs, manifest, cfg)
     mine = missing[dist.rank :: dist.world_size]
     if mine:
@@ -121,6 +124,8 @@ def train_loop(config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     dist = _dist()
     place = placement(cfg, torch.cuda.is_available())
+    if place.device == "cuda":
+        dist.device = torch.device(f"cuda:{dist.local_rank}")
     set_accelerator_env(place)
     import deepspeed
 
@@ -196,8 +201,7 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
         source=source,
     )
     ckpts = CheckpointStore(files.store, cfg.train.keep_checkpoints)
-    latest = ckpts.latest()
-    resumed = ckpts.load(latest) if latest is not None else None
+    resumed = _latest_usable(ckpts, cfg)
     per_epoch = steps_per_epoch(
         reader.num_samples, dist.world_size, cfg.optim.batch_size, cfg.optim.gradient_accumulation_steps
     )
@@ -259,7 +263,9 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
             }
             lora = lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora)
             uri = ckpts.save(Checkpoint(step, lora, optimizer["moments"], state, dump_config(cfg)))
-            files.write_progress(_progress(step, horizon, reader, history, uri, dist.world_size, "running"))
+            _best_effort(
+                files.write_progress, _progress(step, horizon, reader, history, uri, dist.world_size, "running")
+            )
         saved = step
         dist.barrier()
         return uri
@@ -267,7 +273,9 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
     def done() -> bool:
         if o.max_steps is not None:
             return step >= o.max_steps
-        return int(reader.state_dict()["epoch"]) >= o.epochs
+        epoch = int(reader.state_dict()["epoch"])
+        # the last epoch is done once this rank has nothing left (all ranks alike: even_ranks)
+        return epoch >= o.epochs or (epoch == o.epochs - 1 and not reader.indices())
 
     def batches() -> Iterator[dict[str, Any]]:
         while not done():
@@ -309,7 +317,10 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
             _report(record)
             if dist.rank == 0:
                 log.info("step %d/%d loss %.4f lr %.2e", step, horizon, record["loss"], record["learning_rate"])
-                files.write_progress(_progress(step, horizon, reader, history, last_ckpt, dist.world_size, "running"))
+                _best_effort(
+                    files.write_progress,
+                    _progress(step, horizon, reader, history, last_ckpt, dist.world_size, "running"),
+                )
             window = Window()
         if finished:
             break
@@ -319,7 +330,7 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
             _validate(cfg, model_path, files, step, params, dist, place)
         t_data = time.perf_counter()
 
-    if window.losses:
+    if window.losses and (not history or history[-1]["step"] != step):
         record = _window_record(step, reader, window, engine, lr_sched, dist, built, restarts)
         history.append(record)
         _report(record)
@@ -332,6 +343,35 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
     if dist.rank == 0:
         files.finish(step, _progress(step, horizon, reader, history, last_ckpt, dist.world_size, "finished"))
     engine.destroy()
+
+
+def _best_effort(write: Callable[[dict[str, Any]], None], value: dict[str, Any]) -> None:
+    """Progress is for watchers: a failed write (after the store's retries) is logged, not fatal."""
+    try:
+        write(value)
+    except Exception as err:
+        log.warning("progress not written: %s", err)
+
+
+def _latest_usable(ckpts: CheckpointStore, cfg: RunConfig) -> Checkpoint | None:
+    """The newest committed checkpoint that loads and fits this run; a damaged one is skipped
+    (with a warning) for the one before it, rather than failing every restart."""
+    from disney_train.train.checkpoint import CheckpointError
+
+    for step in reversed(ckpts.committed()):
+        try:
+            ckpt = ckpts.load(step)
+        except CheckpointError as err:
+            log.warning("skipping checkpoint: %s", err)
+            continue
+        saved = yaml.safe_load(ckpt.config_yaml) or {}
+        if saved.get("lora") != cfg.lora.model_dump(mode="json"):
+            raise CheckpointError(
+                f"checkpoint {ckpts.url(step)} was trained with lora={saved.get('lora')}, this run has "
+                f"lora={cfg.lora.model_dump(mode='json')}: a LoRA cannot change shape mid-run; use a new run name"
+            )
+        return ckpt
+    return None
 
 
 def _step_encoder(
