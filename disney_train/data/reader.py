@@ -326,7 +326,10 @@ class TrainingClips:
         taken = 0
         for item in loader:
             taken += len(item["key"]) if self.batch_size is not None else 1
-            self._state = ReaderState(st.epoch, min(self.num_samples, st.consumed + taken * self.world_size))
+            if taken >= len(indices):  # the epoch's last item: the epoch is done once it is used
+                self._state = ReaderState(st.epoch + 1, 0)
+            else:
+                self._state = ReaderState(st.epoch, min(self.num_samples, st.consumed + taken * self.world_size))
             yield item
         if taken != len(indices):
             raise DataError(f"epoch {st.epoch} ended after {taken} of {len(indices)} clips on rank {self.rank}")

@@ -273,9 +273,7 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
     def done() -> bool:
         if o.max_steps is not None:
             return step >= o.max_steps
-        epoch = int(reader.state_dict()["epoch"])
-        # the last epoch is done once this rank has nothing left (all ranks alike: even_ranks)
-        return epoch >= o.epochs or (epoch == o.epochs - 1 and not reader.indices())
+        return int(reader.state_dict()["epoch"]) >= o.epochs  # the reader moves on at an epoch's last batch
 
     def batches() -> Iterator[dict[str, Any]]:
         while not done():
