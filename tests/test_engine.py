@@ -56,6 +56,7 @@ def test_zero3_and_offload_are_rendered() -> None:
     assert _parsed(gpu).zero_optimization_stage == 3
     cpu = deepspeed_config(cfg, placement(cfg, False))
     assert cpu["zero_optimization"]["offload_optimizer"]["pin_memory"] is False
+    assert cpu["optimizer"]["params"]["torch_adam"] is True and cpu["zero_force_ds_cpu_optimizer"] is False
 
 
 def test_forced_cuda_without_gpu_is_refused() -> None:

@@ -7,6 +7,7 @@ loss of every step of an interrupted run with an uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from disney_train.storage import open_store
 from disney_train.train.checkpoint import CheckpointStore
 from disney_train.train.engine import lr_factor
 from disney_train.train.launch import RunFinishedError, TrainingError, launch, local_ray_init
+from disney_train.train.lora import read_lora_file
 from disney_train.train.run_files import FINAL_LORA, RunFiles
 from tests.support.raywatch import ListenWatch
 from tests.support.training import train_config
@@ -249,3 +251,31 @@ def test_image_to_video_trains_the_same_from_the_cache_as_encoding_every_step(
     video = tmp_path / "out" / "cached" / "validation" / "step-000000002" / "video-00.mp4"
     with av.open(str(video)) as c:
         assert len(list(c.decode(video=0))) == 17
+
+
+def test_zero3_with_optimizer_offload_resumes_a_zero2_checkpoint(
+    ray_local: None, tiny_t2v: Path, packed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ZeRO-2 run dies after its checkpoint at step 2; relaunched with ZeRO-3 and the optimizer
+    state offloaded to CPU memory, it resumes (the saved state belongs to no stage or world size)."""
+    overrides = {
+        "name": "stages",
+        "optim.max_steps": 4,
+        "train.report_every": 1,
+        "train.checkpoint_every": 2,
+        "train.workers.max_failures": 0,
+    }
+    cfg = train_config(tiny_t2v, packed, tmp_path / "out", **overrides)
+    monkeypatch.setenv("DISNEY_TRAIN_CHAOS", f"kill:3:0:{tmp_path / 'once'}")
+    with pytest.raises(TrainingError):
+        launch(cfg, storage_path=tmp_path / "ray")
+    monkeypatch.delenv("DISNEY_TRAIN_CHAOS")
+    zero3 = cfg.model_copy(deep=True)
+    zero3.train.zero_stage = 3
+    zero3.train.offload_optimizer = True
+    launch(zero3, storage_path=tmp_path / "ray")
+    history = _history(zero3)
+    assert [h["step"] for h in history] == [1, 2, 3, 4] and history[-1]["restarts"] == 1
+    assert all(math.isfinite(h["loss"]) and math.isfinite(h["grad_norm"]) for h in history)
+    state = read_lora_file((tmp_path / "out" / "stages" / "final" / "pytorch_lora_weights.safetensors").read_bytes())
+    assert any("lora_B" in k and torch.count_nonzero(v) > 0 for k, v in state.items())
