@@ -338,12 +338,9 @@ def _absolute(cfg: RunConfig, base: Path) -> RunConfig:
 
 
 def _ray_storage() -> Path:
-    import os
+    from disney_train.storage import cache_root
 
-    base = os.environ.get("DISNEY_TRAIN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "disney-train"
-    )
-    return Path(base) / "ray-runs"
+    return cache_root() / "ray-runs"
 
 
 def _train(cfg: RunConfig, ray_address: str | None, cache_only: bool = False) -> dict[str, Any]:

@@ -82,6 +82,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def cache_root() -> Path:
+    """Where disney-train keeps what a later run can reuse (models, compiled ops, Ray run state):
+    $DISNEY_TRAIN_CACHE, else $XDG_CACHE_HOME/disney-train, else ~/.cache/disney-train."""
+    base = os.environ.get("DISNEY_TRAIN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "disney-train"
+    )
+    return Path(base)
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 

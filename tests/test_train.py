@@ -97,6 +97,10 @@ def test_cli_trains_from_s3_to_s3_and_refuses_to_rerun_a_finished_run(
         "validation/step-000000008/video-00.mp4",
         "validation/step-000000008/video-01.mp4",
     ]
+    assert json.loads(run.read_bytes("validation/step-000000008/prompts.json")) == {
+        "video-00.mp4": "A chubby grey cartoon rabbit.",
+        "video-01.mp4": "A purple butterfly.",
+    }
     mp4 = tmp_path / "v.mp4"
     mp4.write_bytes(run.read_bytes(videos[-1]))
     with av.open(str(mp4)) as c:

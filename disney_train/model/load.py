@@ -22,11 +22,21 @@ class CogVideoXComponents:
 
 def model_variant(path: Path) -> Literal["t2v", "i2v"]:
     """Image-to-video transformers take the image latents on extra channels."""
+    t, v = component_config(path, "transformer"), component_config(path, "vae")
+    return "i2v" if int(t["in_channels"]) == 2 * int(v["latent_channels"]) else "t2v"
+
+
+def component_config(path: Path, part: str) -> dict[str, Any]:
+    """A component's config.json (transformer, vae, …) without loading its weights."""
     import json
 
-    t = json.loads((path / "transformer" / "config.json").read_text())
-    v = json.loads((path / "vae" / "config.json").read_text())
-    return "i2v" if int(t["in_channels"]) == 2 * int(v["latent_channels"]) else "t2v"
+    config: dict[str, Any] = json.loads((path / part / "config.json").read_text())
+    return config
+
+
+def max_text_length(path: Path) -> int:
+    """The T5 sequence length the transformer was trained with (226 for CogVideoX)."""
+    return int(component_config(path, "transformer")["max_text_seq_length"])
 
 
 def check_variant(path: Path, variant: Literal["t2v", "i2v"]) -> None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from pathlib import Path
 
 from disney_train.config import S3Options
-from disney_train.storage import S3Store, StorageError, is_s3, open_store, sha256_file, split_s3
+from disney_train.storage import S3Store, StorageError, cache_root, is_s3, open_store, sha256_file, split_s3
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 INDEX = "model_index.json"
@@ -26,10 +25,7 @@ class ModelError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("DISNEY_TRAIN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "disney-train"
-    )
-    return Path(base) / "models"
+    return cache_root() / "models"
 
 
 def check_layout(path: Path, where: str | None = None) -> Path:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from disney_train.config import RunConfig
+from disney_train.storage import cache_root
 
 Device = Literal["cuda", "cpu"]
 
@@ -42,8 +43,7 @@ def set_accelerator_env(p: Placement) -> None:
     os.environ["DS_ACCELERATOR"] = p.device
     if p.device == "cpu":
         # compiled ops (shm_comm) land where the next run finds them
-        cache = os.environ.get("DISNEY_TRAIN_CACHE") or os.path.expanduser("~/.cache/disney-train")
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(cache, "torch_extensions"))
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_root() / "torch_extensions"))
 
 
 def deepspeed_config(cfg: RunConfig, p: Placement) -> dict[str, Any]:

@@ -47,16 +47,15 @@ class RunFiles:
         self.store.write_bytes(FINAL_CONFIG, config_yaml.encode())
         self.store.write_bytes(FINAL_LORA, lora_file)
 
-    def write_validation(self, step: int, index: int, mp4: bytes, prompt: str) -> str:
-        key = f"validation/step-{step:09d}/video-{index:02d}.mp4"
-        self.store.write_bytes(key, mp4)
-        prompts_key = f"validation/step-{step:09d}/prompts.json"
-        prompts: dict[str, str] = {}
-        if self.store.exists(prompts_key):
-            prompts = json.loads(self.store.read_bytes(prompts_key))
-        prompts[f"video-{index:02d}.mp4"] = prompt
-        self.store.write_bytes(prompts_key, json.dumps(prompts, indent=1).encode())
-        return self.store.url(key)
+    def write_validation(self, step: int, videos: list[bytes], prompts: list[str]) -> list[str]:
+        """A step's validation videos, then prompts.json naming each one's prompt."""
+        folder = f"validation/step-{step:09d}"
+        names = [f"video-{i:02d}.mp4" for i in range(len(videos))]
+        for name, mp4 in zip(names, videos, strict=True):
+            self.store.write_bytes(f"{folder}/{name}", mp4)
+        index = dict(zip(names, prompts, strict=True))
+        self.store.write_bytes(f"{folder}/prompts.json", json.dumps(index, indent=1).encode())
+        return [self.store.url(f"{folder}/{name}") for name in names]
 
     def finish(self, step: int, progress: dict[str, Any]) -> None:
         self.write_progress(progress)

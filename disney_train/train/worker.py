@@ -8,7 +8,6 @@ of the run, at whatever world size the new group has.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -21,6 +20,7 @@ import torch
 import yaml
 
 from disney_train.config import RunConfig, dump_config
+from disney_train.model.load import component_config, max_text_length
 from disney_train.storage import open_store, read_uri
 from disney_train.train import chaos, zero_state
 from disney_train.train.checkpoint import Checkpoint, CheckpointStore
@@ -82,7 +82,7 @@ def ensure_cache(cfg: RunConfig, model_path: Any, dist: Dist, device: torch.devi
 
     data_store = open_store(cfg.data.uri, cfg.s3)
     manifest = load_manifest(cfg.data.uri, store=data_store)
-    max_len = int(json.loads((model_path / "transformer" / "config.json").read_text())["max_text_seq_length"])
+    max_len = max_text_length(model_path)
     cs = cache_set(cfg, model_path, max_len)
     dist.barrier()  # every rank lists the same state: none has written an entry yet
     missing = missing_entries(cs, manifest, cfg)
@@ -380,7 +380,7 @@ def _step_encoder(
     from disney_train.model.load import load_encoders
 
     vae, text_encoder, tokenizer = load_encoders(model_path, dtype, device)
-    max_len = int(json.loads((model_path / "transformer" / "config.json").read_text())["max_text_seq_length"])
+    max_len = max_text_length(model_path)
 
     def encode(batch: dict[str, Any]) -> dict[str, Any]:
         out = {
@@ -396,7 +396,7 @@ def _step_encoder(
 
 
 def _vae_config(model_path: Any) -> Any:
-    return SimpleNamespace(**json.loads((model_path / "vae" / "config.json").read_text()))
+    return SimpleNamespace(**component_config(model_path, "vae"))
 
 
 def _window_record(
@@ -475,8 +475,8 @@ def _validate(
             guidance_scale=v.guidance_scale,
             seed=v.seed,
         )
-        for i, frames in enumerate(render(pipe, spec, cfg.model.variant)):
-            files.write_validation(step, i, mp4_bytes(frames, cfg.data.fps), v.prompts[i])
+        videos = [mp4_bytes(frames, cfg.data.fps) for frames in render(pipe, spec, cfg.model.variant)]
+        files.write_validation(step, videos, v.prompts)
         log.info("validation videos for step %d in %.1f s", step, time.perf_counter() - t0)
         del pipe
     dist.barrier()
