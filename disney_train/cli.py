@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -24,7 +25,15 @@ from rich.progress import (
 )
 
 from disney_train import __version__
-from disney_train.config import ConfigError, RunConfig, S3Options, dump_config, embedded_default, load_config
+from disney_train.config import (
+    ConfigError,
+    RunConfig,
+    S3Options,
+    config_from_yaml,
+    dump_config,
+    embedded_default,
+    load_config,
+)
 from disney_train.storage import StorageError
 
 app = typer.Typer(help="Fine-tune CogVideoX with LoRA into a Disney-style animation model.", no_args_is_help=True)
@@ -366,16 +375,39 @@ def _train(cfg: RunConfig, ray_address: str | None, cache_only: bool = False) ->
         )
 
 
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run configuration (YAML).")]
+ConfigEnvOpt = Annotated[
+    str | None,
+    typer.Option("--config-env", help="Read the run configuration (YAML) from this environment variable instead."),
+]
+
+
+def _run_config(config: Path | None, config_env: str | None, set_: list[str] | None) -> RunConfig:
+    """--config FILE or --config-env VAR (what the operator's RayJobs use), with --set on top."""
+    if (config is None) == (config_env is None):
+        raise ConfigError("give the run configuration as --config FILE or --config-env VARIABLE (one of them)")
+    if config_env is not None:
+        text = os.environ.get(config_env)
+        if text is None:
+            raise ConfigError(f"--config-env {config_env}: the environment variable is not set")
+        cfg = config_from_yaml(text, f"${config_env}", _overrides(set_))
+    else:
+        assert config is not None
+        cfg = load_config(config, _overrides(set_))
+    return _absolute(cfg, Path.cwd())
+
+
 @app.command("train")
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (YAML).")],
+    config: ConfigOpt = None,
+    config_env: ConfigEnvOpt = None,
     set_: SetOpt = None,
     ray_address: RayOpt = None,
 ) -> None:
     """Train (or resume) the run of a configuration on a Ray worker group: what cluster workers run."""
     from disney_train.train.launch import RunFinishedError
 
-    cfg = _guard(lambda: _absolute(load_config(config, _overrides(set_)), Path.cwd()))
+    cfg = _guard(lambda: _run_config(config, config_env, set_))
     try:
         _guard(lambda: _train(cfg, ray_address))
     except RunFinishedError as err:
@@ -386,12 +418,13 @@ def train(
 
 @app.command("cache")
 def cache(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (YAML).")],
+    config: ConfigOpt = None,
+    config_env: ConfigEnvOpt = None,
     set_: SetOpt = None,
     ray_address: RayOpt = None,
 ) -> None:
     """Compute the latent cache of a run's dataset (VAE latents, T5 embeddings) on the worker group."""
-    cfg = _guard(lambda: _absolute(load_config(config, _overrides(set_)), Path.cwd()))
+    cfg = _guard(lambda: _run_config(config, config_env, set_))
     _guard(lambda: _train(cfg, ray_address, cache_only=True))
     console.print(f"latent cache ready beside {cfg.train.cache_uri or cfg.data.uri + '/cache'}")
 

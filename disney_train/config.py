@@ -33,16 +33,48 @@ class S3Options(_Section):
     max_attempts: int = Field(default=8, ge=1, le=50, description="Attempts per S3 request on transient errors.")
 
 
+Variant = Literal["t2v", "i2v"]
+VARIANT_DESCRIPTION = "Text-to-video or image-to-video."
+
+
 class ModelConfig(_Section):
     uri: Uri = Field(description="Model folder in the diffusers layout: a local path or s3://bucket/prefix.")
-    variant: Literal["t2v", "i2v"] = Field(default="t2v", description="Text-to-video or image-to-video.")
+    variant: Variant = Field(default="t2v", description=VARIANT_DESCRIPTION)
 
 
-class DataConfig(_Section):
-    uri: Uri = Field(description="Packed dataset (the folder or s3:// prefix holding manifest.json).")
-    num_frames: int = Field(default=49, ge=1, le=1025, description="Frames per training clip; 8N+1.")
-    height: int = Field(default=480, ge=16, le=4096, description="Training height in pixels; multiple of 16.")
-    width: int = Field(default=720, ge=16, le=4096, description="Training width in pixels; multiple of 16.")
+def _cel(rule: str, message: str) -> dict[str, Any]:
+    """A Kubernetes CEL rule for the CRD generated from these models, beside the pydantic check it mirrors."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
+
+
+_FRAMES_MSG = "must be 8N+1 (CogVideoX's VAE compresses time by 4 and its latents by 2)"
+_SIXTEEN_MSG = "must be a multiple of 16 (VAE factor 8 times patch size 2)"
+
+
+class DataOptions(_Section):
+    """How clips are sampled: everything about the data but where it is."""
+
+    num_frames: int = Field(
+        default=49,
+        ge=1,
+        le=1025,
+        description="Frames per training clip; 8N+1.",
+        json_schema_extra=_cel("(self - 1) % 8 == 0", f"num_frames {_FRAMES_MSG}"),
+    )
+    height: int = Field(
+        default=480,
+        ge=16,
+        le=4096,
+        description="Training height in pixels; multiple of 16.",
+        json_schema_extra=_cel("self % 16 == 0", f"height {_SIXTEEN_MSG}"),
+    )
+    width: int = Field(
+        default=720,
+        ge=16,
+        le=4096,
+        description="Training width in pixels; multiple of 16.",
+        json_schema_extra=_cel("self % 16 == 0", f"width {_SIXTEEN_MSG}"),
+    )
     fps: float = Field(default=8.0, gt=0, le=120, description="Frame rate the clips are sampled at.")
     decode_workers: int = Field(default=2, ge=0, le=64, description="Worker processes decoding clips.")
     shuffle: bool = Field(default=True, description="Shuffle clips each epoch (deterministic per seed, epoch).")
@@ -54,15 +86,19 @@ class DataConfig(_Section):
     @classmethod
     def _eight_n_plus_one(cls, v: int) -> int:
         if (v - 1) % 8 != 0:
-            raise ValueError("must be 8N+1 (CogVideoX's VAE compresses time by 4 and its latents by 2)")
+            raise ValueError(_FRAMES_MSG)
         return v
 
     @field_validator("height", "width")
     @classmethod
     def _multiple_of_16(cls, v: int) -> int:
         if v % 16 != 0:
-            raise ValueError("must be a multiple of 16 (VAE factor 8 times patch size 2)")
+            raise ValueError(_SIXTEEN_MSG)
         return v
+
+
+class DataConfig(DataOptions):
+    uri: Uri = Field(description="Packed dataset (the folder or s3:// prefix holding manifest.json).")
 
 
 class LoraConfig(_Section):
@@ -118,10 +154,9 @@ class WorkersConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
-    """The engine: DeepSpeed ZeRO, precision, reporting, checkpoints."""
+class TrainOptions(_Section):
+    """The engine: DeepSpeed ZeRO, precision, reporting, checkpoints (the workers aside)."""
 
-    workers: WorkersConfig = Field(default_factory=WorkersConfig)
     zero_stage: Literal[1, 2, 3] = Field(default=2, description="DeepSpeed ZeRO stage.")
     offload_optimizer: bool = Field(default=False, description="ZeRO: keep optimizer states in CPU memory.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
@@ -135,6 +170,10 @@ class TrainConfig(_Section):
         default=True, description="Train on cached VAE latents and T5 embeddings (built when missing)."
     )
     cache_uri: Uri | None = Field(default=None, description="Latent cache location (default: <data.uri>/cache).")
+
+
+class TrainConfig(TrainOptions):
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
 
 
 class ValidationConfig(_Section):
@@ -154,7 +193,22 @@ class OutputConfig(_Section):
     uri: Uri = Field(description="Where checkpoints and the final LoRA go: a local path or s3://bucket/prefix.")
 
 
-class RunConfig(_Section):
+class TrainingSpec(_Section):
+    """A run's recipe: everything but its name, where its model, data and outputs are, and its workers.
+
+    The `training` block of a VideoFineTune is exactly this (the operator's CRD schema is generated
+    from it); `RunConfig` adds the rest."""
+
+    seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Seed of data order and initialisation.")
+    data: DataOptions = Field(default_factory=DataOptions)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainOptions = Field(default_factory=TrainOptions)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    s3: S3Options = Field(default_factory=S3Options)
+
+
+class RunConfig(TrainingSpec):
     """A whole training run."""
 
     name: str = Field(
@@ -162,15 +216,10 @@ class RunConfig(_Section):
         pattern=r"^[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?$",
         description="Run name (lowercase letters, digits, '-'); the same name resumes the same run.",
     )
-    seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Seed of data order and initialisation.")
     model: ModelConfig
     data: DataConfig
     output: OutputConfig
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    validation: ValidationConfig = Field(default_factory=ValidationConfig)
-    s3: S3Options = Field(default_factory=S3Options)
 
     @model_validator(mode="after")
     def _validation_images(self) -> RunConfig:
@@ -248,6 +297,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raise ConfigError(f"{p}: no such configuration file") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return config_from_yaml(text, str(p), overrides)
+
+
+def config_from_yaml(text: str, source: str, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A run configuration from YAML text (a file's, or an environment variable's on a cluster)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -255,11 +309,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or "syntax error"
-        raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
     data = {} if data is None else data
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
-    return config_from_dict(data, str(p))
+    return config_from_dict(data, source)
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -270,8 +324,16 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
+_DUMP_ORDER = ("name", "seed", "model", "data", "output")
+
+
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """YAML of a configuration, read top-down: name and where things are first, each `uri` first in its section."""
+    data = cfg.model_dump(mode="json")
+    data["data"] = {"uri": data["data"].pop("uri"), **data["data"]}
+    data["train"] = {"workers": data["train"].pop("workers"), **data["train"]}
+    ordered = {k: data.pop(k) for k in _DUMP_ORDER} | data
+    return yaml.safe_dump(ordered, sort_keys=False)
 
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"

@@ -96,3 +96,17 @@ def test_cache_command_builds_the_latent_cache(tiny_t2v: Path, packed: Path, tmp
     assert len(list((packed / "cache").rglob("*.safetensors"))) == 4
     bad = run("cache", "--config", str(cfg), "--set", "train.workers.replicas")
     assert bad.returncode == 1 and "expected FIELD=VALUE" in bad.stderr
+
+
+def test_the_configuration_from_an_environment_variable_as_the_operators_rayjobs_give_it(tmp_path: Path) -> None:
+    """`disney-train train --config-env VAR`: the operator's RayJob entrypoint. Its errors name the variable."""
+    env = {**os.environ, "COLUMNS": "160", "RUN_CFG": "name: [unclosed\n"}
+    res = subprocess.run([str(BIN), "train", "--config-env", "RUN_CFG"], capture_output=True, text=True, env=env)
+    assert res.returncode == 1 and "error: $RUN_CFG: not valid YAML at line 2" in res.stderr, res.stderr
+    env["RUN_CFG"] = "model: {uri: m}\ndata: {uri: d, num_frames: 48}\noutput: {uri: o}\n"
+    res = subprocess.run([str(BIN), "cache", "--config-env", "RUN_CFG"], capture_output=True, text=True, env=env)
+    assert res.returncode == 1 and "data.num_frames: must be 8N+1" in res.stderr, res.stderr
+    res = run("train", "--config-env", "NOT_SET_ANYWHERE")
+    assert res.returncode == 1 and "--config-env NOT_SET_ANYWHERE: the environment variable is not set" in res.stderr
+    res = run("train", "--config", str(tmp_path / "a.yaml"), "--config-env", "RUN_CFG")
+    assert res.returncode == 1 and "one of them" in res.stderr

@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from disney_train.config import RunConfig
+from disney_train.config import RunConfig, S3Options
 from disney_train.storage import Store, open_store
 
 PROGRESS = "progress.json"
@@ -30,6 +30,13 @@ class RunFiles:
     def __init__(self, cfg: RunConfig, store: Store | None = None) -> None:
         self.uri = run_uri(cfg)
         self.store = store or open_store(self.uri, cfg.s3)
+
+    @classmethod
+    def at(cls, uri: str, s3: S3Options) -> RunFiles:
+        """The files of the run at `uri` (`<output.uri>/<name>`), without its configuration: the operator reads them."""
+        files = cls.__new__(cls)
+        files.uri, files.store = uri, open_store(uri, s3)
+        return files
 
     def _json(self, key: str, value: dict[str, Any]) -> None:
         self.store.write_bytes(key, json.dumps(value, indent=1, sort_keys=True).encode())
