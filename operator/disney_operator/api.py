@@ -1,0 +1,230 @@
+"""The VideoFineTune API (`disneytrain.dev/v1alpha1`): spec and status as pydantic models.
+
+The CRD's OpenAPI schema is generated from these models (`crd.py`). Kubernetes-style camelCase
+fields, except `training`: it is the run configuration's own recipe (`disney_train.config.TrainingSpec`,
+snake_case, the same YAML a local `disney-train train --config` reads), so one model serves the CLI,
+the operator and the workers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from disney_train.config import VARIANT_DESCRIPTION, TrainingSpec, Variant
+
+GROUP = "disneytrain.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "VideoFineTune"
+PLURAL = "videofinetunes"
+SINGULAR = "videofinetune"
+SHORT_NAMES = ["vft"]
+
+# A VideoFineTune's name names its RayJobs `<name>-<attempt>-<hash5>`, and KubeRay refuses RayJob
+# names over 47 characters or that are not DNS-1035 labels (its RayCluster adds 6 more).
+MAX_NAME_LENGTH = 36
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?$"
+S3Uri = Annotated[str, Field(pattern=S3_URI_PATTERN, max_length=1024)]
+# Kubernetes' resource.Quantity, as its OpenAPI schema writes it
+QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ShortText = Annotated[str, Field(max_length=253)]
+
+
+def cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class _Api(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Api):
+    uri: S3Uri = Field(description="The base model in the diffusers layout, e.g. s3://models/CogVideoX-2b.")
+    variant: Variant = Field(default="t2v", description=VARIANT_DESCRIPTION)
+
+
+class DatasetRef(_Api):
+    uri: S3Uri = Field(description="A packed dataset: the prefix holding manifest.json (`disney-train data pack`).")
+
+
+class OutputRef(_Api):
+    uri: S3Uri = Field(
+        description="Where runs go: checkpoints, the final LoRA and validation videos under <uri>/<metadata.name>/."
+    )
+
+
+class WorkerResources(_Api):
+    gpus: int = Field(
+        default=1, ge=0, le=16, description="GPUs per worker pod, one Ray Train worker each; 0: CPU workers."
+    )
+    cpu: Quantity = Field(default="8", description="CPU per worker pod (request and limit).")
+    memory: Quantity = Field(default="64Gi", description="Memory per worker pod (request and limit).")
+    sharedMemory: Quantity = Field(
+        default="16Gi", description="Size of /dev/shm (decoded clips travel through it; NCCL uses it)."
+    )
+    gpuResource: ShortText = Field(
+        default="nvidia.com/gpu", description="The extended resource that counts GPUs on the nodes."
+    )
+
+
+class Workers(_Api):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.minReplicas) || self.minReplicas <= self.replicas",
+                "workers.minReplicas must not exceed workers.replicas",
+            ),
+            (
+                "!has(self.maxReplicas) || self.replicas <= self.maxReplicas",
+                "workers.replicas must not exceed workers.maxReplicas (raise maxReplicas to scale further)",
+            ),
+        )
+    )
+
+    replicas: int = Field(default=1, ge=1, le=1024, description="Worker pods now; `kubectl scale` sets it.")
+    minReplicas: int | None = Field(
+        default=None, ge=1, le=1024, description="Elastic: training goes on while at least this many pods run."
+    )
+    maxReplicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Elastic: the most pods the run may scale to without a restart. Without it a scale "
+        "restarts the run from its latest checkpoint at the new size.",
+    )
+    resources: WorkerResources = Field(default_factory=WorkerResources)
+    maxFailures: int = Field(
+        default=3, ge=0, le=1000, description="Worker-group restarts inside one attempt (Ray Train) before it fails."
+    )
+
+
+class Toleration(_Api):
+    key: ShortText | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: ShortText | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    tolerationSeconds: int | None = None
+
+
+class Placement(_Api):
+    """Where pods go. Unset fields take the operator's defaults (GPU node pool for workers, on-demand
+    nodes for the Ray head)."""
+
+    nodeSelector: dict[str, str] | None = Field(default=None, description="Node labels the pods require.")
+    tolerations: list[Toleration] | None = Field(default=None, description="Taints the pods tolerate.")
+    affinity: dict[str, Any] | None = Field(default=None, description="A core/v1 Affinity.")
+    priorityClassName: ShortText | None = Field(default=None, description="PriorityClass of the pods.")
+
+
+class HeadResources(_Api):
+    cpu: Quantity = Field(default="4", description="CPU of the Ray head (it trains nothing).")
+    memory: Quantity = Field(default="16Gi", description="Memory of the Ray head.")
+
+
+class Head(_Api):
+    resources: HeadResources = Field(default_factory=HeadResources)
+    placement: Placement = Field(default_factory=Placement)
+
+
+class S3Credentials(_Api):
+    """A Secret in the VideoFineTune's namespace; its keys become the pods' AWS_* variables."""
+
+    secretName: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Name of the Secret.")
+    accessKeyIdKey: ShortText = Field(default="AWS_ACCESS_KEY_ID", description="Key holding the access key id.")
+    secretAccessKeyKey: ShortText = Field(
+        default="AWS_SECRET_ACCESS_KEY", description="Key holding the secret access key."
+    )
+
+
+class VideoFineTuneSpec(_Api):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "self.model.variant != 'i2v' || "
+                "size(self.training.validation.prompts) == size(self.training.validation.images)",
+                "training.validation: an image-to-video run needs one image per prompt",
+            ),
+        )
+    )
+
+    model: ModelRef
+    dataset: DatasetRef
+    output: OutputRef
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec,
+        description="The run's recipe: the sections of a disney-train run configuration "
+        "(seed, data, lora, optim, train, validation, s3).",
+    )
+    workers: Workers = Field(default_factory=Workers)
+    placement: Placement = Field(default_factory=Placement, description="Worker pod placement.")
+    head: Head = Field(default_factory=Head)
+    image: ShortText | None = Field(default=None, description="Trainer image (default: the operator's).")
+    s3Credentials: S3Credentials | None = Field(
+        default=None, description="Secret with the S3 keys (default: the pods' own identity)."
+    )
+    suspend: bool = Field(default=False, description="Stop the Ray cluster, keep the run; false resumes it.")
+    backoffLimit: int = Field(
+        default=3, ge=0, le=100, description="Failed attempts retried from the latest checkpoint before Failed."
+    )
+    ttlSecondsAfterFinished: int | None = Field(
+        default=None, ge=0, description="Delete the VideoFineTune this long after it finished (data stays)."
+    )
+
+
+Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+TERMINAL: tuple[Phase, ...] = ("Succeeded", "Failed")
+DateTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
+class Condition(_Api):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    lastTransitionTime: DateTime
+    observedGeneration: int | None = None
+
+
+class WorkersStatus(_Api):
+    desired: int = Field(description="Worker pods asked for.")
+    ready: int = Field(description="Worker pods ready (KubeRay's count).")
+    summary: str = Field(description="ready/desired")
+
+
+class RayJobRef(_Api):
+    name: str
+    deploymentStatus: str | None = None
+    jobStatus: str | None = None
+    clusterName: str | None = None
+    message: str | None = None
+
+
+class Progress(_Api):
+    step: int | None = None
+    epoch: int | None = None
+    loss: float | None = None
+    worldSize: int | None = None
+    lastCheckpoint: str | None = None
+    lastCheckpointTime: DateTime | None = None
+    updated: DateTime | None = None
+
+
+class VideoFineTuneStatus(_Api):
+    phase: Phase | None = None
+    observedGeneration: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    workers: WorkersStatus | None = None
+    attempt: int = Field(default=1, description="The current attempt (1 + failed attempts retried).")
+    lastFailure: str | None = Field(default=None, description="Why the last failed attempt failed.")
+    rayJob: RayJobRef | None = None
+    progress: Progress | None = None
+    runUri: str | None = Field(default=None, description="Where the run's files are: <output.uri>/<name>.")
+    startTime: DateTime | None = None
+    completionTime: DateTime | None = None
+    message: str | None = None

@@ -1,0 +1,107 @@
+"""`disney-train-operator`: run the operator, print its CRD, or show the RayJob a VideoFineTune becomes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+@app.command("run")
+def run(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeatable).")
+    ] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")] = False,
+    peering: Annotated[
+        str | None,
+        typer.Option("--peering", help="kopf peering object: one active operator among replicas. Default: standalone."),
+    ] = None,
+    liveness: Annotated[
+        str | None, typer.Option("--liveness", help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Reconcile VideoFineTunes into KubeRay RayJobs until stopped."""
+    import kopf
+
+    from disney_operator import handlers  # noqa: F401  # registers the handlers
+    from disney_operator.settings import settings_from_env
+
+    try:
+        settings_from_env()  # refuse bad settings before connecting anywhere
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if not all_namespaces and not namespace:
+        typer.echo("error: give --namespace NS (repeatable) or --all-namespaces", err=True)
+        raise typer.Exit(2)
+    kopf.configure(verbose=verbose)  # kopf's log format, on the root logger
+    for quiet in ("kubernetes", "urllib3", "botocore", "boto3"):
+        logging.getLogger(quiet).setLevel(logging.WARNING)
+    kopf.run(
+        standalone=peering is None,
+        peering_name=peering,
+        clusterwide=all_namespaces,
+        namespaces=namespace or (),
+        liveness_endpoint=liveness,
+    )
+
+
+@app.command("crd")
+def crd(
+    check: Annotated[
+        Path | None, typer.Option("--check", help="Exit 1 when this file differs from the generated CRD.")
+    ] = None,
+) -> None:
+    """Print the VideoFineTune CRD generated from the pydantic models."""
+    from disney_operator.crd import crd_yaml
+
+    text = crd_yaml()
+    if check is not None:
+        if not check.is_file() or check.read_text() != text:
+            typer.echo(
+                f"{check}: differs from the generated CRD; regenerate it with `disney-train-operator crd`", err=True
+            )
+            raise typer.Exit(1)
+        return
+    sys.stdout.write(text)
+
+
+@app.command("render")
+def render(
+    vft: Annotated[Path, typer.Argument(help="A VideoFineTune manifest (YAML).")],
+    attempt: Annotated[int, typer.Option(help="The attempt to render.")] = 1,
+) -> None:
+    """Print the RayJob the operator would create for a VideoFineTune (nothing is sent anywhere)."""
+    from pydantic import ValidationError
+
+    from disney_operator.api import VideoFineTuneSpec
+    from disney_operator.rayjob import SpecError, desired_rayjob
+    from disney_operator.settings import settings_from_env
+
+    body = yaml.safe_load(vft.read_text())
+    meta = body.setdefault("metadata", {})
+    meta.setdefault("namespace", "default")
+    meta.setdefault("uid", "00000000-0000-0000-0000-000000000000")
+    try:
+        spec = VideoFineTuneSpec.model_validate(body.get("spec") or {})
+        rayjob = desired_rayjob(body, spec, attempt, settings_from_env())
+    except (ValidationError, SpecError, ValueError) as err:
+        typer.echo(f"error: {vft}: {err}", err=True)
+        raise typer.Exit(2) from None
+    sys.stdout.write(yaml.safe_dump(rayjob, sort_keys=False, width=120))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

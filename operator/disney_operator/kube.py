@@ -1,0 +1,208 @@
+"""The operator's writes to the API server (the official Kubernetes client), each counted.
+
+Custom resources only (VideoFineTunes, RayJobs, RayClusters), plus best-effort Events: an Event that
+cannot be written (no core/v1, no permission) is logged and never fails a reconcile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from disney_operator import api
+from disney_operator.rayjob import RAY_GROUP, RAY_VERSION, RAYCLUSTERS, RAYJOBS, WORKER_GROUP
+from disney_operator.reconcile import Event, rfc3339
+
+log = logging.getLogger(__name__)
+
+
+class ConflictError(RuntimeError):
+    """The object changed since it was read (409): re-read and reconcile again."""
+
+
+def load_client(kubeconfig: str | None = None, pool: int = 16) -> Any:
+    """An ApiClient from the in-cluster service account, else KUBECONFIG / ~/.kube/config."""
+    from kubernetes import config
+
+    cfg = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=cfg)
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    cfg.connection_pool_maxsize = pool
+    return client.ApiClient(cfg)
+
+
+class Kube:
+    def __init__(self, api_client: Any, field_manager: str) -> None:
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.field_manager = field_manager
+        self.writes: Counter[str] = Counter()  # "<verb> <resource>" -> count
+        self._events_broken = False
+        self._instance = os.environ.get("HOSTNAME") or socket.gethostname()
+
+    def _count(self, what: str) -> None:
+        self.writes[what] += 1
+
+    # --------------------------------------------------------------------- RayJobs, RayClusters
+    def apply_rayjob(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply under one field manager: the operator owns exactly the fields it sets.
+        Returns the RayJob as stored."""
+        meta = body["metadata"]
+        self._count("apply rayjobs")
+        response = self.custom.patch_namespaced_custom_object(
+            RAY_GROUP,
+            RAY_VERSION,
+            meta["namespace"],
+            RAYJOBS,
+            meta["name"],
+            body,
+            field_manager=self.field_manager,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+            _preload_content=False,  # the client does not decode an apply's answer
+        )
+        result: dict[str, Any] = json.loads(response.data)
+        return result
+
+    def delete_rayjob(self, namespace: str, name: str) -> None:
+        self._count("delete rayjobs")
+        try:
+            self.custom.delete_namespaced_custom_object(
+                RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, name, propagation_policy="Background"
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def list_rayjobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.custom.list_namespaced_custom_object(
+            RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, label_selector=selector
+        )["items"]
+        return items
+
+    def scale_raycluster(self, namespace: str, name: str, replicas: int) -> None:
+        """The worker group's replicas and cap (the group's identity tested first)."""
+        ops = [
+            {"op": "test", "path": "/spec/workerGroupSpecs/0/groupName", "value": WORKER_GROUP},
+            {"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": replicas},
+            {"op": "replace", "path": "/spec/workerGroupSpecs/0/maxReplicas", "value": replicas},
+        ]
+        self._count("patch rayclusters")
+        self.custom.patch_namespaced_custom_object(
+            RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTERS, name, ops, _content_type="application/json-patch+json"
+        )
+
+    # --------------------------------------------------------------------- VideoFineTunes
+    def _vft_call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self._count(what)
+        try:
+            return fn(api.GROUP, api.VERSION, *args, **kwargs)
+        except ApiException as err:
+            if err.status == 409:
+                raise ConflictError(f"{what}: the object changed since it was read") from None
+            raise
+
+    def replace_status(self, vft: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """The whole status, only if the object is still the one read (resourceVersion): 409 otherwise."""
+        meta = vft["metadata"]
+        body = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "resourceVersion": meta["resourceVersion"],
+            },
+            "spec": vft["spec"],
+            "status": status,
+        }
+        result: dict[str, Any] = self._vft_call(
+            "update videofinetunes/status",
+            self.custom.replace_namespaced_custom_object_status,
+            meta["namespace"],
+            api.PLURAL,
+            meta["name"],
+            body,
+        )
+        return result
+
+    def set_finalizers(self, vft: dict[str, Any], finalizers: list[str]) -> dict[str, Any]:
+        meta = vft["metadata"]
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
+        result: dict[str, Any] = self._vft_call(
+            "patch videofinetunes",
+            self.custom.patch_namespaced_custom_object,
+            meta["namespace"],
+            api.PLURAL,
+            meta["name"],
+            patch,
+            _content_type="application/merge-patch+json",
+        )
+        return result
+
+    def delete_vft(self, vft: dict[str, Any]) -> None:
+        meta = vft["metadata"]
+        try:
+            self._vft_call(
+                "delete videofinetunes",
+                self.custom.delete_namespaced_custom_object,
+                meta["namespace"],
+                api.PLURAL,
+                meta["name"],
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=meta["uid"])),
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    # --------------------------------------------------------------------- Events (best-effort)
+    def event(self, vft: dict[str, Any], ev: Event) -> None:
+        if self._events_broken:
+            return
+        meta = vft["metadata"]
+        now = rfc3339(datetime.now(UTC))
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": ev.type,
+            "reason": ev.reason,
+            "message": ev.message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": "disney-train-operator"},
+            "reportingComponent": "disneytrain.dev/operator",
+            "reportingInstance": self._instance,
+        }
+        try:
+            self._count("create events")
+            self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=5)
+        except Exception as err:  # best-effort by design
+            status = getattr(err, "status", None)
+            if status in (404, 405):  # this API server keeps no events
+                self._events_broken = True
+                log.warning(
+                    "events are not written (%s: %s); reconciling goes on without them",
+                    status,
+                    getattr(err, "reason", err),
+                )
+            else:
+                log.debug("event %s on %s not written: %s", ev.reason, meta["name"], err)

@@ -1,0 +1,95 @@
+"""The runs' progress records (`<output.uri>/<name>/progress.json`, written by training), read in the
+background so that a slow or unreachable S3 never holds a reconcile up.
+
+A reconcile asks `latest(key)` (what was last read) and `refresh(...)` (read again if due: every
+`progress_seconds` while the RayJob runs, and once more when it ends). A read that finds something new
+calls `on_change(key)`, which reconciles that VideoFineTune again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from disney_train.config import S3Options
+from disney_train.train.run_files import RunFiles
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+ENDED = ("Complete", "Failed")
+
+
+class ProgressReader:
+    def __init__(self, every: float, on_change: Callable[[Key], None] = lambda key: None, workers: int = 4) -> None:
+        self.every, self.on_change = every, on_change
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="progress")
+        self._lock = threading.Lock()
+        self._latest: dict[Key, dict[str, Any]] = {}
+        self._read_at: dict[Key, float] = {}
+        self._final: dict[Key, str] = {}  # the ended RayJob whose last record was read
+        self._busy: set[Key] = set()
+        self._runs: dict[Key, tuple[str, RunFiles]] = {}  # each run's S3 client, made once
+        self.reads = 0
+
+    def latest(self, key: Key) -> dict[str, Any] | None:
+        with self._lock:
+            return self._latest.get(key)
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            self._latest.pop(key, None)
+            self._read_at.pop(key, None)
+            self._final.pop(key, None)
+            self._runs.pop(key, None)
+
+    def refresh(self, key: Key, vft: dict[str, Any], rayjobs: list[dict[str, Any]]) -> bool:
+        """Start a read when one is due; True when it was started. Never waits for it."""
+        states = {rj["metadata"]["name"]: (rj.get("status") or {}).get("jobDeploymentStatus") for rj in rayjobs}
+        ended = sorted(name for name, s in states.items() if s in ENDED)
+        now = time.monotonic()
+        with self._lock:
+            if key in self._busy:
+                return False
+            final = ended[-1] if ended and self._final.get(key) != ended[-1] else None
+            running = "Running" in states.values()
+            if final is None and not (running and now - self._read_at.get(key, float("-inf")) >= self.every):
+                return False
+            self._busy.add(key)
+            self._read_at[key] = now
+        spec = vft.get("spec") or {}
+        uri = f"{spec['output']['uri'].rstrip('/')}/{key[1]}"
+        s3 = S3Options.model_validate({**((spec.get("training") or {}).get("s3") or {}), "max_attempts": 2})
+        self._pool.submit(self._read, key, uri, s3, final)
+        return True
+
+    def _read(self, key: Key, uri: str, s3: S3Options, final: str | None) -> None:
+        ok, value = False, None
+        try:
+            where = f"{uri} {s3.model_dump_json()}"
+            if key not in self._runs or self._runs[key][0] != where:
+                self._runs[key] = (where, RunFiles.at(uri, s3))
+            value = self._runs[key][1].read_progress()
+            ok = True
+            self.reads += 1
+        except Exception as err:  # progress is a nicety: never a reason to stop reconciling
+            log.warning("%s/%s: progress at %s not read: %s", *key, uri, err)
+        finally:
+            with self._lock:
+                self._busy.discard(key)
+        changed = False
+        with self._lock:
+            if final is not None and ok:
+                self._final[key] = final
+            if value is not None and value != self._latest.get(key):
+                self._latest[key] = value
+                changed = True
+        if changed:
+            self.on_change(key)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

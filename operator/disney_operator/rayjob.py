@@ -1,0 +1,281 @@
+"""Desired state, as pure functions: the RayJob a VideoFineTune runs as, and the run configuration in it.
+
+RayJob `<name>-<attempt>-<hash5>`: `hash5` digests the parts of the spec whose change needs a new Ray
+cluster (everything but suspend, retry and clean-up settings, and the replicas of an elastic run,
+which are scaled in place). So the name is a function of (spec, attempt): an operator restarted
+halfway through re-derives the same name and creates nothing twice, and a changed spec or a new
+attempt gets a new RayJob that resumes from the run's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from disney_operator import api
+from disney_operator.settings import Settings
+from disney_train.config import ConfigError, RunConfig, config_from_dict, dump_config
+
+RAY_GROUP = "ray.io"
+RAY_VERSION = "v1"
+RAYJOBS = "rayjobs"
+RAYCLUSTERS = "rayclusters"
+WORKER_GROUP = "workers"
+CONFIG_ENV = "DISNEY_TRAIN_RUN_CONFIG"
+ENTRYPOINT = f"disney-train train --config-env {CONFIG_ENV}"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_VFT = f"{api.GROUP}/videofinetune"
+LABEL_ATTEMPT = f"{api.GROUP}/attempt"
+LABEL_ROLE = f"{api.GROUP}/role"
+ANNOTATION_TEMPLATE = f"{api.GROUP}/template-hash"
+MANAGED_BY = "disney-train-operator"
+
+
+class SpecError(ValueError):
+    """A spec the API server accepted but no RayJob can be built from; the message says why."""
+
+
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity in cores: "8", "7500m", "0.5"."""
+    if quantity.endswith("m"):
+        return float(quantity[:-1]) / 1000
+    try:
+        return float(quantity)
+    except ValueError:
+        raise SpecError(f"workers.resources.cpu: {quantity!r} is not a CPU quantity (e.g. 8 or 7500m)") from None
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def is_elastic(spec: api.VideoFineTuneSpec) -> bool:
+    """With maxReplicas the run scales in place between its bounds; without, a scale restarts it."""
+    return spec.workers.maxReplicas is not None
+
+
+def spec_hash(spec: api.VideoFineTuneSpec) -> str:
+    relevant = spec.model_dump(mode="json", exclude={"suspend", "backoffLimit", "ttlSecondsAfterFinished"})
+    if is_elastic(spec):
+        del relevant["workers"]["replicas"]
+    return _digest(relevant)
+
+
+def rayjob_name(name: str, spec: api.VideoFineTuneSpec, attempt: int) -> str:
+    return f"{name}-{attempt}-{spec_hash(spec)[:5]}"
+
+
+@dataclass(frozen=True)
+class RayTrainRange:
+    """Ray Train workers (one per GPU) and the worker pods of the Ray cluster."""
+
+    per_pod: int
+    train_min: int
+    train_max: int
+    group_min: int
+    group_max: int
+
+
+def worker_range(spec: api.VideoFineTuneSpec) -> RayTrainRange:
+    w = spec.workers
+    per_pod = max(w.resources.gpus, 1)
+    if is_elastic(spec):
+        lo, hi = w.minReplicas or 1, w.maxReplicas or w.replicas
+    else:
+        lo, hi = w.minReplicas or w.replicas, w.replicas
+    # The group's cap is the replicas asked for: Ray Train asks for `hi` and the autoscaler grows the
+    # group into the pool up to the cap; `kubectl scale` moves the cap.
+    return RayTrainRange(per_pod, lo * per_pod, hi * per_pod, lo, w.replicas)
+
+
+def run_config(name: str, spec: api.VideoFineTuneSpec) -> RunConfig:
+    """The run configuration the workers train with: the spec's recipe, its places, its worker range."""
+    res = spec.workers.resources
+    rng = worker_range(spec)
+    cpus = math.floor(cpu_cores(res.cpu) / rng.per_pod)
+    if cpus < 1:
+        raise SpecError(
+            f"workers.resources.cpu {res.cpu} gives each of a pod's {rng.per_pod} Ray Train worker(s) less than one CPU"
+        )
+    workers: dict[str, Any] = {
+        "replicas": rng.train_max,
+        "device": "cuda" if res.gpus else "cpu",
+        "cpus_per_worker": cpus,
+        "max_failures": spec.workers.maxFailures,
+    }
+    if rng.train_min != rng.train_max:
+        workers |= {"min_replicas": rng.train_min, "max_replicas": rng.train_max}
+    recipe = spec.training.model_dump(mode="json")
+    data = {**recipe.pop("data"), "uri": spec.dataset.uri}
+    train = {**recipe.pop("train"), "workers": workers}
+    raw = {
+        **recipe,
+        "name": name,
+        "model": spec.model.model_dump(mode="json"),
+        "data": data,
+        "output": spec.output.model_dump(mode="json"),
+        "train": train,
+    }
+    try:
+        return config_from_dict(raw, f"VideoFineTune {name}")
+    except ConfigError as err:
+        raise SpecError(str(err)) from None
+
+
+def _pod_env(spec: api.VideoFineTuneSpec) -> list[dict[str, Any]]:
+    """S3 keys only as references to the Secret: never a value in the RayJob."""
+    creds = spec.s3Credentials
+    if creds is None:
+        return []
+    return [
+        {"name": var, "valueFrom": {"secretKeyRef": {"name": creds.secretName, "key": key}}}
+        for var, key in (
+            ("AWS_ACCESS_KEY_ID", creds.accessKeyIdKey),
+            ("AWS_SECRET_ACCESS_KEY", creds.secretAccessKeyKey),
+        )
+    ]
+
+
+def _placement(
+    p: api.Placement, node_selector: dict[str, str], tolerations: list[dict[str, Any]], affinity: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A pod's placement: each field the spec sets, else the operator's default for it."""
+    out: dict[str, Any] = {}
+    selector = p.nodeSelector if p.nodeSelector is not None else node_selector
+    tols = [t.model_dump(exclude_none=True) for t in p.tolerations] if p.tolerations is not None else tolerations
+    aff = p.affinity if p.affinity is not None else affinity
+    if selector:
+        out["nodeSelector"] = dict(selector)
+    if tols:
+        out["tolerations"] = tols
+    if aff:
+        out["affinity"] = aff
+    if p.priorityClassName:
+        out["priorityClassName"] = p.priorityClassName
+    return out
+
+
+def labels(name: str, attempt: int) -> dict[str, str]:
+    return {
+        LABEL_NAME: "disney-train",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_VFT: name,
+        LABEL_ATTEMPT: str(attempt),
+    }
+
+
+def desired_rayjob(
+    vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt: int, settings: Settings
+) -> dict[str, Any]:
+    """RayJob = f(VideoFineTune, attempt, operator settings)."""
+    meta = vft["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    cfg = run_config(name, spec)
+    rng = worker_range(spec)
+    res = spec.workers.resources
+    image = spec.image or settings.image
+    env = _pod_env(spec)
+    common = labels(name, attempt)
+
+    worker_resources: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    if res.gpus:
+        worker_resources[res.gpuResource] = str(res.gpus)
+    worker_pod: dict[str, Any] = {
+        "restartPolicy": "Never",  # the Ray autoscaler (v2) replaces failed workers itself
+        "containers": [
+            {
+                "name": "ray-worker",
+                "image": image,
+                "resources": {"requests": worker_resources, "limits": worker_resources},
+                "env": env,
+                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+            }
+        ],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.sharedMemory}}],
+        **_placement(
+            spec.placement,
+            settings.worker_node_selector,
+            settings.worker_tolerations if res.gpus else [],
+            None,
+        ),
+    }
+    head_res = {"cpu": spec.head.resources.cpu, "memory": spec.head.resources.memory}
+    head_pod: dict[str, Any] = {
+        "containers": [
+            {
+                "name": "ray-head",
+                "image": image,
+                "resources": {"requests": head_res, "limits": head_res},
+                "env": env,
+                "ports": [
+                    {"name": "gcs", "containerPort": 6379},
+                    {"name": "dashboard", "containerPort": 8265},
+                    {"name": "client", "containerPort": 10001},
+                ],
+            }
+        ],
+        **_placement(spec.head.placement, settings.head_node_selector, [], settings.head_affinity),
+    }
+    body: dict[str, Any] = {
+        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
+        "kind": "RayJob",
+        "metadata": {
+            "name": rayjob_name(name, spec, attempt),
+            "namespace": namespace,
+            "labels": common,
+            "ownerReferences": [
+                {
+                    "apiVersion": api.API_VERSION,
+                    "kind": api.KIND,
+                    "name": name,
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "entrypoint": ENTRYPOINT,
+            "runtimeEnvYAML": yaml.safe_dump({"env_vars": {CONFIG_ENV: dump_config(cfg)}}, sort_keys=False),
+            "submissionMode": "K8sJobMode",
+            "shutdownAfterJobFinishes": True,  # also what KubeRay requires to suspend a RayJob
+            "ttlSecondsAfterFinished": settings.cluster_ttl_seconds,
+            "backoffLimit": 0,  # retries are ours: each one a new RayJob resuming from the checkpoint
+            "suspend": spec.suspend,
+            "rayClusterSpec": {
+                "rayVersion": settings.ray_version,
+                "enableInTreeAutoscaling": True,
+                "autoscalerOptions": {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": 60},
+                "headGroupSpec": {
+                    # the head trains nothing: no CPUs for tasks, so Ray Train's workers land on GPU pods
+                    "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                    "template": {"metadata": {"labels": {**common, LABEL_ROLE: "head"}}, "spec": head_pod},
+                },
+                "workerGroupSpecs": [
+                    {
+                        "groupName": WORKER_GROUP,
+                        "replicas": spec.workers.replicas,
+                        "minReplicas": rng.group_min,
+                        "maxReplicas": rng.group_max,
+                        "rayStartParams": {},
+                        "template": {"metadata": {"labels": {**common, LABEL_ROLE: "worker"}}, "spec": worker_pod},
+                    }
+                ],
+            },
+        },
+    }
+    body["metadata"]["annotations"] = {ANNOTATION_TEMPLATE: _digest(body)[:16]}
+    return body
+
+
+def run_config_of(rayjob: dict[str, Any]) -> RunConfig:
+    """The run configuration inside a RayJob (what `disney-train train --config-env` will read)."""
+    env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["env_vars"]
+    return config_from_dict(yaml.safe_load(env[CONFIG_ENV]), f"RayJob {rayjob['metadata']['name']}")

@@ -1,0 +1,313 @@
+"""Reconcile, as a pure function: (VideoFineTune, its RayJobs, the run's progress, now) -> Plan.
+
+The plan says what to write; `controller.py` writes it. Nothing here talks to the API server or S3,
+so every transition is unit-tested on its own and the same inputs always give the same writes.
+
+Phases follow the current attempt's RayJob (KubeRay's `jobDeploymentStatus` / `jobStatus`; KubeRay
+has no conditions array on RayJobs, so ours carry them):
+
+    no RayJob yet, New, Initializing, ...  -> Pending
+    Running                               -> Running
+    Suspending, Suspended (spec.suspend)  -> Suspended
+    Complete + SUCCEEDED                  -> Succeeded
+    Failed, or Complete + FAILED/STOPPED  -> a new attempt (Pending) while backoffLimit allows, else Failed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from disney_operator import api
+from disney_operator.rayjob import ANNOTATION_TEMPLATE, SpecError, desired_rayjob, is_elastic
+from disney_operator.settings import Settings
+
+FINALIZER = f"{api.GROUP}/rayjobs"
+CONDITION_TYPES: tuple[api.Phase, ...] = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
+FAILED_STATUSES = ("FAILED", "STOPPED")
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    add_finalizer: bool = False
+    remove_finalizer: bool = False
+    apply: dict[str, Any] | None = None  # a RayJob, server-side applied
+    delete: list[str] = field(default_factory=list)  # RayJobs
+    scale_cluster: tuple[str, int] | None = None  # (RayCluster, worker replicas)
+    status: dict[str, Any] | None = None  # the whole new status, when it changed
+    events: list[Event] = field(default_factory=list)
+    delete_self: bool = False
+    requeue_after: float | None = None
+
+    def writes(self) -> bool:
+        return bool(
+            self.add_finalizer
+            or self.remove_finalizer
+            or self.apply
+            or self.delete
+            or self.scale_cluster
+            or self.status is not None
+            or self.delete_self
+        )
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _status_in(vft: dict[str, Any]) -> api.VideoFineTuneStatus:
+    try:
+        return api.VideoFineTuneStatus.model_validate(vft.get("status") or {})
+    except ValidationError:  # written by something else: start over rather than fail forever
+        return api.VideoFineTuneStatus()
+
+
+def _dump(status: api.VideoFineTuneStatus) -> dict[str, Any]:
+    return status.model_dump(mode="json", exclude_none=True)
+
+
+def _progress(p: dict[str, Any]) -> api.Progress:
+    def when(key: str) -> str | None:
+        t = p.get(key)
+        return rfc3339(datetime.fromtimestamp(float(t), UTC)) if isinstance(t, int | float) else None
+
+    loss = p.get("loss")
+    return api.Progress(
+        step=p.get("step"),
+        epoch=p.get("epoch"),
+        loss=float(loss) if isinstance(loss, int | float) else None,
+        worldSize=p.get("world_size"),
+        lastCheckpoint=p.get("last_checkpoint"),
+        lastCheckpointTime=when("last_checkpoint_time"),
+        updated=when("updated"),
+    )
+
+
+@dataclass(frozen=True)
+class _Observed:
+    phase: api.Phase
+    reason: str
+    message: str
+
+
+def _conditions(old: list[api.Condition], observed: _Observed, generation: int, now: str) -> list[api.Condition]:
+    """One condition per type, True for the current phase; lastTransitionTime moves only with the status."""
+    previous = {c.type: c for c in old}
+    out = []
+    for ctype in CONDITION_TYPES:
+        on = observed.phase == ctype
+        status: Literal["True", "False"] = "True" if on else "False"
+        reason = observed.reason if on else f"Not{ctype}"
+        message = observed.message if on else ""
+        before = previous.get(ctype)
+        since = before.lastTransitionTime if before is not None and before.status == status else now
+        out.append(
+            api.Condition(
+                type=ctype,
+                status=status,
+                reason=reason,
+                message=message,
+                lastTransitionTime=since,
+                observedGeneration=generation,
+            )
+        )
+    return out
+
+
+def _rayjob_failed(deployment: str, job: str) -> bool:
+    return deployment == "Failed" or (deployment == "Complete" and job in FAILED_STATUSES)
+
+
+def _failure_text(rj_status: dict[str, Any]) -> str:
+    parts = [rj_status.get("reason"), rj_status.get("message")]
+    return ": ".join(str(p) for p in parts if p) or "the RayJob failed"
+
+
+def plan(
+    vft: dict[str, Any],
+    rayjobs: list[dict[str, Any]],
+    progress: dict[str, Any] | None,
+    now: datetime,
+    settings: Settings,
+) -> Plan:
+    meta = vft["metadata"]
+    out = Plan()
+    stamp = rfc3339(now)
+    mine = sorted(rayjobs, key=lambda rj: rj["metadata"]["name"])
+
+    # Deletion: remove the RayJobs (never anything in S3), then let the object go.
+    if meta.get("deletionTimestamp"):
+        if FINALIZER not in (meta.get("finalizers") or []):
+            return out
+        if mine:
+            out.delete = [rj["metadata"]["name"] for rj in mine if not rj["metadata"].get("deletionTimestamp")]
+            out.requeue_after = 2.0
+        else:
+            out.remove_finalizer = True
+        return out
+    out.add_finalizer = FINALIZER not in (meta.get("finalizers") or [])
+
+    old = _status_in(vft)
+    new = old.model_copy(deep=True)
+    generation = int(meta.get("generation") or 0)
+    new.observedGeneration = generation
+
+    # Finished: nothing more to run; the TTL removes the object (its run's data stays in S3).
+    if old.phase in api.TERMINAL:
+        ttl = (vft.get("spec") or {}).get("ttlSecondsAfterFinished")
+        done = parse_time(old.completionTime)
+        if ttl is not None and done is not None:
+            due = done + timedelta(seconds=int(ttl))
+            if now >= due:
+                out.delete_self = True
+            else:
+                out.requeue_after = (due - now).total_seconds()
+        if new.workers is not None and new.workers.ready:
+            new.workers = api.WorkersStatus(desired=new.workers.desired, ready=0, summary=f"0/{new.workers.desired}")
+        if progress is not None:  # the run's last record may arrive after its end
+            new.progress = _progress(progress)
+        out.status = _dump(new) if _dump(new) != _dump(old) else None
+        return out
+
+    try:
+        spec = api.VideoFineTuneSpec.model_validate(vft.get("spec") or {})
+        desired = desired_rayjob(vft, spec, old.attempt, settings)
+    except (ValidationError, SpecError) as err:
+        text = (
+            str(err)
+            if isinstance(err, SpecError)
+            else f"spec: {err.errors()[0]['msg']} at " + ".".join(str(p) for p in err.errors()[0]["loc"])
+        )
+        observed = _Observed("Pending", "InvalidSpec", text)
+        new.phase, new.message = "Pending", text
+        new.conditions = _conditions(old.conditions, observed, generation, stamp)
+        if old.message != text:
+            out.events.append(Event("Warning", "InvalidSpec", text))
+        out.status = _dump(new) if _dump(new) != _dump(old) else None
+        return out
+
+    name = desired["metadata"]["name"]
+    current = next((rj for rj in mine if rj["metadata"]["name"] == name), None)
+    others = [rj for rj in mine if rj is not current]
+    out.delete = [rj["metadata"]["name"] for rj in others if not rj["metadata"].get("deletionTimestamp")]
+    replicas = spec.workers.replicas
+
+    if current is None:
+        if others:  # never two Ray clusters training one run: the old one goes first
+            out.requeue_after = 2.0
+            observed = _Observed(
+                "Suspended" if spec.suspend else "Pending",
+                "Replacing",
+                f"waiting for RayJob {others[0]['metadata']['name']} to go before starting {name}",
+            )
+        else:
+            out.apply = desired
+            out.events.append(Event("Normal", "RayJobCreated", f"RayJob {name} (attempt {old.attempt})"))
+            observed = _Observed("Suspended" if spec.suspend else "Pending", "RayJobCreated", f"RayJob {name}")
+        rj_status: dict[str, Any] = {}
+    else:
+        if (current["metadata"].get("annotations") or {}).get(ANNOTATION_TEMPLATE) != desired["metadata"][
+            "annotations"
+        ][ANNOTATION_TEMPLATE]:
+            out.apply = desired
+        rj_status = current.get("status") or {}
+        deployment = rj_status.get("jobDeploymentStatus") or ""
+        job = rj_status.get("jobStatus") or ""
+        if deployment == "Complete" and job == "SUCCEEDED":
+            observed = _Observed("Succeeded", "RayJobSucceeded", f"RayJob {name} succeeded")
+        elif _rayjob_failed(deployment, job):
+            why = _failure_text(rj_status)
+            failed = old.attempt  # attempts so far, all failed
+            new.lastFailure = f"attempt {failed}: {why}"
+            if failed <= spec.backoffLimit:
+                new.attempt = old.attempt + 1
+                observed = _Observed(
+                    "Pending",
+                    "Retrying",
+                    f"attempt {failed} failed ({why}); attempt {new.attempt} resumes from the latest checkpoint",
+                )
+                out.events.append(Event("Warning", "AttemptFailed", observed.message))
+            else:
+                observed = _Observed(
+                    "Failed",
+                    "BackoffLimitExceeded",
+                    f"{failed} attempt(s) failed, backoffLimit {spec.backoffLimit}; last: {why}",
+                )
+        elif spec.suspend:
+            observed = _Observed(
+                "Suspended", deployment or "Suspending", "suspended: the Ray cluster is stopped, the checkpoints stay"
+            )
+        elif deployment == "Running":
+            observed = _Observed("Running", "RayJobRunning", f"RayJob {name} is running")
+        elif deployment:
+            observed = _Observed("Pending", deployment, f"RayJob {name}: {deployment}")
+        else:  # KubeRay has not taken it up yet
+            observed = _Observed("Pending", "RayJobCreated", f"RayJob {name}")
+
+        # kubectl scale of an elastic run: move the live Ray cluster's worker cap now (KubeRay passes no
+        # RayJob change on to its RayCluster). The cap is read from KubeRay's mirror of the cluster's status.
+        cluster = rj_status.get("rayClusterName")
+        applied = old.workers.desired if old.workers is not None else None
+        cap = (rj_status.get("rayClusterStatus") or {}).get("maxWorkerReplicas")
+        live = cap if cap is not None else applied
+        if is_elastic(spec) and cluster and observed.phase == "Running" and live != replicas:
+            out.scale_cluster = (cluster, replicas)
+            if applied != replicas:
+                out.events.append(Event("Normal", "Scaled", f"worker pods {live} -> {replicas} on {cluster}"))
+
+    if observed.phase == "Running":
+        cs = rj_status.get("rayClusterStatus") or {}
+        ready = int(cs.get("readyWorkerReplicas") or cs.get("availableWorkerReplicas") or 0)
+    else:
+        ready = 0
+    new.workers = api.WorkersStatus(desired=replicas, ready=ready, summary=f"{ready}/{replicas}")
+    new.phase, new.message = observed.phase, observed.message
+    new.conditions = _conditions(old.conditions, observed, generation, stamp)
+    new.runUri = f"{spec.output.uri.rstrip('/')}/{meta['name']}"
+    if current is not None and observed.reason != "Retrying":
+        new.rayJob = api.RayJobRef(
+            name=name,
+            deploymentStatus=rj_status.get("jobDeploymentStatus") or None,
+            jobStatus=rj_status.get("jobStatus") or None,
+            clusterName=rj_status.get("rayClusterName") or None,
+            message=rj_status.get("message") or None,
+        )
+    elif current is None and out.apply is not None:
+        new.rayJob = api.RayJobRef(name=name)
+    if observed.phase == "Running" and new.startTime is None:
+        new.startTime = stamp
+        out.events.append(Event("Normal", "Running", f"training on RayJob {name}"))
+    if observed.phase in api.TERMINAL:
+        new.completionTime = rj_status.get("endTime") or stamp
+        out.events.append(
+            Event("Normal" if observed.phase == "Succeeded" else "Warning", observed.phase, observed.message)
+        )
+    elif observed.phase == "Suspended" and old.phase != "Suspended":
+        out.events.append(Event("Normal", "Suspended", observed.message))
+    if progress is not None:
+        new.progress = _progress(progress)
+
+    if _dump(new) != _dump(old):
+        out.status = _dump(new)
+    return out
+
+
+def wants_progress(vft: dict[str, Any]) -> bool:
+    """Worth reading the run's progress record: while it runs, and once more as it finishes."""
+    return (vft.get("status") or {}).get("phase") in ("Running", "Pending")

@@ -1,0 +1,80 @@
+"""The operator's own settings: defaults for the RayJobs it builds, and its timing.
+
+Read from `DISNEY_OPERATOR_*` environment variables (the chart sets them); structured values are JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# The Ray of the trainer image (constraints.txt pins it; a test checks they agree).
+RAY_VERSION = "2.60.0"
+
+# Spot/preemptible node labels of the common clouds and Karpenter. A Ray head lost takes the whole
+# RayJob with it (KubeRay does not recover training from head loss), so it avoids such nodes: each
+# NotIn/DoesNotExist also matches nodes without the label.
+ON_DEMAND_AFFINITY: dict[str, Any] = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {
+                    "matchExpressions": [
+                        {"key": "karpenter.sh/capacity-type", "operator": "NotIn", "values": ["spot"]},
+                        {"key": "eks.amazonaws.com/capacityType", "operator": "NotIn", "values": ["SPOT"]},
+                        {"key": "cloud.google.com/gke-spot", "operator": "DoesNotExist"},
+                        {"key": "cloud.google.com/gke-preemptible", "operator": "DoesNotExist"},
+                        {"key": "kubernetes.azure.com/scalesetpriority", "operator": "NotIn", "values": ["spot"]},
+                    ]
+                }
+            ]
+        }
+    }
+}
+
+GPU_TOLERATIONS: list[dict[str, Any]] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str = Field(default="ghcr.io/disney-train/trainer:0.1.0", description="Trainer image (spec.image wins).")
+    ray_version: str = RAY_VERSION
+    field_manager: str = "disney-train-operator"
+    resync_seconds: float = Field(default=30.0, gt=0, description="Every VideoFineTune is reconciled this often.")
+    progress_seconds: float = Field(default=30.0, ge=0, description="How often a running run's progress is read.")
+    cluster_ttl_seconds: int = Field(
+        default=60, ge=0, description="KubeRay keeps a finished run's Ray cluster this long (for its logs)."
+    )
+    worker_node_selector: dict[str, str] = Field(default_factory=dict)
+    worker_tolerations: list[dict[str, Any]] = Field(default_factory=lambda: list(GPU_TOLERATIONS))
+    head_node_selector: dict[str, str] = Field(default_factory=dict)
+    head_affinity: dict[str, Any] = Field(default_factory=lambda: dict(ON_DEMAND_AFFINITY))
+    chaos: str | None = Field(
+        default=None, description="Failure drill: exit-after:<step> makes the process exit right after that step."
+    )
+
+
+PREFIX = "DISNEY_OPERATOR_"
+
+
+def settings_from_env(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ) if env is None else env
+    values: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        raw = env.get(PREFIX + name.upper())
+        if raw is None:
+            continue
+        structured = field.annotation not in (str, float, int, str | None)
+        try:
+            values[name] = json.loads(raw) if structured else raw
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{PREFIX}{name.upper()}: not JSON ({err.msg} at {err.pos})") from None
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as err:
+        problems = "; ".join(f"{PREFIX}{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"invalid operator settings: {problems}") from None
