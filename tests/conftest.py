@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from disney_train.config import S3Options
+from tests.support.apiserver import KUBERAY_SCHEMAS, VFT_CRD, ApiServer, start_apiserver
 from tests.support.faultproxy import FaultProxy
+from tests.support.kuberay import Cluster, OperatorProcess, start_operator
 from tests.support.seaweed import BUCKET, RW, SeaweedS3, start_seaweed
 
 
@@ -109,3 +111,41 @@ def packed(packed_sample: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(packed_sample, tmp_path / "packed"))
+
+
+# --------------------------------------------------------------------------- the operator's tests
+OPERATOR_NAMESPACES = "vft-*"  # the session operator watches these; each test takes a fresh one
+
+
+@pytest.fixture(scope="session")
+def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """envtest-lite with the core/v1 stub kopf needs; our CRD and our schemas of KubeRay's installed."""
+    server = start_apiserver(tmp_path_factory.mktemp("apiserver"))
+    try:
+        server.install(VFT_CRD, KUBERAY_SCHEMAS / "rayjobs.ray.io.yaml", KUBERAY_SCHEMAS / "rayclusters.ray.io.yaml")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(apiserver: ApiServer) -> Cluster:
+    return Cluster(apiserver)
+
+
+@pytest.fixture(scope="session")
+def operator_proc(
+    apiserver: ApiServer, s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """`disney-train-operator run` watching vft-* namespaces, with S3 keys to read runs' progress."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    op = start_operator(
+        apiserver, log, [OPERATOR_NAMESPACES], {"AWS_ACCESS_KEY_ID": RW[0], "AWS_SECRET_ACCESS_KEY": RW[1]}
+    )
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"vft-{uuid.uuid4().hex[:8]}"

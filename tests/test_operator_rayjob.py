@@ -1,0 +1,256 @@
+"""RayJob = f(VideoFineTune): the desired state, unit-tested on its own (no server)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from disney_operator import api
+from disney_operator.rayjob import (
+    CONFIG_ENV,
+    ENTRYPOINT,
+    LABEL_VFT,
+    SpecError,
+    desired_rayjob,
+    rayjob_name,
+    run_config,
+    run_config_of,
+)
+from disney_operator.settings import GPU_TOLERATIONS, ON_DEMAND_AFFINITY, RAY_VERSION, Settings, settings_from_env
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = Settings()
+
+
+def vft(name: str = "disney-2b", **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "model": {"uri": "s3://models/CogVideoX-2b"},
+        "dataset": {"uri": "s3://data/disney"},
+        "output": {"uri": "s3://runs/disney"},
+    }
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name, "namespace": "team-a", "uid": "1234-uid", "generation": 1},
+        "spec": {**base, **spec},
+    }
+
+
+def render(body: dict[str, Any], attempt: int = 1, settings: Settings = SETTINGS) -> dict[str, Any]:
+    return desired_rayjob(body, api.VideoFineTuneSpec.model_validate(body["spec"]), attempt, settings)
+
+
+def group(rj: dict[str, Any]) -> dict[str, Any]:
+    g: dict[str, Any] = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    return g
+
+
+def head(rj: dict[str, Any]) -> dict[str, Any]:
+    h: dict[str, Any] = rj["spec"]["rayClusterSpec"]["headGroupSpec"]
+    return h
+
+
+def name_of(body: dict[str, Any], attempt: int = 1) -> str:
+    return rayjob_name(body["metadata"]["name"], api.VideoFineTuneSpec.model_validate(body["spec"]), attempt)
+
+
+def test_the_name_is_a_function_of_spec_and_attempt_and_fits_kuberay() -> None:
+    body = vft()
+    assert name_of(body) == name_of(copy.deepcopy(body)) == render(body)["metadata"]["name"]
+    assert re.fullmatch(r"disney-2b-1-[0-9a-f]{5}", name_of(body))
+    longest = vft("a" * api.MAX_NAME_LENGTH)
+    assert len(name_of(longest, attempt=101)) <= 47  # KubeRay: RayJob names up to 47, DNS-1035
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name_of(longest, 101))
+
+    # what needs a new Ray cluster changes the name; what does not, does not
+    assert name_of(body, 2) != name_of(body)
+    assert name_of(vft(training={"optim": {"learning_rate": 3e-4}})) != name_of(body)
+    assert name_of(vft(image="registry/trainer:2")) != name_of(body)
+    for same in ({"suspend": True}, {"backoffLimit": 9}, {"ttlSecondsAfterFinished": 60}):
+        assert name_of(vft(**same)) == name_of(body), same
+    # replicas: a fixed-size run restarts at the new size; an elastic one is scaled in place
+    assert name_of(vft(workers={"replicas": 2})) != name_of(body)
+    elastic = {"maxReplicas": 8}
+    assert name_of(vft(workers={"replicas": 2, **elastic})) == name_of(vft(workers={"replicas": 6, **elastic}))
+
+
+def test_gpu_workers_head_and_the_run_configuration() -> None:
+    body = vft(workers={"replicas": 3, "resources": {"gpus": 8, "cpu": "96", "memory": "900Gi"}})
+    rj = render(body)
+    g, h = group(rj), head(rj)
+    worker = g["template"]["spec"]
+    res = worker["containers"][0]["resources"]
+    assert res["requests"] == res["limits"] == {"cpu": "96", "memory": "900Gi", "nvidia.com/gpu": "8"}
+    assert worker["restartPolicy"] == "Never"  # the Ray autoscaler requires it
+    assert worker["tolerations"] == GPU_TOLERATIONS  # the GPU node pool's taint
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in worker["containers"][0]["volumeMounts"]
+    assert worker["volumes"][0]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    assert (g["replicas"], g["minReplicas"], g["maxReplicas"]) == (3, 3, 3)
+
+    head_pod = h["template"]["spec"]
+    assert "nvidia.com/gpu" not in str(head_pod["containers"][0]["resources"])
+    assert head_pod["affinity"] == ON_DEMAND_AFFINITY  # not on spot nodes: losing the head loses the job
+    assert "tolerations" not in head_pod and "restartPolicy" not in head_pod
+    assert h["rayStartParams"]["num-cpus"] == "0"  # nothing trains on the head
+
+    spec = rj["spec"]
+    assert spec["entrypoint"] == ENTRYPOINT
+    assert spec["rayClusterSpec"]["enableInTreeAutoscaling"] is True
+    assert spec["shutdownAfterJobFinishes"] is True and spec["backoffLimit"] == 0
+    assert spec["rayClusterSpec"]["rayVersion"] == RAY_VERSION
+    cfg = run_config_of(rj)
+    assert cfg.name == "disney-2b"
+    assert (cfg.model.uri, cfg.data.uri, cfg.output.uri) == (
+        "s3://models/CogVideoX-2b",
+        "s3://data/disney",
+        "s3://runs/disney",
+    )
+    w = cfg.train.workers
+    assert (w.replicas, w.min_replicas, w.max_replicas, w.device, w.cpus_per_worker) == (24, None, None, "cuda", 12)
+    assert cfg.lora.rank == 128 and cfg.optim.learning_rate == 1e-4  # the seed's recipe by default
+
+
+def test_cpu_workers() -> None:
+    rj = render(vft(workers={"replicas": 2, "resources": {"gpus": 0, "cpu": "7500m", "memory": "8Gi"}}))
+    worker = group(rj)["template"]["spec"]
+    assert worker["containers"][0]["resources"]["limits"] == {"cpu": "7500m", "memory": "8Gi"}
+    assert "tolerations" not in worker  # no GPU taint to tolerate
+    w = run_config_of(rj).train.workers
+    assert (w.replicas, w.device, w.cpus_per_worker) == (2, "cpu", 7)
+
+
+def test_elastic_range() -> None:
+    rj = render(vft(workers={"replicas": 4, "minReplicas": 2, "maxReplicas": 8, "resources": {"gpus": 2, "cpu": "16"}}))
+    g = group(rj)
+    # the group's cap is what `kubectl scale` asked for; Ray Train asks for the most and grows into it
+    assert (g["replicas"], g["minReplicas"], g["maxReplicas"]) == (4, 2, 4)
+    w = run_config_of(rj).train.workers
+    assert (w.min_replicas, w.max_replicas, w.replicas, w.cpus_per_worker) == (4, 16, 16, 8)
+    # scaling an elastic run changes the group, not the run configuration
+    scaled = render(
+        vft(workers={"replicas": 6, "minReplicas": 2, "maxReplicas": 8, "resources": {"gpus": 2, "cpu": "16"}})
+    )
+    assert run_config_of(scaled) == run_config_of(rj)
+    assert (group(scaled)["replicas"], group(scaled)["maxReplicas"]) == (6, 6)
+
+
+def test_placement_from_the_spec_else_the_operator_defaults() -> None:
+    placement = {
+        "nodeSelector": {"pool": "h100"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+        "priorityClassName": "training-high",
+    }
+    worker = group(render(vft(placement=placement)))["template"]["spec"]
+    for k, v in placement.items():
+        assert worker[k] == v, k
+    # an explicit empty list is the user's choice, not a default to fill in
+    assert "tolerations" not in group(render(vft(placement={"tolerations": []})))["template"]["spec"]
+    settings = Settings(worker_node_selector={"pool": "gpu"}, head_node_selector={"pool": "system"})
+    rj = render(vft(head={"placement": {"affinity": {"nodeAffinity": {}}}}), settings=settings)
+    assert group(rj)["template"]["spec"]["nodeSelector"] == {"pool": "gpu"}
+    assert head(rj)["template"]["spec"]["nodeSelector"] == {"pool": "system"}
+    assert head(rj)["template"]["spec"]["affinity"] == {"nodeAffinity": {}}
+
+
+def test_s3_keys_only_by_reference_to_the_secret() -> None:
+    rj = render(vft(s3Credentials={"secretName": "s3-keys", "secretAccessKeyKey": "secret"}))
+    for pod in (group(rj)["template"]["spec"], head(rj)["template"]["spec"]):
+        env = pod["containers"][0]["env"]
+        assert env == [
+            {
+                "name": "AWS_ACCESS_KEY_ID",
+                "valueFrom": {"secretKeyRef": {"name": "s3-keys", "key": "AWS_ACCESS_KEY_ID"}},
+            },
+            {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3-keys", "key": "secret"}}},
+        ]
+    assert all("value" not in e for e in env)  # never a literal value
+    # and a spec cannot carry keys at all
+    with pytest.raises(ValueError, match="aws_secret_access_key"):
+        render(vft(training={"s3": {"aws_secret_access_key": "x"}}))
+
+
+def test_ownership_and_labels() -> None:
+    rj = render(vft(), attempt=2)
+    meta = rj["metadata"]
+    assert meta["namespace"] == "team-a"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "disneytrain.dev/v1alpha1",
+            "kind": "VideoFineTune",
+            "name": "disney-2b",
+            "uid": "1234-uid",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert meta["labels"][LABEL_VFT] == "disney-2b" and meta["labels"]["disneytrain.dev/attempt"] == "2"
+    assert group(rj)["template"]["metadata"]["labels"]["disneytrain.dev/role"] == "worker"
+
+
+def test_the_entrypoint_reads_the_configuration_the_operator_rendered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`disney-train train --config-env` on the head gets exactly run_config(): through the real CLI code."""
+    from disney_train.cli import _run_config
+
+    body = vft(training={"data": {"num_frames": 17, "id_token": "DISNEY"}, "optim": {"max_steps": 500}})
+    rj = render(body)
+    env = yaml.safe_load(rj["spec"]["runtimeEnvYAML"])["env_vars"]
+    monkeypatch.setenv(CONFIG_ENV, env[CONFIG_ENV])
+    assert _run_config(None, CONFIG_ENV, None) == run_config(
+        "disney-2b", api.VideoFineTuneSpec.model_validate(body["spec"])
+    )
+    assert _run_config(None, CONFIG_ENV, None).data.id_token == "DISNEY"
+
+
+def test_kuberays_own_checks_pass() -> None:
+    """What KubeRay's controller refuses (ray-operator/controllers/ray/utils/validation.go), checked here."""
+    for body in (vft(), vft(suspend=True), vft(workers={"replicas": 2, "maxReplicas": 4})):
+        rj = render(body)
+        spec = rj["spec"]
+        assert len(rj["metadata"]["name"]) <= 47
+        assert not spec["suspend"] or spec["shutdownAfterJobFinishes"]  # suspend needs shutdownAfterJobFinishes
+        assert spec["ttlSecondsAfterFinished"] >= 0
+        assert spec["rayClusterSpec"]["autoscalerOptions"]["version"] == "v2"
+        assert head(rj)["template"]["spec"].get("restartPolicy", "Never") == "Never"  # autoscaler v2
+        assert group(rj)["template"]["spec"]["restartPolicy"] == "Never"
+        assert head(rj)["template"]["spec"]["containers"] and group(rj)["template"]["spec"]["containers"]
+        assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict)
+
+
+def test_specs_no_rayjob_can_be_built_from_are_named() -> None:
+    with pytest.raises(SpecError, match=r"workers.resources.cpu 500m .* less than one CPU"):
+        render(vft(workers={"resources": {"gpus": 1, "cpu": "500m"}}))
+    with pytest.raises(SpecError, match="one image per prompt"):
+        render(
+            vft(
+                model={"uri": "s3://models/CogVideoX-5b-I2V", "variant": "i2v"},
+                training={"validation": {"prompts": ["a mouse whistles"]}},
+            )
+        )
+
+
+def test_ray_version_is_the_pinned_one() -> None:
+    pins = dict(
+        line.strip().split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line
+    )
+    assert pins["ray"] == RAY_VERSION
+
+
+def test_operator_settings_from_the_environment() -> None:
+    s = settings_from_env(
+        {
+            "DISNEY_OPERATOR_IMAGE": "reg/t:1",
+            "DISNEY_OPERATOR_RESYNC_SECONDS": "5",
+            "DISNEY_OPERATOR_WORKER_NODE_SELECTOR": '{"pool": "a100"}',
+        }
+    )
+    assert (s.image, s.resync_seconds, s.worker_node_selector) == ("reg/t:1", 5.0, {"pool": "a100"})
+    with pytest.raises(ValueError, match="DISNEY_OPERATOR_WORKER_TOLERATIONS: not JSON"):
+        settings_from_env({"DISNEY_OPERATOR_WORKER_TOLERATIONS": "[oops"})
+    with pytest.raises(ValueError, match="DISNEY_OPERATOR_RESYNC_SECONDS"):
+        settings_from_env({"DISNEY_OPERATOR_RESYNC_SECONDS": "-1"})

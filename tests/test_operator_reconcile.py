@@ -1,0 +1,293 @@
+"""reconcile.plan, the pure decision: every transition, and "nothing changed -> nothing written"."""
+
+from __future__ import annotations
+
+import copy
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from disney_operator.reconcile import FINALIZER, Plan, plan, rfc3339
+from disney_operator.settings import Settings
+from tests.test_operator_rayjob import vft
+
+T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+SETTINGS = Settings()
+
+
+class World:
+    """A VideoFineTune and its RayJobs as the API server would hold them after each plan is written."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.vft = body
+        self.rayjobs: dict[str, dict[str, Any]] = {}
+        self.now = T0
+        self.rv = 1
+
+    def step(self, progress: dict[str, Any] | None = None, advance: float = 1.0) -> Plan:
+        self.now += timedelta(seconds=advance)
+        p = plan(copy.deepcopy(self.vft), copy.deepcopy(list(self.rayjobs.values())), progress, self.now, SETTINGS)
+        meta = self.vft["metadata"]
+        if p.add_finalizer:
+            meta["finalizers"] = [*meta.get("finalizers", []), FINALIZER]
+        for name in p.delete:
+            self.rayjobs.pop(name)
+        if p.apply is not None:
+            old = self.rayjobs.get(p.apply["metadata"]["name"], {})
+            self.rayjobs[p.apply["metadata"]["name"]] = {**copy.deepcopy(p.apply), "status": old.get("status", {})}
+        if p.status is not None:
+            self.vft["status"] = copy.deepcopy(p.status)
+        if p.remove_finalizer:
+            meta["finalizers"] = [f for f in meta["finalizers"] if f != FINALIZER]
+        return p
+
+    def settle(self) -> None:
+        """Plan until a plan writes nothing (at most a few rounds)."""
+        for _ in range(5):
+            if not self.step().writes():
+                return
+        raise AssertionError("no steady state after 5 rounds")
+
+    def only(self) -> dict[str, Any]:
+        assert len(self.rayjobs) == 1, list(self.rayjobs)
+        return next(iter(self.rayjobs.values()))
+
+    def kuberay(self, **status: Any) -> None:
+        self.only()["status"] = status
+
+    def running(self, ready: int = 1, cap: int | None = None) -> None:
+        self.kuberay(
+            jobDeploymentStatus="Running",
+            jobStatus="RUNNING",
+            rayClusterName="c1",
+            rayClusterStatus={"readyWorkerReplicas": ready, "maxWorkerReplicas": cap if cap is not None else ready},
+        )
+
+    def spec(self, **changes: Any) -> None:
+        self.vft["spec"].update(changes)
+        self.vft["metadata"]["generation"] += 1
+
+    def cond(self, ctype: str) -> dict[str, Any]:
+        found: dict[str, Any] = next(c for c in self.vft["status"]["conditions"] if c["type"] == ctype)
+        return found
+
+
+def test_a_new_videofinetune_gets_a_finalizer_a_rayjob_and_a_status_then_nothing_more() -> None:
+    w = World(vft())
+    p = w.step()
+    assert p.add_finalizer and p.apply is not None and p.status is not None
+    assert [e.reason for e in p.events] == ["RayJobCreated"]
+    st = w.vft["status"]
+    assert st["phase"] == "Pending" and st["attempt"] == 1 and st["observedGeneration"] == 1
+    assert st["rayJob"]["name"] == p.apply["metadata"]["name"]
+    assert st["workers"] == {"desired": 1, "ready": 0, "summary": "0/1"}
+    assert st["runUri"] == "s3://runs/disney/disney-2b"
+    w.settle()
+    again = w.step()  # steady state: nothing written, nothing asked
+    assert not again.writes() and not again.events and again.requeue_after is None
+
+
+def test_running_progress_and_success() -> None:
+    w = World(vft(workers={"replicas": 2}))
+    w.settle()
+    w.running(ready=2)
+    p = w.step()
+    st = w.vft["status"]
+    assert st["phase"] == "Running" and st["workers"]["summary"] == "2/2"
+    assert st["startTime"] == rfc3339(w.now)
+    assert w.cond("Running")["status"] == "True" and w.cond("Pending")["status"] == "False"
+    assert "Running" in [e.reason for e in p.events]
+    started = st["startTime"]
+
+    progress = {
+        "step": 120,
+        "epoch": 3,
+        "loss": 0.125,
+        "world_size": 2,
+        "last_checkpoint": "s3://runs/x/ckpt",
+        "last_checkpoint_time": 1_764_590_400.0,
+        "updated": 1_764_590_460.0,
+    }
+    w.step(progress)
+    pr = w.vft["status"]["progress"]
+    assert pr == {
+        "step": 120,
+        "epoch": 3,
+        "loss": 0.125,
+        "worldSize": 2,
+        "lastCheckpoint": "s3://runs/x/ckpt",
+        "lastCheckpointTime": "2025-12-01T12:00:00Z",
+        "updated": "2025-12-01T12:01:00Z",
+    }
+    assert not w.step(progress).writes()  # the same progress again: nothing to write
+    assert w.vft["status"]["startTime"] == started
+
+    w.kuberay(jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", endTime="2026-12-01T13:00:00Z")
+    p = w.step()
+    st = w.vft["status"]
+    assert st["phase"] == "Succeeded" and st["completionTime"] == "2026-12-01T13:00:00Z"
+    assert st["workers"]["ready"] == 0 and w.cond("Succeeded")["reason"] == "RayJobSucceeded"
+    assert [e.reason for e in p.events] == ["Succeeded"]
+    w.settle()
+    assert len(w.rayjobs) == 1  # kept for inspection; no new attempt after success
+
+
+def test_ttl_after_finished_deletes_the_object_when_due() -> None:
+    w = World(vft(ttlSecondsAfterFinished=30))
+    w.settle()
+    end = w.now
+    w.kuberay(jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", endTime=rfc3339(end))
+    w.step()
+    p = w.step(advance=5)
+    assert not p.delete_self and p.requeue_after is not None and 20 < p.requeue_after < 30
+    w.now = end + timedelta(seconds=30)
+    assert w.step(advance=0).delete_self
+
+
+def test_a_failed_attempt_is_retried_as_a_new_rayjob_until_the_backoff_limit() -> None:
+    w = World(vft(backoffLimit=1))
+    w.settle()
+    first = w.only()["metadata"]["name"]
+    w.kuberay(jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed", message="head pod lost")
+    p = w.step()
+    st = w.vft["status"]
+    assert st["phase"] == "Pending" and st["attempt"] == 2 and w.cond("Pending")["reason"] == "Retrying"
+    assert "attempt 1 failed (AppFailed: head pod lost)" in st["message"]
+    assert st["lastFailure"] == "attempt 1: AppFailed: head pod lost"
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "AttemptFailed")]
+    p = w.step()  # the failed RayJob goes first; no second Ray cluster meanwhile
+    assert p.delete == [first] and p.apply is None and p.requeue_after
+    p = w.step()
+    assert p.apply is not None and p.apply["metadata"]["name"].startswith("disney-2b-2-")
+    assert p.apply["metadata"]["labels"]["disneytrain.dev/attempt"] == "2"
+    w.settle()
+
+    w.kuberay(jobDeploymentStatus="Complete", jobStatus="FAILED", message="loss is nan")
+    p = w.step()
+    st = w.vft["status"]
+    assert st["phase"] == "Failed" and w.cond("Failed")["reason"] == "BackoffLimitExceeded"
+    assert "2 attempt(s) failed, backoffLimit 1; last: loss is nan" in st["message"]
+    assert st["completionTime"]
+    w.settle()
+    assert len(w.rayjobs) == 1 and w.vft["status"]["attempt"] == 2
+
+
+def test_suspend_and_resume_keep_the_attempt() -> None:
+    w = World(vft())
+    w.settle()
+    w.running()
+    w.step()
+    name = w.only()["metadata"]["name"]
+    w.spec(suspend=True)
+    p = w.step()
+    assert p.apply is not None and p.apply["spec"]["suspend"] is True and p.apply["metadata"]["name"] == name
+    assert w.vft["status"]["phase"] == "Suspended" and w.vft["status"]["workers"]["ready"] == 0
+    w.kuberay(jobDeploymentStatus="Suspended")
+    w.settle()
+    assert w.cond("Suspended")["reason"] == "Suspended"
+    w.spec(suspend=False)
+    p = w.step()
+    assert p.apply is not None and p.apply["spec"]["suspend"] is False and p.apply["metadata"]["name"] == name
+    assert w.vft["status"]["phase"] == "Pending"  # KubeRay brings a new Ray cluster up, training resumes
+    w.running()
+    w.step()
+    assert w.vft["status"]["phase"] == "Running" and w.vft["status"]["attempt"] == 1
+
+
+def test_scaling_an_elastic_run_moves_the_live_cluster() -> None:
+    w = World(vft(workers={"replicas": 2, "maxReplicas": 8}))
+    w.settle()
+    w.running(ready=2, cap=2)
+    w.settle()
+    name = w.only()["metadata"]["name"]
+    w.vft["spec"]["workers"]["replicas"] = 5  # kubectl scale
+    p = w.step()
+    assert p.scale_cluster == ("c1", 5) and [e.reason for e in p.events] == ["Scaled"]
+    assert p.apply is not None and p.apply["metadata"]["name"] == name  # same RayJob, its template updated
+    assert w.vft["status"]["workers"] == {"desired": 5, "ready": 2, "summary": "2/5"}
+    # until KubeRay mirrors the cluster, the (idempotent) patch is repeated, the event is not
+    p = w.step()
+    assert p.scale_cluster == ("c1", 5) and not p.events
+    w.running(ready=5, cap=5)
+    p = w.step()
+    assert p.scale_cluster is None and w.vft["status"]["workers"]["summary"] == "5/5"
+
+
+def test_scaling_a_fixed_size_run_restarts_it_at_the_new_size() -> None:
+    w = World(vft(workers={"replicas": 2}))
+    w.settle()
+    w.running(ready=2)
+    w.settle()
+    old = w.only()["metadata"]["name"]
+    w.vft["spec"]["workers"]["replicas"] = 4
+    p = w.step()
+    assert p.delete == [old] and p.apply is None and p.scale_cluster is None
+    assert w.vft["status"]["phase"] == "Pending" and w.cond("Pending")["reason"] == "Replacing"
+    p = w.step()
+    assert p.apply is not None and p.apply["metadata"]["name"] != old
+    assert p.apply["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 4
+    assert w.vft["status"]["attempt"] == 1  # a restart for a new spec is not a failure
+
+
+def test_deletion_removes_the_rayjobs_then_releases_the_object() -> None:
+    w = World(vft())
+    w.settle()
+    name = w.only()["metadata"]["name"]
+    w.vft["metadata"]["deletionTimestamp"] = "2026-12-01T12:30:00Z"
+    p = w.step()
+    assert p.delete == [name] and not p.remove_finalizer and p.status is None
+    p = w.step()
+    assert p.remove_finalizer and not p.delete
+    assert w.vft["metadata"]["finalizers"] == []
+
+
+def test_a_spec_no_rayjob_can_be_built_from_waits_with_the_reason() -> None:
+    w = World(vft(workers={"resources": {"gpus": 1, "cpu": "500m"}}))
+    p = w.step()
+    assert p.apply is None and not w.rayjobs
+    st = w.vft["status"]
+    assert st["phase"] == "Pending" and w.cond("Pending")["reason"] == "InvalidSpec"
+    assert "workers.resources.cpu 500m" in st["message"]
+    assert [e.reason for e in p.events] == ["InvalidSpec"]
+    assert not w.step().events  # said once
+    w.spec(workers={"resources": {"gpus": 1, "cpu": "4"}})
+    assert w.step().apply is not None
+
+
+def test_condition_times_move_only_with_their_status() -> None:
+    w = World(vft())
+    w.settle()
+    before = copy.deepcopy(w.vft["status"]["conditions"])
+    w.spec(backoffLimit=5)  # a new generation, nothing else
+    w.step(advance=60)
+    after = w.vft["status"]["conditions"]
+    assert [c["lastTransitionTime"] for c in after] == [c["lastTransitionTime"] for c in before]
+    assert {c["observedGeneration"] for c in after} == {2}
+    w.running()
+    w.step(advance=60)
+    assert w.cond("Running")["lastTransitionTime"] != before[1]["lastTransitionTime"]
+
+
+def test_the_controller_sees_its_own_rayjob_writes_before_the_watch_does() -> None:
+    """kopf's index can lag our writes by seconds under load; planning from it alone would apply a RayJob
+    twice or start a new one while the old is still going. The controller overlays what it wrote."""
+    from disney_operator.controller import Controller
+    from disney_operator.kube import Kube
+
+    controller = Controller(Kube(None, "test"), SETTINGS)
+    key = ("team-a", "disney-2b")
+    w = World(vft())
+    p = w.step()
+    assert p.apply is not None
+    applied = {**p.apply, "metadata": {**p.apply["metadata"], "resourceVersion": "7"}}
+    controller._rayjob_writes[key] = {p.apply["metadata"]["name"]: (time.monotonic(), applied)}
+    view = controller._rayjobs_view(key, [])  # the watch has not shown it yet
+    assert [rj["metadata"]["name"] for rj in view] == [p.apply["metadata"]["name"]]
+    assert not plan(w.vft, view, None, w.now, SETTINGS).apply  # so it is not applied again
+
+    old = w.only()
+    controller._rayjob_writes[key] = {old["metadata"]["name"]: (time.monotonic(), None)}  # we deleted it
+    view = controller._rayjobs_view(key, [old])  # the watch still shows it, not even as deleting
+    assert view[0]["metadata"]["deletionTimestamp"]
+    assert plan(w.vft, view, None, w.now, SETTINGS).delete == []  # not deleted twice
+    assert controller._rayjobs_view(key, []) == [] and controller._rayjob_writes[key] == {}  # gone: forgotten
