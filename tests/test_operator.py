@@ -49,6 +49,15 @@ def s3_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", RW[1])
 
 
+def running(cluster: Cluster, ns: str, name: str, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Create a VideoFineTune and play KubeRay until it runs: its RayJob and the Ray cluster's name."""
+    cluster.create(ns, name, spec)
+    rj = cluster.the_rayjob(ns, name)
+    ray_cluster = cluster.run_cluster(ns, rj)
+    cluster.wait_status(ns, name, phase="Running")
+    return rj, ray_cluster
+
+
 def stub_events(apiserver: ApiServer, ns: str) -> list[str]:
     """Events the operator posted (the stub accepts them and logs them, it keeps none)."""
     return [line for line in apiserver.log().splitlines() if "core-v1-stub: event" in line and f'"{ns}"' in line]
@@ -134,10 +143,7 @@ def test_lifecycle_from_apply_to_success_and_ttl(
 def test_kubectl_scale_of_an_elastic_run_resizes_the_live_ray_cluster(
     operator_proc: OperatorProcess, apiserver: ApiServer, cluster: Cluster, ns: str, spec: dict[str, Any]
 ) -> None:
-    cluster.create(ns, "elastic", {**spec, "workers": {"replicas": 2, "maxReplicas": 4}})
-    rj = cluster.the_rayjob(ns, "elastic")
-    ray_cluster = cluster.run_cluster(ns, rj)
-    cluster.wait_status(ns, "elastic", phase="Running")
+    rj, ray_cluster = running(cluster, ns, "elastic", {**spec, "workers": {"replicas": 2, "maxReplicas": 4}})
     apiserver.kubectl("-n", ns, "scale", "vft/elastic", "--replicas=4")
 
     def scaled() -> bool:
@@ -157,10 +163,7 @@ def test_kubectl_scale_of_an_elastic_run_resizes_the_live_ray_cluster(
 def test_kubectl_scale_of_a_fixed_size_run_restarts_it_at_the_new_size(
     operator_proc: OperatorProcess, apiserver: ApiServer, cluster: Cluster, ns: str, spec: dict[str, Any]
 ) -> None:
-    cluster.create(ns, "fixed", {**spec, "workers": {"replicas": 1}})
-    old = cluster.the_rayjob(ns, "fixed")
-    cluster.run_cluster(ns, old)
-    cluster.wait_status(ns, "fixed", phase="Running")
+    old, _ = running(cluster, ns, "fixed", {**spec, "workers": {"replicas": 1}})
     apiserver.kubectl("-n", ns, "scale", "vft/fixed", "--replicas=3")
 
     def replaced() -> dict[str, Any] | None:
@@ -175,11 +178,8 @@ def test_kubectl_scale_of_a_fixed_size_run_restarts_it_at_the_new_size(
 
 
 def test_suspend_and_resume(operator_proc: OperatorProcess, cluster: Cluster, ns: str, spec: dict[str, Any]) -> None:
-    cluster.create(ns, "pause", spec)
-    rj = cluster.the_rayjob(ns, "pause")
+    rj, _ = running(cluster, ns, "pause", spec)
     name = rj["metadata"]["name"]
-    cluster.run_cluster(ns, rj)
-    cluster.wait_status(ns, "pause", phase="Running")
 
     cluster.patch(ns, "pause", {"suspend": True})
     eventually(lambda: cluster.the_rayjob(ns, "pause")["spec"]["suspend"] is True, what="RayJob suspended")
@@ -197,10 +197,7 @@ def test_suspend_and_resume(operator_proc: OperatorProcess, cluster: Cluster, ns
 def test_failed_attempts_are_retried_from_the_checkpoint_up_to_the_backoff_limit(
     operator_proc: OperatorProcess, apiserver: ApiServer, cluster: Cluster, ns: str, spec: dict[str, Any]
 ) -> None:
-    cluster.create(ns, "flaky", {**spec, "backoffLimit": 1})
-    first = cluster.the_rayjob(ns, "flaky")
-    cluster.run_cluster(ns, first)
-    cluster.wait_status(ns, "flaky", phase="Running")
+    first, _ = running(cluster, ns, "flaky", {**spec, "backoffLimit": 1})
     # the Ray head is lost: KubeRay fails the RayJob (it does not recover training itself)
     cluster.set_rayjob_status(
         ns,
@@ -244,10 +241,7 @@ def test_deleting_a_videofinetune_removes_its_rayjob_and_never_its_data(
     s3_server: SeaweedS3,
     s3_keys: None,
 ) -> None:
-    cluster.create(ns, "gone", spec)
-    rj = cluster.the_rayjob(ns, "gone")
-    cluster.run_cluster(ns, rj)
-    cluster.wait_status(ns, "gone", phase="Running")
+    running(cluster, ns, "gone", spec)
     files = run_files(spec, "gone")
     files.store.write_bytes("checkpoints/step-000000010/commit.json", b"{}")
     before = s3_server.keys(files.uri.split("/", 3)[3] + "/")
@@ -260,10 +254,7 @@ def test_deleting_a_videofinetune_removes_its_rayjob_and_never_its_data(
 def test_nothing_is_written_once_converged(
     operator_proc: OperatorProcess, apiserver: ApiServer, cluster: Cluster, ns: str, spec: dict[str, Any]
 ) -> None:
-    cluster.create(ns, "quiet", {**spec, "workers": {"replicas": 2}})
-    rj = cluster.the_rayjob(ns, "quiet")
-    cluster.run_cluster(ns, rj)
-    cluster.wait_status(ns, "quiet", phase="Running")
+    running(cluster, ns, "quiet", {**spec, "workers": {"replicas": 2}})
     time.sleep(1.5)  # let the last writes land
     before = apiserver.writes()
     time.sleep(4)  # four resyncs of every VideoFineTune, with progress reads

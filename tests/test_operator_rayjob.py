@@ -254,3 +254,31 @@ def test_operator_settings_from_the_environment() -> None:
         settings_from_env({"DISNEY_OPERATOR_WORKER_TOLERATIONS": "[oops"})
     with pytest.raises(ValueError, match="DISNEY_OPERATOR_RESYNC_SECONDS"):
         settings_from_env({"DISNEY_OPERATOR_RESYNC_SECONDS": "-1"})
+
+
+def test_the_operator_cli_renders_a_rayjob_and_checks_the_crd(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from disney_operator.crd import CRD_PATH
+
+    cli = str(Path(sys.executable).parent / "disney-train-operator")
+    manifest = tmp_path / "vft.yaml"
+    body = vft(workers={"replicas": 2, "maxReplicas": 4})
+    manifest.write_text(
+        yaml.safe_dump({k: v for k, v in body.items() if k != "metadata"} | {"metadata": {"name": "demo"}})
+    )
+    out = subprocess.run([cli, "render", str(manifest), "--attempt", "3"], capture_output=True, text=True, check=True)
+    rj = yaml.safe_load(out.stdout)
+    assert rj["kind"] == "RayJob" and re.fullmatch(r"demo-3-[0-9a-f]{5}", rj["metadata"]["name"])
+    assert run_config_of(rj).train.workers.max_replicas == 4
+
+    manifest.write_text(yaml.safe_dump({"metadata": {"name": "demo"}, "spec": {"model": {"uri": "/local"}}}))
+    bad = subprocess.run([cli, "render", str(manifest)], capture_output=True, text=True)
+    assert bad.returncode == 2 and f"error: {manifest}:" in bad.stderr and "model.uri" in bad.stderr
+
+    assert subprocess.run([cli, "crd", "--check", str(CRD_PATH)], capture_output=True).returncode == 0
+    stale = tmp_path / "crd.yaml"
+    stale.write_text(CRD_PATH.read_text().replace("default: 42", "default: 43"))
+    drift = subprocess.run([cli, "crd", "--check", str(stale)], capture_output=True, text=True)
+    assert drift.returncode == 1 and "differs from the generated CRD" in drift.stderr

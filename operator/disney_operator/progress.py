@@ -15,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pydantic import ValidationError
+
 from disney_train.config import S3Options
 from disney_train.train.run_files import RunFiles
 
@@ -59,12 +61,17 @@ class ProgressReader:
             running = "Running" in states.values()
             if final is None and not (running and now - self._read_at.get(key, float("-inf")) >= self.every):
                 return False
+            spec = vft.get("spec") or {}
+            output = (spec.get("output") or {}).get("uri")
+            try:
+                s3 = S3Options.model_validate({**((spec.get("training") or {}).get("s3") or {}), "max_attempts": 2})
+            except ValidationError:
+                return False  # the reconcile reports the spec's problem
+            if not output:
+                return False
             self._busy.add(key)
             self._read_at[key] = now
-        spec = vft.get("spec") or {}
-        uri = f"{spec['output']['uri'].rstrip('/')}/{key[1]}"
-        s3 = S3Options.model_validate({**((spec.get("training") or {}).get("s3") or {}), "max_attempts": 2})
-        self._pool.submit(self._read, key, uri, s3, final)
+        self._pool.submit(self._read, key, f"{output.rstrip('/')}/{key[1]}", s3, final)
         return True
 
     def _read(self, key: Key, uri: str, s3: S3Options, final: str | None) -> None:
