@@ -174,11 +174,19 @@ def test_killed_worker_is_replaced_and_training_resumes_exactly(
         launch(failed, storage_path=tmp_path / "ray")
     assert CheckpointStore(RunFiles(failed).store, 3).committed() == [4]
     monkeypatch.delenv("DISNEY_TRAIN_CHAOS")
+    other = failed.model_copy(deep=True)
+    other.lora.rank = 8  # the same name with another LoRA shape is another run: not resumed from these
+    with pytest.raises(TrainingError, match=r"belongs to another run \(lora was"):
+        launch(other, storage_path=tmp_path / "ray")
     launch(failed, storage_path=tmp_path / "ray")
     got = [(h["step"], h["loss"]) for h in _history(failed)]
     assert [round(a, 6) for _, a in got] == [round(b, 6) for _, b in expected]
     with pytest.raises(RunFinishedError, match="already finished at step 8"):
         launch(failed, storage_path=tmp_path / "ray")
+    moved = failed.model_copy(deep=True)
+    moved.data.uri = str(tmp_path / "another-dataset")  # nor is it "finished" for another dataset
+    with pytest.raises(TrainingError, match=r"finished as another run \(data.uri was"):
+        launch(moved, storage_path=tmp_path / "ray")
 
 
 def test_resume_at_another_world_size_continues_the_data_and_schedule(

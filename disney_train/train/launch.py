@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from disney_train.config import RunConfig
-from disney_train.train.run_files import RunFiles
+from disney_train.train.run_files import RunFiles, identity_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,12 @@ def launch(
     files = files or RunFiles(cfg)
     done = files.finished()
     if done is not None and not cache_only and not restart_finished:
+        mismatch = identity_mismatch(files.final_config() or {}, cfg)
+        if mismatch is not None:
+            raise TrainingError(
+                f"run {cfg.name!r} at {files.uri} finished as another run ({mismatch}): "
+                "pick another run name (or output) to train this one"
+            )
         raise RunFinishedError(
             f"run {cfg.name!r} already finished at step {done['step']} ({files.uri}; LoRA {done['lora']}). "
             "Nothing to do: pick another run name to train again."

@@ -13,6 +13,8 @@ import json
 import time
 from typing import Any
 
+import yaml
+
 from disney_train.config import RunConfig, S3Options
 from disney_train.storage import Store, open_store
 
@@ -20,6 +22,26 @@ PROGRESS = "progress.json"
 FINAL_LORA = "final/pytorch_lora_weights.safetensors"
 FINAL_CONFIG = "final/config.yaml"
 FINISHED = "finished.json"
+
+
+# What makes a run the run it is. Resuming it (or finding it finished) under a configuration that
+# differs in these would mix two runs: a new model, dataset or LoRA shape needs a new run name.
+IDENTITY = ("model.uri", "model.variant", "data.uri", "lora")
+
+
+def _dig(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def identity_mismatch(saved: dict[str, Any], cfg: RunConfig) -> str | None:
+    """How a saved run configuration (a checkpoint's, the final one) is another run than `cfg`, if it is."""
+    now = cfg.model_dump(mode="json")
+    for dotted in IDENTITY:
+        if _dig(saved, dotted) != _dig(now, dotted):
+            return f"{dotted} was {_dig(saved, dotted)!r}, this run has {_dig(now, dotted)!r}"
+    return None
 
 
 def run_uri(cfg: RunConfig) -> str:
@@ -67,6 +89,12 @@ class RunFiles:
     def finish(self, step: int, progress: dict[str, Any]) -> None:
         self.write_progress(progress)
         self._json(FINISHED, {"step": step, "time": time.time(), "lora": self.store.url(FINAL_LORA)})
+
+    def final_config(self) -> dict[str, Any] | None:
+        if not self.store.exists(FINAL_CONFIG):
+            return None
+        value = yaml.safe_load(self.store.read_bytes(FINAL_CONFIG))
+        return value if isinstance(value, dict) else None
 
     def finished(self) -> dict[str, Any] | None:
         if not self.store.exists(FINISHED):

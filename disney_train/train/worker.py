@@ -33,7 +33,7 @@ from disney_train.train.engine import (
     set_accelerator_env,
     steps_per_epoch,
 )
-from disney_train.train.run_files import RunFiles
+from disney_train.train.run_files import RunFiles, identity_mismatch
 from disney_train.train.zero_state import skip_shm_comm
 
 log = logging.getLogger("disney_train.worker")
@@ -362,11 +362,11 @@ def _latest_usable(ckpts: CheckpointStore, cfg: RunConfig) -> Checkpoint | None:
         except CheckpointError as err:
             log.warning("skipping checkpoint: %s", err)
             continue
-        saved = yaml.safe_load(ckpt.config_yaml) or {}
-        if saved.get("lora") != cfg.lora.model_dump(mode="json"):
+        mismatch = identity_mismatch(yaml.safe_load(ckpt.config_yaml) or {}, cfg)
+        if mismatch is not None:
             raise CheckpointError(
-                f"checkpoint {ckpts.url(step)} was trained with lora={saved.get('lora')}, this run has "
-                f"lora={cfg.lora.model_dump(mode='json')}: a LoRA cannot change shape mid-run; use a new run name"
+                f"checkpoint {ckpts.url(step)} belongs to another run ({mismatch}): a run cannot change its "
+                "model, dataset or LoRA shape; use a new run name"
             )
         return ckpt
     return None
