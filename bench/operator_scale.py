@@ -87,7 +87,9 @@ def main() -> None:
         server = start_apiserver(Path(tmp) / "apiserver")
         op = None
         try:
-            server.install(VFT_CRD, KUBERAY_SCHEMAS / "rayjobs.ray.io.yaml", KUBERAY_SCHEMAS / "rayclusters.ray.io.yaml")
+            server.install(
+                VFT_CRD, KUBERAY_SCHEMAS / "rayjobs.ray.io.yaml", KUBERAY_SCHEMAS / "rayclusters.ray.io.yaml"
+            )
             cluster = Cluster(server)
             op = start_operator(
                 server,

@@ -91,6 +91,7 @@ def test_gpu_workers_head_and_the_run_configuration() -> None:
     assert {"name": "dshm", "mountPath": "/dev/shm"} in worker["containers"][0]["volumeMounts"]
     assert worker["volumes"][0]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
     assert (g["replicas"], g["minReplicas"], g["maxReplicas"]) == (3, 3, 3)
+    assert g["rayStartParams"] == {"num-gpus": "8"}  # said outright: KubeRay counts only "*gpu" resources
 
     head_pod = h["template"]["spec"]
     assert "nvidia.com/gpu" not in str(head_pod["containers"][0]["resources"])
@@ -120,6 +121,11 @@ def test_cpu_workers() -> None:
     worker = group(rj)["template"]["spec"]
     assert worker["containers"][0]["resources"]["limits"] == {"cpu": "7500m", "memory": "8Gi"}
     assert "tolerations" not in worker  # no GPU taint to tolerate
+    pooled = render(
+        vft(workers={"resources": {"gpus": 0, "cpu": "4"}}), settings=Settings(worker_node_selector={"pool": "gpu"})
+    )
+    assert "nodeSelector" not in group(pooled)["template"]["spec"]  # the GPU pool's defaults are for GPU workers
+    assert group(rj)["rayStartParams"] == {}
     w = run_config_of(rj).train.workers
     assert (w.replicas, w.device, w.cpus_per_worker) == (2, "cpu", 7)
 

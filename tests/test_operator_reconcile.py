@@ -285,9 +285,72 @@ def test_the_controller_sees_its_own_rayjob_writes_before_the_watch_does() -> No
     assert [rj["metadata"]["name"] for rj in view] == [p.apply["metadata"]["name"]]
     assert not plan(w.vft, view, None, w.now, SETTINGS).apply  # so it is not applied again
 
+    w.settle()
     old = w.only()
+    w.spec(image="registry/trainer:2")  # a new spec: the old RayJob is to go before a new one starts
+    first = plan(w.vft, [old], None, w.now, SETTINGS)
+    assert first.delete == [old["metadata"]["name"]] and first.apply is None
     controller._rayjob_writes[key] = {old["metadata"]["name"]: (time.monotonic(), None)}  # we deleted it
     view = controller._rayjobs_view(key, [old])  # the watch still shows it, not even as deleting
     assert view[0]["metadata"]["deletionTimestamp"]
-    assert plan(w.vft, view, None, w.now, SETTINGS).delete == []  # not deleted twice
+    again = plan(w.vft, view, None, w.now, SETTINGS)
+    assert again.delete == [] and again.apply is None  # not deleted twice; still waited for
     assert controller._rayjobs_view(key, []) == [] and controller._rayjob_writes[key] == {}  # gone: forgotten
+    assert plan(w.vft, [], None, w.now, SETTINGS).apply is not None  # and now the new one starts
+
+
+def test_kuberay_refusing_the_rayjob_fails_the_run_without_retries() -> None:
+    w = World(vft(backoffLimit=3))
+    w.settle()
+    w.kuberay(jobDeploymentStatus="ValidationFailed", message="headGroupSpec should have at least one container")
+    w.step()
+    st = w.vft["status"]
+    assert st["phase"] == "Failed" and st["attempt"] == 1 and w.cond("Failed")["reason"] == "RayJobInvalid"
+    assert "KubeRay refused RayJob" in st["message"] and "at least one container" in st["message"]
+    w.settle()
+    assert len(w.rayjobs) == 1
+
+
+def test_a_progress_record_with_a_nan_loss_or_odd_values_never_blocks_the_status() -> None:
+    import json
+
+    w = World(vft())
+    w.settle()
+    w.running()
+    odd = {
+        "step": 2.5,
+        "epoch": "3",
+        "loss": float("nan"),
+        "world_size": True,
+        "last_checkpoint": 7,
+        "last_checkpoint_time": float("inf"),
+        "updated": 1_764_590_460,
+    }
+    w.step(odd)
+    progress = w.vft["status"]["progress"]
+    assert progress == {"updated": "2025-12-01T12:01:00Z"}
+    json.loads(json.dumps(w.vft["status"], allow_nan=False))  # what the API server is sent is JSON
+    w.step({"step": 7, "loss": float("inf")})
+    assert w.vft["status"]["progress"] == {"step": 7}
+
+
+def test_a_failure_message_is_kept_short_in_the_status() -> None:
+    w = World(vft(backoffLimit=1))
+    w.settle()
+    log_tail = "x" * 30_000 + " CUDA out of memory"
+    w.kuberay(jobDeploymentStatus="Failed", jobStatus="FAILED", message=log_tail)
+    w.step()
+    st = w.vft["status"]
+    assert len(st["lastFailure"]) < 1100 and st["lastFailure"].endswith("CUDA out of memory")
+    assert all(len(c["message"]) < 1200 for c in st["conditions"])
+
+
+def test_a_status_with_fields_of_a_newer_operator_is_read_not_reset() -> None:
+    w = World(vft(backoffLimit=2))
+    w.settle()
+    w.kuberay(jobDeploymentStatus="Failed", jobStatus="FAILED")
+    w.step()
+    w.vft["status"]["somethingNew"] = {"a": 1}
+    w.settle()
+    assert w.vft["status"]["attempt"] == 2 and len(w.rayjobs) == 1
+    assert w.only()["metadata"]["labels"]["disneytrain.dev/attempt"] == "2"

@@ -44,6 +44,12 @@ class _Api(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _Status(BaseModel):
+    """What the operator writes: read back tolerantly (a newer operator may have written more)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
 class ModelRef(_Api):
     uri: S3Uri = Field(description="The base model in the diffusers layout, e.g. s3://models/CogVideoX-2b.")
     variant: Variant = Field(default="t2v", description=VARIANT_DESCRIPTION)
@@ -182,7 +188,7 @@ TERMINAL: tuple[Phase, ...] = ("Succeeded", "Failed")
 DateTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 
 
-class Condition(_Api):
+class Condition(_Status):
     type: str
     status: Literal["True", "False", "Unknown"]
     reason: str
@@ -191,13 +197,13 @@ class Condition(_Api):
     observedGeneration: int | None = None
 
 
-class WorkersStatus(_Api):
+class WorkersStatus(_Status):
     desired: int = Field(description="Worker pods asked for.")
     ready: int = Field(description="Worker pods ready (KubeRay's count).")
     summary: str = Field(description="ready/desired")
 
 
-class RayJobRef(_Api):
+class RayJobRef(_Status):
     name: str
     deploymentStatus: str | None = None
     jobStatus: str | None = None
@@ -205,7 +211,7 @@ class RayJobRef(_Api):
     message: str | None = None
 
 
-class Progress(_Api):
+class Progress(_Status):
     step: int | None = None
     epoch: int | None = None
     loss: float | None = None
@@ -215,7 +221,7 @@ class Progress(_Api):
     updated: DateTime | None = None
 
 
-class VideoFineTuneStatus(_Api):
+class VideoFineTuneStatus(_Status):
     phase: Phase | None = None
     observedGeneration: int | None = None
     conditions: list[Condition] = Field(default_factory=list)

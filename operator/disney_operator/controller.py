@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from disney_operator.kube import ConflictError, Kube
 from disney_operator.progress import ProgressReader
@@ -38,15 +38,24 @@ def key_of(vft: dict[str, Any]) -> Key:
     return vft["metadata"]["namespace"], vft["metadata"]["name"]
 
 
+class Source(Protocol):
+    """Where the newest known objects are (kopf's indexes, in the operator)."""
+
+    def vft(self, key: Key) -> dict[str, Any] | None: ...
+
+    def rayjobs(self, key: Key) -> list[dict[str, Any]]: ...
+
+
 class Controller:
     def __init__(
         self,
         kube: Kube,
         settings: Settings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        source: Source | None = None,
     ) -> None:
-        self.kube, self.settings, self.clock = kube, settings, clock
-        self.progress = ProgressReader(settings.progress_seconds)
+        self.kube, self.settings, self.clock, self.source = kube, settings, clock, source
+        self.progress = ProgressReader(settings.progress_seconds, endpoints=settings.progress_endpoints)
         self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
         # Read-your-writes, for the watch lags behind our own writes: what our last writes of a
@@ -68,9 +77,18 @@ class Controller:
         self._rayjob_writes.pop(key, None)
 
     def reconcile(self, vft: dict[str, Any], rayjobs: list[dict[str, Any]]) -> Plan | None:
-        """Reconcile one VideoFineTune; None when a write met a newer object (409)."""
+        """Reconcile one VideoFineTune; None when a write met a newer object (409) or it is gone.
+
+        With a source, the objects are read again once the lock is held: a caller that waited for
+        it may hold a body that a reconcile before it has already acted on (planning from it
+        could undo what that one did)."""
         key = key_of(vft)
         with self._lock(key):
+            if self.source is not None:
+                latest = self.source.vft(key)
+                if latest is None:
+                    return None
+                vft, rayjobs = latest, self.source.rayjobs(key)
             written = self._written.get(key)
             if written is not None and vft["metadata"].get("resourceVersion") in written[0]:
                 vft = written[1]

@@ -1,9 +1,10 @@
 """The VideoFineTune CustomResourceDefinition, generated from the pydantic models in `api.py`.
 
 pydantic writes JSON Schema; Kubernetes wants a structural OpenAPI v3 schema. The conversion inlines
-`$ref`s, turns `X | None` into `nullable`, free-form objects into `x-kubernetes-preserve-unknown-fields`,
-numeric `exclusiveMinimum` into OpenAPI 3.0's boolean form, and writes the defaults of
-`default_factory` fields (sections default to `{}`, so the API server fills in their own defaults).
+`$ref`s, turns `X | None` into an optional X (no `nullable`: a null is pruned), free-form objects
+into `x-kubernetes-preserve-unknown-fields`, numeric `exclusiveMinimum` into OpenAPI 3.0's boolean
+form, and writes the defaults of `default_factory` fields (sections default to `{}`, so the API
+server fills in their own defaults).
 The checked-in CRD (`charts/disney-train/crds/`) must equal `crd_yaml()`; a test fails when it drifts.
 """
 
@@ -42,7 +43,6 @@ _KEEP = {
     "properties",
     "items",
     "additionalProperties",
-    "nullable",
     "x-kubernetes-validations",
     "x-kubernetes-preserve-unknown-fields",
 }
@@ -69,8 +69,10 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         options = [o for o in node["anyOf"] if o != {"type": "null"}]
         if len(options) != 1:
             raise ValueError(f"cannot express a union of {options} in a structural schema")
+        # `X | None` is an optional X: not `nullable`, so the API server prunes an explicit null (the
+        # same as leaving the field out) and CEL rules never meet a null
         rest = {k: v for k, v in node.items() if k != "anyOf"}
-        node = {**_structural(options[0], defs), **rest, "nullable": True}
+        node = {**_structural(options[0], defs), **rest}
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key not in _KEEP:

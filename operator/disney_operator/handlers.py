@@ -51,17 +51,23 @@ class Runtime:
     def __init__(self, controller: Controller, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.controller, self.settings, self.loop = controller, settings, loop
         self.vfts: kopf.Index[Key, dict[str, Any]] | None = None
-        self.rayjobs: kopf.Index[Key, dict[str, Any]] | None = None
+        self.rayjobs_index: kopf.Index[Key, dict[str, Any]] | None = None
         self._due: dict[Key, asyncio.TimerHandle] = {}
 
-    def children(self, key: Key) -> list[dict[str, Any]]:
-        return list(self.rayjobs.get(key, [])) if self.rayjobs is not None else []
+    def vft(self, key: Key) -> dict[str, Any] | None:
+        """The newest VideoFineTune kopf has seen under this key (controller.Source)."""
+        found = list(self.vfts.get(key, [])) if self.vfts is not None else []
+        return found[0] if found else None
+
+    def rayjobs(self, key: Key) -> list[dict[str, Any]]:
+        """Its RayJobs, as kopf has seen them (controller.Source)."""
+        return list(self.rayjobs_index.get(key, [])) if self.rayjobs_index is not None else []
 
     def reconcile(self, vft: dict[str, Any]) -> None:
         """In a worker thread: one reconcile; its requeue (if any) is scheduled on the loop."""
         key = (vft["metadata"]["namespace"], vft["metadata"]["name"])
         try:
-            plan: Plan | None = self.controller.reconcile(vft, self.children(key))
+            plan: Plan | None = self.controller.reconcile(vft, self.rayjobs(key))
         except Exception:
             log.exception("%s/%s: reconcile failed; retried at the next event or resync", *key)
             plan = Plan(requeue_after=min(10.0, self.settings.resync_seconds))
@@ -69,7 +75,8 @@ class Runtime:
             self.loop.call_soon_threadsafe(self.requeue, key, plan.requeue_after)
 
     def reconcile_key(self, key: Key) -> None:
-        for vft in list(self.vfts.get(key, [])) if self.vfts is not None else []:
+        vft = self.vft(key)
+        if vft is not None:
             self.reconcile(vft)
 
     def requeue(self, key: Key, delay: float) -> None:
@@ -110,6 +117,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     loop = asyncio.get_running_loop()
     kube = Kube(load_client(pool=24), ours.field_manager)
     runtime = Runtime(Controller(kube, ours), ours, loop)
+    runtime.controller.source = runtime
 
     def progressed(key: Key) -> None:  # a new progress record, read in the background: reconcile again
         loop.call_soon_threadsafe(runtime.requeue, key, 0.0)
@@ -136,7 +144,7 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 def _runtime(memo: kopf.Memo, vfts: Any, rayjobs: Any) -> Runtime:
     runtime: Runtime = memo["runtime"]
-    runtime.vfts, runtime.rayjobs = vfts, rayjobs  # kopf's live indexes
+    runtime.vfts, runtime.rayjobs_index = vfts, rayjobs  # kopf's live indexes
     return runtime
 
 

@@ -24,6 +24,9 @@ from disney_operator.reconcile import Event, rfc3339
 log = logging.getLogger(__name__)
 
 
+TIMEOUT = 30  # seconds for any one API request: a hung connection must not hold a VideoFineTune's lock
+
+
 class ConflictError(RuntimeError):
     """The object changed since it was read (409): re-read and reconcile again."""
 
@@ -70,6 +73,7 @@ class Kube:
             force=True,
             _content_type="application/apply-patch+yaml",
             _preload_content=False,  # the client does not decode an apply's answer
+            _request_timeout=TIMEOUT,
         )
         result: dict[str, Any] = json.loads(response.data)
         return result
@@ -78,17 +82,17 @@ class Kube:
         self._count("delete rayjobs")
         try:
             self.custom.delete_namespaced_custom_object(
-                RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, name, propagation_policy="Background"
+                RAY_GROUP,
+                RAY_VERSION,
+                namespace,
+                RAYJOBS,
+                name,
+                propagation_policy="Background",
+                _request_timeout=TIMEOUT,
             )
         except ApiException as err:
             if err.status != 404:
                 raise
-
-    def list_rayjobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.custom.list_namespaced_custom_object(
-            RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, label_selector=selector
-        )["items"]
-        return items
 
     def scale_raycluster(self, namespace: str, name: str, replicas: int) -> None:
         """The worker group's replicas and cap (the group's identity tested first)."""
@@ -99,14 +103,21 @@ class Kube:
         ]
         self._count("patch rayclusters")
         self.custom.patch_namespaced_custom_object(
-            RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTERS, name, ops, _content_type="application/json-patch+json"
+            RAY_GROUP,
+            RAY_VERSION,
+            namespace,
+            RAYCLUSTERS,
+            name,
+            ops,
+            _content_type="application/json-patch+json",
+            _request_timeout=TIMEOUT,
         )
 
     # --------------------------------------------------------------------- VideoFineTunes
     def _vft_call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         self._count(what)
         try:
-            return fn(api.GROUP, api.VERSION, *args, **kwargs)
+            return fn(api.GROUP, api.VERSION, *args, _request_timeout=TIMEOUT, **kwargs)
         except ApiException as err:
             if err.status == 409:
                 raise ConflictError(f"{what}: the object changed since it was read") from None
@@ -197,7 +208,8 @@ class Kube:
             self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=5)
         except Exception as err:  # best-effort by design
             status = getattr(err, "status", None)
-            if status in (404, 405):  # this API server keeps no events
+            answer = str(getattr(err, "body", "") or "")
+            if status == 405 or (status == 404 and "namespaces" not in answer):  # this API server keeps no events
                 self._events_broken = True
                 log.warning(
                     "events are not written (%s: %s); reconciling goes on without them",

@@ -27,14 +27,21 @@ ENDED = ("Complete", "Failed")
 
 
 class ProgressReader:
-    def __init__(self, every: float, on_change: Callable[[Key], None] = lambda key: None, workers: int = 4) -> None:
-        self.every, self.on_change = every, on_change
+    def __init__(
+        self,
+        every: float,
+        on_change: Callable[[Key], None] = lambda key: None,
+        endpoints: list[str] | None = None,
+        workers: int = 4,
+    ) -> None:
+        self.every, self.on_change, self.endpoints = every, on_change, endpoints
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="progress")
         self._lock = threading.Lock()
         self._latest: dict[Key, dict[str, Any]] = {}
         self._read_at: dict[Key, float] = {}
-        self._final: dict[Key, str] = {}  # the ended RayJob whose last record was read
+        self._final: dict[Key, set[str]] = {}  # the ended RayJobs whose last record was read
         self._busy: set[Key] = set()
+        self._refused: set[Key] = set()
         self._runs: dict[Key, tuple[str, RunFiles]] = {}  # each run's S3 client, made once
         self.reads = 0
 
@@ -48,16 +55,17 @@ class ProgressReader:
             self._read_at.pop(key, None)
             self._final.pop(key, None)
             self._runs.pop(key, None)
+            self._refused.discard(key)
 
     def refresh(self, key: Key, vft: dict[str, Any], rayjobs: list[dict[str, Any]]) -> bool:
         """Start a read when one is due; True when it was started. Never waits for it."""
         states = {rj["metadata"]["name"]: (rj.get("status") or {}).get("jobDeploymentStatus") for rj in rayjobs}
-        ended = sorted(name for name, s in states.items() if s in ENDED)
+        ended = [name for name, s in states.items() if s in ENDED]
         now = time.monotonic()
         with self._lock:
             if key in self._busy:
                 return False
-            final = ended[-1] if ended and self._final.get(key) != ended[-1] else None
+            final = next((name for name in ended if name not in self._final.get(key, set())), None)
             running = "Running" in states.values()
             if final is None and not (running and now - self._read_at.get(key, float("-inf")) >= self.every):
                 return False
@@ -68,6 +76,16 @@ class ProgressReader:
             except ValidationError:
                 return False  # the reconcile reports the spec's problem
             if not output:
+                return False
+            if self.endpoints is not None and (s3.endpoint_url or "aws") not in self.endpoints:
+                if key not in self._refused:
+                    self._refused.add(key)
+                    log.warning(
+                        "%s/%s: progress not read: S3 endpoint %s is not one the operator may read "
+                        "(DISNEY_OPERATOR_PROGRESS_ENDPOINTS)",
+                        *key,
+                        s3.endpoint_url or "aws",
+                    )
                 return False
             self._busy.add(key)
             self._read_at[key] = now
@@ -91,7 +109,7 @@ class ProgressReader:
         changed = False
         with self._lock:
             if final is not None and ok:
-                self._final[key] = final
+                self._final.setdefault(key, set()).add(final)
             if value is not None and value != self._latest.get(key):
                 self._latest[key] = value
                 changed = True

@@ -199,9 +199,10 @@ def desired_rayjob(
             }
         ],
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.sharedMemory}}],
+        # the operator's GPU node pool defaults are for GPU workers; CPU workers go where the spec says
         **_placement(
             spec.placement,
-            settings.worker_node_selector,
+            settings.worker_node_selector if res.gpus else {},
             settings.worker_tolerations if res.gpus else [],
             None,
         ),
@@ -264,7 +265,8 @@ def desired_rayjob(
                         "replicas": spec.workers.replicas,
                         "minReplicas": rng.group_min,
                         "maxReplicas": rng.group_max,
-                        "rayStartParams": {},
+                        # said outright: KubeRay only counts GPUs of resources named "*gpu" (not MIG slices)
+                        "rayStartParams": {"num-gpus": str(res.gpus)} if res.gpus else {},
                         "template": {"metadata": {"labels": {**common, LABEL_ROLE: "worker"}}, "spec": worker_pod},
                     }
                 ],

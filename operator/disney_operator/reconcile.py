@@ -15,6 +15,7 @@ has no conditions array on RayJobs, so ours carry them):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -71,11 +72,15 @@ def parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+class StatusError(ValueError):
+    """A status this operator cannot read: reconciling stops there rather than start the run over."""
+
+
 def _status_in(vft: dict[str, Any]) -> api.VideoFineTuneStatus:
-    try:
+    try:  # fields this version does not know (a newer operator's) are ignored
         return api.VideoFineTuneStatus.model_validate(vft.get("status") or {})
-    except ValidationError:  # written by something else: start over rather than fail forever
-        return api.VideoFineTuneStatus()
+    except ValidationError as err:
+        raise StatusError(f"status not understood ({err.error_count()} problem(s)): {err.errors()[0]['msg']}") from None
 
 
 def _dump(status: api.VideoFineTuneStatus) -> dict[str, Any]:
@@ -83,20 +88,42 @@ def _dump(status: api.VideoFineTuneStatus) -> dict[str, Any]:
 
 
 def _progress(p: dict[str, Any]) -> api.Progress:
-    def when(key: str) -> str | None:
-        t = p.get(key)
-        return rfc3339(datetime.fromtimestamp(float(t), UTC)) if isinstance(t, int | float) else None
+    """The status's view of a run's progress record. What the record holds is the trainer's word, not
+    the API's: values of the wrong type, or not finite (a loss gone NaN: JSON cannot carry it to the
+    API server), are left out rather than let one record block every status write."""
 
-    loss = p.get("loss")
+    def number(key: str) -> float | None:
+        v = p.get(key)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    def count(key: str) -> int | None:
+        v = p.get(key)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+    def when(key: str) -> str | None:
+        t = number(key)
+        try:
+            return rfc3339(datetime.fromtimestamp(t, UTC)) if t is not None else None
+        except (OverflowError, OSError, ValueError):
+            return None
+
+    checkpoint = p.get("last_checkpoint")
     return api.Progress(
-        step=p.get("step"),
-        epoch=p.get("epoch"),
-        loss=float(loss) if isinstance(loss, int | float) else None,
-        worldSize=p.get("world_size"),
-        lastCheckpoint=p.get("last_checkpoint"),
+        step=count("step"),
+        epoch=count("epoch"),
+        loss=number("loss"),
+        worldSize=count("world_size"),
+        lastCheckpoint=checkpoint[:1024] if isinstance(checkpoint, str) else None,
         lastCheckpointTime=when("last_checkpoint_time"),
         updated=when("updated"),
     )
+
+
+def _short(text: str, limit: int = 1000) -> str:
+    """A failure's message for the status: KubeRay copies up to 20 kB of driver log into its message;
+    the end says what went wrong."""
+    text = text.strip()
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
 
 
 @dataclass(frozen=True)
@@ -136,7 +163,7 @@ def _rayjob_failed(deployment: str, job: str) -> bool:
 
 def _failure_text(rj_status: dict[str, Any]) -> str:
     parts = [rj_status.get("reason"), rj_status.get("message")]
-    return ": ".join(str(p) for p in parts if p) or "the RayJob failed"
+    return _short(": ".join(str(p) for p in parts if p) or "the RayJob failed")
 
 
 def plan(
@@ -231,6 +258,10 @@ def plan(
         job = rj_status.get("jobStatus") or ""
         if deployment == "Complete" and job == "SUCCEEDED":
             observed = _Observed("Succeeded", "RayJobSucceeded", f"RayJob {name} succeeded")
+        elif deployment == "ValidationFailed":  # KubeRay refuses what this operator built: no retry helps
+            observed = _Observed(
+                "Failed", "RayJobInvalid", f"KubeRay refused RayJob {name}: {_failure_text(rj_status)}"
+            )
         elif _rayjob_failed(deployment, job):
             why = _failure_text(rj_status)
             failed = old.attempt  # attempts so far, all failed
@@ -250,8 +281,10 @@ def plan(
                     f"{failed} attempt(s) failed, backoffLimit {spec.backoffLimit}; last: {why}",
                 )
         elif spec.suspend:
-            observed = _Observed(
-                "Suspended", deployment or "Suspending", "suspended: the Ray cluster is stopped, the checkpoints stay"
+            observed = (
+                _Observed("Suspended", "Suspended", "suspended: the Ray cluster is stopped, the checkpoints stay")
+                if deployment == "Suspended"
+                else _Observed("Suspended", "Suspending", "suspending: KubeRay is stopping the Ray cluster")
             )
         elif deployment == "Running":
             observed = _Observed("Running", "RayJobRunning", f"RayJob {name} is running")
@@ -286,7 +319,7 @@ def plan(
             deploymentStatus=rj_status.get("jobDeploymentStatus") or None,
             jobStatus=rj_status.get("jobStatus") or None,
             clusterName=rj_status.get("rayClusterName") or None,
-            message=rj_status.get("message") or None,
+            message=_short(rj_status.get("message") or "") or None,
         )
     elif current is None and out.apply is not None:
         new.rayJob = api.RayJobRef(name=name)
