@@ -29,6 +29,7 @@ from disney_operator.settings import Settings
 FINALIZER = f"{api.GROUP}/rayjobs"
 CONDITION_TYPES: tuple[api.Phase, ...] = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
 FAILED_STATUSES = ("FAILED", "STOPPED")
+ENDED = ("Complete", "Failed", "ValidationFailed")  # KubeRay's deployment states with nothing more to come
 
 
 @dataclass(frozen=True)
@@ -249,13 +250,12 @@ def plan(
             observed = _Observed("Suspended" if spec.suspend else "Pending", "RayJobCreated", f"RayJob {name}")
         rj_status: dict[str, Any] = {}
     else:
-        if (current["metadata"].get("annotations") or {}).get(ANNOTATION_TEMPLATE) != desired["metadata"][
-            "annotations"
-        ][ANNOTATION_TEMPLATE]:
-            out.apply = desired
         rj_status = current.get("status") or {}
         deployment = rj_status.get("jobDeploymentStatus") or ""
         job = rj_status.get("jobStatus") or ""
+        template = (current["metadata"].get("annotations") or {}).get(ANNOTATION_TEMPLATE)
+        if template != desired["metadata"]["annotations"][ANNOTATION_TEMPLATE] and deployment not in ENDED:
+            out.apply = desired  # an ended RayJob takes no changes: it is replaced or kept as it is
         if deployment == "Complete" and job == "SUCCEEDED":
             observed = _Observed("Succeeded", "RayJobSucceeded", f"RayJob {name} succeeded")
         elif deployment == "ValidationFailed":  # KubeRay refuses what this operator built: no retry helps
@@ -339,8 +339,3 @@ def plan(
     if _dump(new) != _dump(old):
         out.status = _dump(new)
     return out
-
-
-def wants_progress(vft: dict[str, Any]) -> bool:
-    """Worth reading the run's progress record: while it runs, and once more as it finishes."""
-    return (vft.get("status") or {}).get("phase") in ("Running", "Pending")
