@@ -43,7 +43,6 @@ class ProgressReader:
         self._busy: set[Key] = set()
         self._refused: set[Key] = set()
         self._runs: dict[Key, tuple[str, RunFiles]] = {}  # each run's S3 client, made once
-        self.reads = 0
 
     def latest(self, key: Key) -> dict[str, Any] | None:
         with self._lock:
@@ -100,7 +99,6 @@ class ProgressReader:
                 self._runs[key] = (where, RunFiles.at(uri, s3))
             value = self._runs[key][1].read_progress()
             ok = True
-            self.reads += 1
         except Exception as err:  # progress is a nicety: never a reason to stop reconciling
             log.warning("%s/%s: progress at %s not read: %s", *key, uri, err)
         finally:
