@@ -193,6 +193,17 @@ class OutputConfig(_Section):
     uri: Uri = Field(description="Where checkpoints and the final LoRA go: a local path or s3://bucket/prefix.")
 
 
+class MetricsConfig(_Section):
+    """Prometheus metrics of the training workers (see disney_train.metrics.worker)."""
+
+    port: int = Field(
+        default=9500,
+        ge=0,
+        le=65535,
+        description="The worker of local rank i serves http://<its Ray node IP>:port+i/metrics; 0: no metrics.",
+    )
+
+
 class TrainingSpec(_Section):
     """A run's recipe: everything but its name, where its model, data and outputs are, and its workers.
 
@@ -220,6 +231,7 @@ class RunConfig(TrainingSpec):
     data: DataConfig
     output: OutputConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @model_validator(mode="after")
     def _validation_images(self) -> RunConfig:

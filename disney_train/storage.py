@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import multiprocessing
 import os
 import tempfile
 from dataclasses import dataclass
@@ -36,6 +37,29 @@ WRITE_CHECK_KEY = ".disney-train-write-check"
 
 class StorageError(RuntimeError):
     """An object could not be read or written; the message names it and the cause."""
+
+
+class IoCounters:
+    """This process's S3 traffic, for the workers' metrics: bytes read and written, retries, and
+    requests that failed for good. Kept in shared memory so that the decode workers a DataLoader
+    forks add to the same figures (a worker started with "spawn" counts on its own)."""
+
+    FIELDS = ("read_bytes", "written_bytes", "retries", "failures")
+
+    def __init__(self) -> None:
+        self._values = multiprocessing.Array("q", len(self.FIELDS))
+
+    def add(self, field: str, n: int = 1) -> None:
+        i = self.FIELDS.index(field)
+        with self._values.get_lock():
+            self._values[i] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._values.get_lock():
+            return dict(zip(self.FIELDS, self._values[:], strict=True))
+
+
+IO = IoCounters()
 
 
 class Store(Protocol):
@@ -302,6 +326,7 @@ def _etag_md5(etag: str) -> str | None:
 
 def _log_retry(state: RetryCallState) -> None:
     err = state.outcome.exception() if state.outcome else None
+    IO.add("retries")
     log.warning("S3 attempt %d failed (%s); retrying", state.attempt_number, type(err).__name__)
 
 
@@ -398,8 +423,10 @@ class S3Store:
         try:
             return self._retrying()(fn)()
         except StorageError:
+            IO.add("failures")
             raise
         except Exception as err:
+            IO.add("failures")
             raise self._fail(op, key, err) from err
 
     def _head(self, key: str) -> dict[str, Any] | None:
@@ -433,6 +460,7 @@ class S3Store:
             data: bytes = resp["Body"].read()
             if len(data) != int(resp.get("ContentLength", len(data))):
                 raise _ShortRead(f"got {len(data)} of {resp['ContentLength']} bytes")
+            IO.add("read_bytes", len(data))
             return data
 
         result: bytes = self._call("read", key, get)
@@ -446,6 +474,7 @@ class S3Store:
             data: bytes = resp["Body"].read()
             if len(data) != size:
                 raise _ShortRead(f"got {len(data)} of {size} bytes")
+            IO.add("read_bytes", len(data))
             return data
 
         result: bytes = self._call("read", key, get)
@@ -460,6 +489,7 @@ class S3Store:
                 Bucket=self.bucket, Key=self._key(key), Body=data, Metadata={SHA256_META: digest}
             ),
         )
+        IO.add("written_bytes", len(data))
 
     def write_file(self, key: str, path: Path, sha256: str) -> None:
         from boto3.s3.transfer import TransferConfig
@@ -482,6 +512,7 @@ class S3Store:
                 Config=tc,
             ),
         )
+        IO.add("written_bytes", path.stat().st_size)
 
     def list_keys(self, prefix: str = "") -> list[str]:
         def listing() -> list[str]:

@@ -54,6 +54,7 @@ class CheckpointStore:
     def __init__(self, store: Store, keep: int) -> None:
         self.store = store
         self.keep = keep
+        self.last_saved_bytes: int | None = None  # the files of the last checkpoint saved here
 
     def url(self, step: int) -> str:
         return self.store.url(step_prefix(step))
@@ -88,6 +89,7 @@ class CheckpointStore:
         }
         for name, data in files.items():
             self.store.write_bytes(f"{prefix}/{name}", data)
+        self.last_saved_bytes = sum(len(d) for d in files.values())
         commit = {
             "step": ckpt.step,
             "time": time.time(),

@@ -5,6 +5,8 @@ progress.json                 live progress (step, epoch, loss, last checkpoint)
 final/pytorch_lora_weights.safetensors, final/config.yaml   the trained LoRA
 validation/step-000000120/video-00.mp4 (+ prompts.json)      validation videos
 finished.json                 written last, when the run is done: a finished run is not rerun
+starts.json                   how often the run's worker group started, and at which sizes (restarts
+                              and resizes in the workers' metrics)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ PROGRESS = "progress.json"
 FINAL_LORA = "final/pytorch_lora_weights.safetensors"
 FINAL_CONFIG = "final/config.yaml"
 FINISHED = "finished.json"
+STARTS = "starts.json"
 
 
 # What makes a run the run it is. Resuming it (or finding it finished) under a configuration that
@@ -85,6 +88,22 @@ class RunFiles:
         index = dict(zip(names, prompts, strict=True))
         self.store.write_bytes(f"{folder}/prompts.json", json.dumps(index, indent=1).encode())
         return [self.store.url(f"{folder}/{name}") for name in names]
+
+    def record_start(self, world_size: int) -> dict[str, Any]:
+        """Count one more start of the run's worker group (rank 0, before training): every start
+        after the first is a restart (a failed worker, an elastic resize, an operator retry, a resumed
+        run), and a start at another world size than the last one is a resize."""
+        last: dict[str, Any] = json.loads(self.store.read_bytes(STARTS)) if self.store.exists(STARTS) else {}
+        starts = int(last.get("starts", 0)) + 1
+        resized = "world_size" in last and int(last["world_size"]) != world_size
+        record = {
+            "starts": starts,
+            "resizes": int(last.get("resizes", 0)) + int(resized),
+            "world_size": world_size,
+            "time": time.time(),
+        }
+        self._json(STARTS, record)
+        return record
 
     def finish(self, step: int, progress: dict[str, Any]) -> None:
         self.write_progress(progress)

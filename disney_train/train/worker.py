@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from disney_train.config import RunConfig, dump_config
+from disney_train.metrics.worker import WorkerMetrics, cuda_reading
 from disney_train.model.load import component_config, max_text_length
 from disney_train.storage import open_store, read_uri
 from disney_train.train import chaos, zero_state
@@ -72,6 +73,38 @@ def _report(metrics: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- cache stage
+
+
+def _record_start(cfg: RunConfig, dist: Dist) -> dict[str, Any]:
+    """Rank 0 counts this start of the worker group in the run's files; every rank gets the record.
+    A failed write costs the figures, never the run."""
+    record: list[Any] = [None]
+    if dist.rank == 0:
+        try:
+            record[0] = RunFiles(cfg).record_start(dist.world_size)
+        except Exception as err:
+            log.warning("start of the worker group not recorded: %s", err)
+            record[0] = {"starts": 0, "resizes": 0}
+    if dist.world_size > 1:
+        torch.distributed.broadcast_object_list(record, src=0)
+    return dict(record[0])
+
+
+def _serve_metrics(cfg: RunConfig, dist: Dist, device: str, start: dict[str, Any]) -> WorkerMetrics:
+    """This worker's metrics, served on its Ray node's IP (the pod IP; 127.0.0.1 locally)."""
+    import ray.util
+
+    index = dist.local_rank
+    metrics = WorkerMetrics(
+        cfg.name,
+        dist.rank,
+        (lambda: cuda_reading(index)) if device == "cuda" else None,
+        restarts=max(0, int(start["starts"]) - 1),
+        resizes=int(start["resizes"]),
+    )
+    if cfg.metrics.port:
+        metrics.serve(ray.util.get_node_ip_address(), cfg.metrics.port + dist.local_rank)  # type: ignore[no-untyped-call]
+    return metrics
 
 
 def ensure_cache(cfg: RunConfig, model_path: Any, dist: Dist, device: torch.device, dtype: torch.dtype) -> Any:
@@ -132,10 +165,16 @@ def train_loop(config: dict[str, Any]) -> None:
     if place.device == "cpu":
         skip_shm_comm()
     deepspeed.init_distributed(dist_backend=place.backend)  # Ray's process group is reused
-    # No clean-up on an error: the other ranks may be inside a collective that a barrier would
-    # never match. The error ends this worker; Ray then tears the whole group down.
-    _run(cfg, dist, place, cache_only, chaos_spec)
-    shutdown(dist)
+    start = {"starts": 0, "resizes": 0} if cache_only else _record_start(cfg, dist)
+    metrics = _serve_metrics(cfg, dist, place.device, start)
+    try:
+        # No clean-up on an error: the other ranks may be inside a collective that a barrier would
+        # never match. The error ends this worker; Ray then tears the whole group down.
+        _run(cfg, dist, place, cache_only, chaos_spec, metrics)
+        metrics.set_stage("finished")
+        shutdown(dist)
+    finally:
+        metrics.close()  # frees the port for this rank's next process
 
 
 def shutdown(dist: Dist) -> None:
@@ -151,7 +190,9 @@ def shutdown(dist: Dist) -> None:
             torch.distributed.destroy_process_group()
 
 
-def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_spec: str | None) -> None:
+def _run(
+    cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_spec: str | None, metrics: WorkerMetrics
+) -> None:
     import deepspeed
 
     from disney_train.data.reader import TrainingClips
@@ -173,6 +214,7 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
     source = None
     built = 0
     if cfg.train.use_cache or cache_only:
+        metrics.set_stage("caching")
         cs, manifest, data_store, built = ensure_cache(cfg, model_path, dist, device, dtype)
         if cache_only:
             return
@@ -238,7 +280,18 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
                 dist.world_size,
                 resumed.state.get("world_size"),
             )
-    restarts = int(resumed.state.get("restarts", -1)) + 1 if resumed else 0
+    restarts = metrics.restart_count
+    metrics.started(
+        info={
+            "model": cfg.model.uri,
+            "variant": cfg.model.variant,
+            "device": place.device,
+            "precision": place.precision,
+            "zero_stage": str(cfg.train.zero_stage),
+        },
+        world_size=dist.world_size,
+        step=step,
+    )
 
     saved = resumed.step if resumed is not None else -1
 
@@ -248,6 +301,8 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
         nonlocal saved
         if saved == step:
             return ckpts.url(step)
+        metrics.set_stage("checkpointing")
+        t0 = time.perf_counter()
         weights, optimizer = zero_state.gather(engine, params)
         uri = None
         if dist.rank == 0:
@@ -264,10 +319,14 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
             lora = lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora)
             uri = ckpts.save(Checkpoint(step, lora, optimizer["moments"], state, dump_config(cfg)))
             _best_effort(
-                files.write_progress, _progress(step, horizon, reader, history, uri, dist.world_size, "running")
+                files.write_progress,
+                _progress(step, horizon, reader, history, uri, dist.world_size, "running"),
+                metrics,
             )
         saved = step
         dist.barrier()
+        metrics.checkpoint(time.perf_counter() - t0, ckpts.last_saved_bytes if dist.rank == 0 else None)
+        metrics.set_stage("training")
         return uri
 
     def done() -> bool:
@@ -282,10 +341,16 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
     window = Window()
     last_ckpt: str | None = ckpts.url(step) if resumed is not None else None
     micro = 0
+    step_losses: list[float] = []
+    step_wait = step_compute = 0.0
+    step_samples = 0
     t_data = time.perf_counter()
     engine.train()
+    metrics.set_stage("training")
     for batch in batches():
-        window.data_seconds += time.perf_counter() - t_data
+        waited = time.perf_counter() - t_data
+        window.data_seconds += waited
+        step_wait += waited
         t0 = time.perf_counter()
         gen = step_generator(cfg.seed, step, dist.rank, micro)
         if encode is not None:
@@ -298,15 +363,31 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
             step + 1, o.max_steps, rs["epoch"], rs["consumed"], reader.num_samples, o.epochs
         )
         engine.step()
-        window.losses.append(float(loss.detach()))
-        window.samples += len(batch["key"])
+        step_losses.append(float(loss.detach()))
+        step_samples += len(batch["key"])
         micro += 1
-        window.step_seconds.append(time.perf_counter() - t0)
+        step_compute += time.perf_counter() - t0
         t_data = time.perf_counter()
         if micro < o.gradient_accumulation_steps:
             continue
         micro = 0
         step += 1
+        window.losses.extend(step_losses)
+        window.samples += step_samples
+        window.step_seconds.append(step_compute)
+        grad_norm = engine.get_global_grad_norm()
+        metrics.optimizer_step(
+            step=step,
+            epoch=int(reader.state_dict()["epoch"]),
+            loss=sum(step_losses) / len(step_losses),
+            learning_rate=float(lr_sched.get_last_lr()[0]),
+            grad_norm=None if grad_norm is None else float(grad_norm),
+            compute_seconds=step_compute,
+            wait_seconds=step_wait,
+            samples=step_samples,
+            frames=step_samples * cfg.data.num_frames,
+        )
+        step_losses, step_wait, step_compute, step_samples = [], 0.0, 0.0, 0
         chaos.after_step(step, dist.rank, chaos_spec)
         finished = done()
         if step % cfg.train.report_every == 0 and not finished:
@@ -318,6 +399,7 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
                 _best_effort(
                     files.write_progress,
                     _progress(step, horizon, reader, history, last_ckpt, dist.world_size, "running"),
+                    metrics,
                 )
             window = Window()
         if finished:
@@ -325,7 +407,9 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
         if step % cfg.train.checkpoint_every == 0:
             last_ckpt = save_checkpoint()
         if cfg.validation.every and step % cfg.validation.every == 0:
+            metrics.set_stage("validating")
             _validate(cfg, model_path, files, step, params, dist, place)
+            metrics.set_stage("training")
         t_data = time.perf_counter()
 
     if window.losses and (not history or history[-1]["step"] != step):
@@ -337,17 +421,19 @@ def _run(cfg: RunConfig, dist: Dist, place: Placement, cache_only: bool, chaos_s
     if dist.rank == 0:
         files.write_final(lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora), dump_config(cfg))
     if cfg.validation.at_end:
+        metrics.set_stage("validating")
         _validate(cfg, model_path, files, step, params, dist, place)
     if dist.rank == 0:
         files.finish(step, _progress(step, horizon, reader, history, last_ckpt, dist.world_size, "finished"))
     engine.destroy()
 
 
-def _best_effort(write: Callable[[dict[str, Any]], None], value: dict[str, Any]) -> None:
-    """Progress is for watchers: a failed write (after the store's retries) is logged, not fatal."""
+def _best_effort(write: Callable[[dict[str, Any]], None], value: dict[str, Any], metrics: WorkerMetrics) -> None:
+    """Progress is for watchers: a failed write (after the store's retries) is logged and counted, not fatal."""
     try:
         write(value)
     except Exception as err:
+        metrics.error("progress_write")
         log.warning("progress not written: %s", err)
 
 

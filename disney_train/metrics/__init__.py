@@ -1,0 +1,1 @@
+"""Observability: the workers' Prometheus metrics, the alert rules and the Grafana dashboards."""
