@@ -8,10 +8,12 @@ path only holds Ray's run bookkeeping.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,7 +173,7 @@ def launch(
                 failure_config=FailureConfig(max_failures=plan.max_failures),
             ),
         )
-        with _ProgressWatcher(files, on_progress):
+        with _ProgressWatcher(files, on_progress), _own_sigint():
             try:
                 result = trainer.fit()
             except Exception as err:
@@ -182,6 +184,19 @@ def launch(
     finally:
         if started:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _own_sigint() -> Iterator[None]:
+    """Ray Train's fit() installs a SIGINT handler (abort the run) and leaves it behind: after the
+    run, Ctrl-C would call a controller that is gone. Put the caller's handler back."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, before)
 
 
 class _ProgressWatcher:
