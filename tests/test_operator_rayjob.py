@@ -114,6 +114,10 @@ def test_gpu_workers_head_and_the_run_configuration() -> None:
     w = cfg.train.workers
     assert (w.replicas, w.min_replicas, w.max_replicas, w.device, w.cpus_per_worker) == (24, None, None, "cuda", 12)
     assert cfg.lora.rank == 128 and cfg.optim.learning_rate == 1e-4  # the seed's recipe by default
+    # 8 Ray Train workers per pod, each serving its metrics on metrics.port + local rank
+    ports = worker["containers"][0]["ports"]
+    assert [p["name"] for p in ports] == [f"metrics-{i}" for i in range(8)]
+    assert [p["containerPort"] for p in ports] == [cfg.metrics.port + i for i in range(8)]
 
 
 def test_cpu_workers() -> None:
@@ -128,6 +132,7 @@ def test_cpu_workers() -> None:
     assert group(rj)["rayStartParams"] == {}
     w = run_config_of(rj).train.workers
     assert (w.replicas, w.device, w.cpus_per_worker) == (2, "cpu", 7)
+    assert worker["containers"][0]["ports"] == [{"name": "metrics-0", "containerPort": 9500}]
 
 
 def test_elastic_range() -> None:

@@ -23,6 +23,7 @@ import kopf
 from disney_operator import api
 from disney_operator.controller import Controller, Key
 from disney_operator.kube import Kube, load_client
+from disney_operator.metrics import OperatorMetrics
 from disney_operator.rayjob import LABEL_MANAGED_BY, LABEL_VFT, MANAGED_BY, RAY_GROUP, RAY_VERSION, RAYJOBS
 from disney_operator.reconcile import Plan
 from disney_operator.settings import Settings, settings_from_env
@@ -53,6 +54,13 @@ class Runtime:
         self.vfts: kopf.Index[Key, dict[str, Any]] | None = None
         self.rayjobs_index: kopf.Index[Key, dict[str, Any]] | None = None
         self._due: dict[Key, asyncio.TimerHandle] = {}
+        self.metrics = OperatorMetrics(controller, self.all_vfts)
+
+    def all_vfts(self) -> list[dict[str, Any]]:
+        """Every VideoFineTune kopf has seen (for the metrics)."""
+        if self.vfts is None:
+            return []
+        return [found[0] for found in (list(v) for v in list(self.vfts.values())) if found]
 
     def vft(self, key: Key) -> dict[str, Any] | None:
         """The newest VideoFineTune kopf has seen under this key (controller.Source)."""
@@ -66,8 +74,11 @@ class Runtime:
     def reconcile(self, vft: dict[str, Any]) -> None:
         """In a worker thread: one reconcile; its requeue (if any) is scheduled on the loop."""
         key = (vft["metadata"]["namespace"], vft["metadata"]["name"])
+        conflicts = self.controller.conflicts
         try:
-            plan: Plan | None = self.controller.reconcile(vft, self.rayjobs(key))
+            with self.metrics.reconcile() as mark:
+                plan: Plan | None = self.controller.reconcile(vft, self.rayjobs(key))
+                mark(self.controller.conflicts > conflicts)
         except Exception:
             log.exception("%s/%s: reconcile failed; retried at the next event or resync", *key)
             plan = Plan(requeue_after=min(10.0, self.settings.resync_seconds))
@@ -124,6 +135,9 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
 
     runtime.controller.progress.on_change = progressed
     memo["runtime"] = runtime
+    if ours.metrics_port:
+        runtime.metrics.serve(ours.metrics_address, ours.metrics_port)
+        log.info("metrics at http://%s:%d/metrics", ours.metrics_address, ours.metrics_port)
     memo["resync"] = loop.create_task(runtime.resync())
     log.info(
         "disney-train operator: resync every %ss, progress every %ss, image %s",
@@ -140,6 +154,7 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
     if "runtime" in memo:
         memo["runtime"].controller.progress.close()
+        memo["runtime"].metrics.close()
 
 
 def _runtime(memo: kopf.Memo, vfts: Any, rayjobs: Any) -> Runtime:

@@ -196,6 +196,11 @@ def desired_rayjob(
                 "resources": {"requests": worker_resources, "limits": worker_resources},
                 "env": env,
                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+                # one Ray Train worker per GPU, each serving its metrics on metrics.port + local rank
+                "ports": [
+                    {"name": f"metrics-{i}", "containerPort": cfg.metrics.port + i}
+                    for i in range(rng.per_pod if cfg.metrics.port else 0)
+                ],
             }
         ],
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.sharedMemory}}],

@@ -58,6 +58,8 @@ class Settings(BaseModel):
     worker_tolerations: list[dict[str, Any]] = Field(default_factory=lambda: list(GPU_TOLERATIONS))
     head_node_selector: dict[str, str] = Field(default_factory=dict)
     head_affinity: dict[str, Any] = Field(default_factory=lambda: dict(ON_DEMAND_AFFINITY))
+    metrics_port: int = Field(default=8000, ge=0, le=65535, description="Prometheus metrics port (0: none).")
+    metrics_address: str = Field(default="0.0.0.0", description="Address the metrics are served on.")
     chaos: str | None = Field(
         default=None, description="Failure drill: exit-after:<step> makes the process exit right after that step."
     )

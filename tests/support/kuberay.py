@@ -144,6 +144,7 @@ class OperatorProcess:
     proc: subprocess.Popen[bytes]
     log: Path
     health: str
+    metrics: str  # host:port of its Prometheus metrics
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
@@ -163,7 +164,7 @@ def start_operator(
     server: ApiServer, log: Path, namespaces: list[str], env: dict[str, str] | None = None, timeout: float = 60.0
 ) -> OperatorProcess:
     """`disney-train-operator run` as a subprocess, ready once its liveness endpoint answers."""
-    port = free_ports(1)[0]
+    port, metrics_port = free_ports(2)
     health = f"http://127.0.0.1:{port}/healthz"
     args = [str(Path(sys.executable).parent / "disney-train-operator"), "run", "--liveness", health]
     for ns in namespaces:
@@ -173,11 +174,13 @@ def start_operator(
         "KUBECONFIG": str(server.kubeconfig),
         "DISNEY_OPERATOR_RESYNC_SECONDS": "1",
         "DISNEY_OPERATOR_PROGRESS_SECONDS": "0.5",
+        "DISNEY_OPERATOR_METRICS_ADDRESS": "127.0.0.1",
+        "DISNEY_OPERATOR_METRICS_PORT": str(metrics_port),
         **(env or {}),
     }
     out = log.open("ab")
     proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    op = OperatorProcess(proc, log, health)
+    op = OperatorProcess(proc, log, health, f"127.0.0.1:{metrics_port}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
