@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 CACHE_ROOT := $(or $(DISNEY_TRAIN_CACHE),$(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/disney-train,$(HOME)/.cache/disney-train))
 export ENVTEST_LITE_BIN ?= $(CACHE_ROOT)/envtest-lite/bin
 
-.PHONY: setup envtest run test lint bench clean
+.PHONY: setup envtest run monitor test lint bench clean
 
 setup: $(STAMP) envtest
 
@@ -29,6 +29,11 @@ envtest:
 
 run: $(STAMP)
 	$(VENV)/bin/disney-train run --workdir .run
+
+# The embedded run with a local Prometheus (127.0.0.1:9090) scraping its workers and evaluating
+# the alert rules; prints the loss query, then keeps serving until Ctrl-C.
+monitor: $(STAMP)
+	$(VENV)/bin/disney-train monitor --workdir .run
 
 test: setup
 	bash tools/netns-run $(PY) -m pytest $(PYTEST_ARGS)

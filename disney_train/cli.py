@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -116,6 +116,11 @@ def _guard(fn: Callable[[], T]) -> T:
     except known as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
         raise typer.Exit(1) from None
+
+
+def _fail(message: str) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(1)
 
 
 EndpointOpt = Annotated[
@@ -357,6 +362,15 @@ def _train(cfg: RunConfig, ray_address: str | None, cache_only: bool = False) ->
     from disney_train.train.run_files import RunFiles
 
     files = RunFiles(cfg)
+    if cfg.metrics.port and not cache_only:
+        ports = f"{cfg.metrics.port}..{cfg.metrics.port + _max_workers(cfg) - 1}"
+        where = "127.0.0.1" if ray_address is None and not os.environ.get("RAY_ADDRESS") else "<node IP>"
+        console.print(
+            f"metrics     http://{where}:{cfg.metrics.port}/metrics (rank 0; the worker of local rank i "
+            f"serves port {cfg.metrics.port}+i: {ports})",
+            highlight=False,
+            soft_wrap=True,
+        )
     with progress_bar() as progress:
         task = progress.add_task("cache stage" if cache_only else f"training {cfg.name}", total=None)
 
@@ -373,6 +387,11 @@ def _train(cfg: RunConfig, ray_address: str | None, cache_only: bool = False) ->
             on_progress=None if cache_only else on_progress,
             files=files,
         )
+
+
+def _max_workers(cfg: RunConfig) -> int:
+    w = cfg.train.workers
+    return w.max_replicas or w.replicas
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run configuration (YAML).")]
@@ -501,6 +520,98 @@ def run(
     _print_outputs(cfg)
     console.print(f"dataset     {src} -> {report.dest}", soft_wrap=True, highlight=False)
     console.print(f"took        {time.perf_counter() - t0:.0f} s")
+
+
+RULES = Path("charts/disney-train/rules/disney-train.rules.yaml")
+
+
+@app.command("dashboards")
+def dashboards(
+    folder: Annotated[Path, typer.Option("--out", help="Where the dashboards' JSON goes.")] = Path(
+        "charts/disney-train/dashboards"
+    ),
+    check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 when a file differs.")] = False,
+) -> None:
+    """Generate the Grafana dashboards (grafana-foundation-sdk) into the chart's folder."""
+    try:
+        from disney_train.metrics.dashboards import stale_dashboards, write_dashboards
+    except ImportError as err:
+        _fail(f"the dashboards are generated with grafana-foundation-sdk (the dev extra): {err}")
+    if check:
+        stale = stale_dashboards(folder)
+        if stale:
+            _fail(f"{folder}: {', '.join(stale)} differ from the generator; run `disney-train dashboards`")
+        console.print(f"{folder}: up to date")
+        return
+    for path in write_dashboards(folder):
+        console.print(f"wrote {path}")
+
+
+@app.command("monitor")
+def monitor(
+    workdir: Annotated[Path, typer.Option(help="Where the embedded default writes its data and outputs.")] = Path(
+        ".run"
+    ),
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Run configuration; default: embedded.")] = None,
+    set_: SetOpt = None,
+    port: Annotated[int, typer.Option(help="Port of the local Prometheus (on 127.0.0.1).")] = 9090,
+    rules: Annotated[
+        Path | None, typer.Option(help=f"Alert rules Prometheus evaluates (default: {RULES} when it exists).")
+    ] = None,
+    keep: Annotated[bool, typer.Option("--keep/--exit", help="Keep Prometheus serving after the run.")] = True,
+) -> None:
+    """`run` with a local Prometheus scraping its workers: prints where to see the loss, and keeps
+    serving after the run (Ctrl-C stops it). Each call trains a new run (its name gets a time suffix)."""
+    from disney_train.metrics.prometheus import LocalPrometheus, PrometheusError, ScrapeJob
+
+    overrides = list(set_ or [])
+    if not any(o.split("=", 1)[0].strip() == "name" for o in overrides):
+        base = _guard(lambda: load_config(config or embedded_default(), _overrides(overrides))).name
+        overrides.append(f"name={base[:40]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    cfg = _guard(lambda: _absolute(load_config(config or embedded_default(), _overrides(overrides)), workdir))
+    if not cfg.metrics.port:
+        _fail("metrics.port is 0: the workers serve no metrics to monitor")
+    rule_files = [rules] if rules is not None else [RULES] if RULES.is_file() else []
+    targets = [f"127.0.0.1:{cfg.metrics.port + i}" for i in range(_max_workers(cfg))]
+    prom = LocalPrometheus(workdir / "prometheus", [ScrapeJob("disney-train-workers", targets)], port=port,
+                           rule_files=rule_files)  # fmt: skip
+    try:
+        prom.start()
+    except PrometheusError as err:
+        _fail(str(err))
+    try:
+        loss = f'disney_train_loss{{run="{cfg.name}"}}'
+        console.rule("[bold]Prometheus")
+        console.print(f"prometheus  {prom.url} scrapes {', '.join(targets)} every second", highlight=False)
+        console.print(f"rules       {', '.join(map(str, rule_files)) or '(none)'}", highlight=False)
+        console.print(f"loss        {prom.graph_url(loss)}", highlight=False, soft_wrap=True)
+        console.print(
+            f"query       curl -s '{prom.url}/api/v1/query' --data-urlencode 'query={loss}'",
+            highlight=False,
+            soft_wrap=True,
+        )
+        t0 = time.time()
+        run(workdir=workdir, config=config, set_=overrides)
+        time.sleep(2 * prom.interval)  # the last scrape
+        series = prom.query_range(loss, t0, time.time(), 1.0)
+        if not series:
+            _fail(f"Prometheus at {prom.url} scraped no loss of run {cfg.name}: targets {prom.targets()}")
+        console.rule("[bold]loss, as Prometheus scraped it")
+        for s in sorted(series, key=lambda s: s["metric"].get("rank", "")):
+            values = [float(v) for _, v in s["values"]]
+            console.print(
+                f"rank {s['metric'].get('rank')}: {len(values)} samples, first {values[0]:.4f}, last {values[-1]:.4f}",
+                highlight=False,
+            )
+        if keep:
+            console.print(f"Prometheus keeps serving at {prom.url}; Ctrl-C stops it.", highlight=False)
+            while prom.proc is not None and prom.proc.poll() is None:
+                time.sleep(1)
+            _fail(f"prometheus exited: {prom.log_tail()}")
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        prom.stop()
 
 
 def main() -> None:
