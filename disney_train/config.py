@@ -234,6 +234,14 @@ class RunConfig(TrainingSpec):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @model_validator(mode="after")
+    def _metrics_ports(self) -> RunConfig:
+        w = self.train.workers
+        last = self.metrics.port + (w.max_replicas or w.replicas) - 1
+        if self.metrics.port and last > 65535:
+            raise ValueError(f"metrics.port {self.metrics.port}: the ports of the workers would reach {last} (> 65535)")
+        return self
+
+    @model_validator(mode="after")
     def _validation_images(self) -> RunConfig:
         v = self.validation
         if self.model.variant == "i2v" and v.prompts and len(v.images) != len(v.prompts):

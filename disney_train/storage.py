@@ -42,12 +42,14 @@ class StorageError(RuntimeError):
 class IoCounters:
     """This process's S3 traffic, for the workers' metrics: bytes read and written, retries, and
     requests that failed for good. Kept in shared memory so that the decode workers a DataLoader
-    forks add to the same figures (a worker started with "spawn" counts on its own)."""
+    forks add to the same figures (a process started with "spawn" or "forkserver" counts on its
+    own, unseen). Made with the fork context explicitly: the default one would fix the process's
+    start method at import."""
 
     FIELDS = ("read_bytes", "written_bytes", "retries", "failures")
 
     def __init__(self) -> None:
-        self._values = multiprocessing.Array("q", len(self.FIELDS))
+        self._values = multiprocessing.get_context("fork").Array("q", len(self.FIELDS))
 
     def add(self, field: str, n: int = 1) -> None:
         i = self.FIELDS.index(field)
@@ -599,6 +601,7 @@ class S3Store:
                 os.replace(tmp, dest)
             finally:
                 tmp.unlink(missing_ok=True)
+            IO.add("read_bytes", size)
             return sha.hexdigest()
 
         result: str = self._call("read", obj.key, fetch)

@@ -51,9 +51,14 @@ def worker() -> Iterator[tuple[WorkerMetrics, int]]:
 
 def test_worker_series_follow_the_loop() -> None:
     port = free_ports(1)[0]
-    m = WorkerMetrics("run-a", 1, restarts=3, resizes=1)
+    m = WorkerMetrics("run-a", 1)
     assert m.serve("127.0.0.1", port)
     try:
+        before = scrape(port)
+        # not known yet: absent, never a 0 that would look like a reset
+        assert "disney_train_restarts_total" not in before and "disney_train_resizes_total" not in before
+        assert value(before, "disney_train_stage", stage="starting") == 1
+        m.record_starts(3, 1)
         _loop(m)
         s = scrape(port)
     finally:
@@ -75,7 +80,13 @@ def _loop(m: WorkerMetrics) -> None:
             samples=4,
             frames=4 * 49,
         )
-    m.checkpoint(1.5, 123456)
+    m.set_stage("training")
+    with m.stage("checkpointing"):
+        m.checkpoint(1.5, 123456)
+    assert m.current_stage == "training"
+    m.set_stage("finishing")
+    with m.stage("validating"):
+        pass
     m.set_stage("validating")
 
 
@@ -140,10 +151,9 @@ def test_s3_traffic_of_forked_decode_workers_is_counted(worker: tuple[WorkerMetr
 
 def test_s3_failures_are_counted_as_errors(worker: tuple[WorkerMetrics, int]) -> None:
     m, port = worker
-    IO.add("failures", 2)
-    m.optimizer_step(step=1, epoch=0, loss=1.0, learning_rate=1e-4, grad_norm=1.0, compute_seconds=0.1,
-                     wait_seconds=0.0, samples=1, frames=1)  # fmt: skip
-    m.error("progress_write")
+    assert value(scrape(port), "disney_train_errors_total", kind="s3") == 0  # failures before it started: not its
+    IO.add("failures", 2)  # at any time, not only at a step: the scrape reads them
+    m.progress_write_failed()
     s = scrape(port)
     assert value(s, "disney_train_errors_total", kind="s3") == 2
     assert value(s, "disney_train_errors_total", kind="progress_write") == 1
@@ -189,15 +199,6 @@ def test_a_busy_port_waits_then_trains_without_metrics() -> None:
     m2.close()
 
 
-def test_no_secret_in_the_metrics(worker: tuple[WorkerMetrics, int], monkeypatch: pytest.MonkeyPatch) -> None:
-    secret = "SECRET-KEY-VALUE-42"
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    m, port = worker
-    m.started(info=INFO, world_size=1, step=0)
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        assert secret not in resp.read().decode()
-
-
 def test_phase_counts() -> None:
     vfts: list[dict[str, Any]] = [
         {"status": {"phase": "Running"}},
@@ -234,3 +235,14 @@ def test_operator_metrics_count_reconciles_by_result() -> None:
     assert value(s, "disney_operator_videofinetunes", phase="Failed") == 0
     assert value(s, "disney_operator_api_writes_total", verb="apply", resource="rayjobs") == 3
     assert value(s, "disney_operator_write_conflicts_total") == 1
+
+
+def test_local_prometheus_refuses_a_port_another_server_holds(tmp_path: Path) -> None:
+    from disney_train.metrics.prometheus import LocalPrometheus, PrometheusError
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(PrometheusError, match=f"{port} is in use"):
+            LocalPrometheus(tmp_path, [], port=port).start()

@@ -15,7 +15,8 @@ import errno
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,9 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # no `*_created` ser
 PREFIX = "disney_train"
 LABELS = ("run", "rank")
 INFO_LABELS = ("model", "variant", "device", "precision", "zero_stage")
-STAGES = ("starting", "caching", "training", "checkpointing", "validating", "finished")
+# starting: the process is up; caching: the latent cache stage; loading: model, DeepSpeed, resume;
+# finishing: after the last step (final checkpoint, LoRA, validation)
+STAGES = ("starting", "caching", "loading", "training", "checkpointing", "validating", "finishing")
 # seconds: a tiny CPU step takes ~0.1 s, a CogVideoX-5b step on one GPU ~10-60 s
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -71,13 +74,30 @@ def cuda_reading(device_index: int) -> GpuReading:
 
 
 class _ScrapeTime(Collector):
-    """Figures read when Prometheus scrapes: S3 traffic (shared with the decode workers) and the GPU."""
+    """Figures read when Prometheus scrapes: the stage (one value, so a scrape never sees two), S3
+    traffic and failures (shared with the decode workers), the errors, and the GPU."""
 
-    def __init__(self, labels: tuple[str, str], gpu: Callable[[], GpuReading] | None) -> None:
-        self.labels, self.gpu = list(labels), gpu
+    def __init__(self, owner: WorkerMetrics, gpu: Callable[[], GpuReading] | None) -> None:
+        self.owner, self.labels, self.gpu = owner, list(owner.key), gpu
+        self.failures_before = IO.snapshot()["failures"]
+
+    def describe(self) -> Iterable[Any]:
+        return []  # nothing read at registration (the GPU, say)
 
     def collect(self) -> Iterable[Any]:
+        o = self.owner
+        stage = GaugeMetricFamily(
+            f"{PREFIX}_stage", "1 for what the worker is doing now, 0 for the others.", labels=[*LABELS, "stage"]
+        )
+        current = o.current_stage
+        for st in STAGES:
+            stage.add_metric([*self.labels, st], 1.0 if st == current else 0.0)
+        yield stage
         io = IO.snapshot()
+        errors = CounterMetricFamily(f"{PREFIX}_errors", "Errors the run survived, by kind.", labels=[*LABELS, "kind"])
+        errors.add_metric([*self.labels, "s3"], float(max(0, io["failures"] - self.failures_before)))
+        errors.add_metric([*self.labels, "progress_write"], float(o.progress_write_errors))
+        yield errors
         for field, name, doc in (
             ("read_bytes", "s3_read_bytes", "Bytes read from S3 by this worker and its decode processes."),
             ("written_bytes", "s3_written_bytes", "Bytes written to S3 (checkpoints, cache, progress)."),
@@ -108,15 +128,7 @@ class _ScrapeTime(Collector):
 class WorkerMetrics:
     """The metrics of one worker, in a registry of its own."""
 
-    def __init__(
-        self,
-        run: str,
-        rank: int,
-        gpu: Callable[[], GpuReading] | None = None,
-        *,
-        restarts: int = 0,
-        resizes: int = 0,
-    ) -> None:
+    def __init__(self, run: str, rank: int, gpu: Callable[[], GpuReading] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.key = (run, str(rank))
         r, lab = self.registry, LABELS
@@ -131,7 +143,6 @@ class WorkerMetrics:
             return Histogram(f"{PREFIX}_{name}", doc, lab, buckets=buckets, registry=r)
 
         self.info = gauge("info", "1, with the run's model, variant, device, precision and ZeRO stage.", INFO_LABELS)
-        self.stage = gauge("stage", "1 for what the worker is doing now, 0 for the others.", ("stage",))
         self.loss = gauge("loss", "Training loss of this rank's last optimizer step (mean of its micro-batches).")
         self.learning_rate = gauge("learning_rate", "Learning rate after the last optimizer step.")
         self.grad_norm = gauge("grad_norm", "Global gradient norm of the last optimizer step (before clipping).")
@@ -154,20 +165,12 @@ class WorkerMetrics:
         self.last_checkpoint_time = gauge(
             "last_checkpoint_timestamp_seconds", "Unix time the last checkpoint was committed."
         )
-        self.errors = counter("errors", "Errors the run survived, by kind.", ("kind",))
-        self.registry.register(_ScrapeTime(self.key, gpu))
-        self.set_stage("starting")
+        self.current_stage = "starting"
+        self.progress_write_errors = 0
+        self.registry.register(_ScrapeTime(self, gpu))
         # every series exists from the start: a rate over a counter that appears late loses its first increase
-        for kind in ("s3", "progress_write"):
-            self.errors.labels(*self.key, kind)
-        for m in (self.samples, self.frames, self.step_seconds, self.data_wait):
+        for m in (self.samples, self.frames, self.step_seconds, self.data_wait, self.checkpoint_seconds):
             m.labels(*self.key)
-        # set before the first scrape: a 0 served in between would look like a reset
-        self.restart_count = restarts
-        self.restarts.labels(*self.key).inc(restarts)
-        self.resizes.labels(*self.key).inc(resizes)
-        self.checkpoint_seconds.labels(*self.key)
-        self._failures_seen = IO.snapshot()["failures"]
         self._server: Any = None
 
     # -------------------------------------------------------------- updates from the loop
@@ -177,11 +180,26 @@ class WorkerMetrics:
         self.world_size.labels(*self.key).set(world_size)
         self.step.labels(*self.key).set(step)
 
+    def record_starts(self, restarts: int, resizes: int) -> None:
+        """The run's restarts and resizes so far (its starts.json). Not exported until known: a 0
+        served in the meantime would look like a reset, or a new run."""
+        self.restarts.labels(*self.key).inc(restarts)
+        self.resizes.labels(*self.key).inc(resizes)
+
     def set_stage(self, stage: str) -> None:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
-        for s in STAGES:
-            self.stage.labels(*self.key, s).set(1 if s == stage else 0)
+        self.current_stage = stage
+
+    @contextmanager
+    def stage(self, stage: str) -> Iterator[None]:
+        """A stage inside another (checkpointing, validating): the one before comes back after it."""
+        before = self.current_stage
+        self.set_stage(stage)
+        try:
+            yield
+        finally:
+            self.set_stage(before)
 
     def optimizer_step(
         self,
@@ -207,7 +225,6 @@ class WorkerMetrics:
         self.samples.labels(*k).inc(samples)
         self.frames.labels(*k).inc(frames)
         self.last_step_time.labels(*k).set(time.time())
-        self._count_s3_failures()
 
     def checkpoint(self, seconds: float, size: int | None) -> None:
         self.checkpoint_seconds.labels(*self.key).observe(seconds)
@@ -215,14 +232,8 @@ class WorkerMetrics:
         if size is not None:
             self.checkpoint_bytes.labels(*self.key).set(size)
 
-    def error(self, kind: str) -> None:
-        self.errors.labels(*self.key, kind).inc()
-
-    def _count_s3_failures(self) -> None:
-        now = IO.snapshot()["failures"]
-        if now > self._failures_seen:
-            self.errors.labels(*self.key, "s3").inc(now - self._failures_seen)
-            self._failures_seen = now
+    def progress_write_failed(self) -> None:
+        self.progress_write_errors += 1
 
     # -------------------------------------------------------------- serving
 
@@ -235,8 +246,8 @@ class WorkerMetrics:
                 self._server, _ = start_http_server(port, addr=host, registry=self.registry)
                 log.info("metrics of run %s rank %s at http://%s:%d/metrics", *self.key, host, port)
                 return True
-            except OSError as err:
-                if err.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+            except (OSError, OverflowError) as err:  # OverflowError: a port over 65535
+                if getattr(err, "errno", None) != errno.EADDRINUSE or time.monotonic() > deadline:
                     log.error("metrics not served on %s:%d (%s); training goes on without them", host, port, err)
                     return False
                 time.sleep(0.5)

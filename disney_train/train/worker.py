@@ -84,24 +84,18 @@ def _record_start(cfg: RunConfig, dist: Dist) -> dict[str, Any]:
             record[0] = RunFiles(cfg).record_start(dist.world_size)
         except Exception as err:
             log.warning("start of the worker group not recorded: %s", err)
-            record[0] = {"starts": 0, "resizes": 0}
+            record[0] = {}
     if dist.world_size > 1:
-        torch.distributed.broadcast_object_list(record, src=0)
+        torch.distributed.broadcast_object_list(record, src=0, device=dist.device)  # NCCL: this rank's GPU
     return dict(record[0])
 
 
-def _serve_metrics(cfg: RunConfig, dist: Dist, device: str, start: dict[str, Any]) -> WorkerMetrics:
+def _serve_metrics(cfg: RunConfig, dist: Dist, device: str) -> WorkerMetrics:
     """This worker's metrics, served on its Ray node's IP (the pod IP; 127.0.0.1 locally)."""
     import ray.util
 
     index = dist.local_rank
-    metrics = WorkerMetrics(
-        cfg.name,
-        dist.rank,
-        (lambda: cuda_reading(index)) if device == "cuda" else None,
-        restarts=max(0, int(start["starts"]) - 1),
-        resizes=int(start["resizes"]),
-    )
+    metrics = WorkerMetrics(cfg.name, dist.rank, (lambda: cuda_reading(index)) if device == "cuda" else None)
     if cfg.metrics.port:
         metrics.serve(ray.util.get_node_ip_address(), cfg.metrics.port + dist.local_rank)  # type: ignore[no-untyped-call]
     return metrics
@@ -165,13 +159,11 @@ def train_loop(config: dict[str, Any]) -> None:
     if place.device == "cpu":
         skip_shm_comm()
     deepspeed.init_distributed(dist_backend=place.backend)  # Ray's process group is reused
-    start = {"starts": 0, "resizes": 0} if cache_only else _record_start(cfg, dist)
-    metrics = _serve_metrics(cfg, dist, place.device, start)
+    metrics = _serve_metrics(cfg, dist, place.device)
     try:
         # No clean-up on an error: the other ranks may be inside a collective that a barrier would
         # never match. The error ends this worker; Ray then tears the whole group down.
         _run(cfg, dist, place, cache_only, chaos_spec, metrics)
-        metrics.set_stage("finished")
         shutdown(dist)
     finally:
         metrics.close()  # frees the port for this rank's next process
@@ -221,6 +213,7 @@ def _run(
         source = CachedClipDataset(cs, manifest, cfg)
     else:  # the reference trainers' way: decode and encode every clip at every step
         encode = _step_encoder(model_path, device, dtype)
+    metrics.set_stage("loading")
 
     transformer = load_transformer(model_path, dtype, device)
     if cfg.train.gradient_checkpointing:
@@ -280,7 +273,11 @@ def _run(
                 dist.world_size,
                 resumed.state.get("world_size"),
             )
-    restarts = metrics.restart_count
+    # counted once this start is known to resume this run (a refused checkpoint above is no start of it)
+    start = _record_start(cfg, dist)
+    restarts = max(0, int(start.get("starts", 1)) - 1)
+    if start:
+        metrics.record_starts(restarts, int(start["resizes"]))
     metrics.started(
         info={
             "model": cfg.model.uri,
@@ -301,8 +298,14 @@ def _run(
         nonlocal saved
         if saved == step:
             return ckpts.url(step)
-        metrics.set_stage("checkpointing")
-        t0 = time.perf_counter()
+        with metrics.stage("checkpointing"):
+            t0 = time.perf_counter()
+            uri = write_checkpoint()
+            metrics.checkpoint(time.perf_counter() - t0, ckpts.last_saved_bytes if dist.rank == 0 else None)
+            return uri
+
+    def write_checkpoint() -> str | None:
+        nonlocal saved
         weights, optimizer = zero_state.gather(engine, params)
         uri = None
         if dist.rank == 0:
@@ -325,8 +328,6 @@ def _run(
             )
         saved = step
         dist.barrier()
-        metrics.checkpoint(time.perf_counter() - t0, ckpts.last_saved_bytes if dist.rank == 0 else None)
-        metrics.set_stage("training")
         return uri
 
     def done() -> bool:
@@ -407,11 +408,11 @@ def _run(
         if step % cfg.train.checkpoint_every == 0:
             last_ckpt = save_checkpoint()
         if cfg.validation.every and step % cfg.validation.every == 0:
-            metrics.set_stage("validating")
-            _validate(cfg, model_path, files, step, params, dist, place)
-            metrics.set_stage("training")
+            with metrics.stage("validating"):
+                _validate(cfg, model_path, files, step, params, dist, place)
         t_data = time.perf_counter()
 
+    metrics.set_stage("finishing")
     if window.losses and (not history or history[-1]["step"] != step):
         record = _window_record(step, reader, window, engine, lr_sched, dist, built, restarts)
         history.append(record)
@@ -421,8 +422,8 @@ def _run(
     if dist.rank == 0:
         files.write_final(lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora), dump_config(cfg))
     if cfg.validation.at_end:
-        metrics.set_stage("validating")
-        _validate(cfg, model_path, files, step, params, dist, place)
+        with metrics.stage("validating"):
+            _validate(cfg, model_path, files, step, params, dist, place)
     if dist.rank == 0:
         files.finish(step, _progress(step, horizon, reader, history, last_ckpt, dist.world_size, "finished"))
     engine.destroy()
@@ -433,7 +434,7 @@ def _best_effort(write: Callable[[dict[str, Any]], None], value: dict[str, Any],
     try:
         write(value)
     except Exception as err:
-        metrics.error("progress_write")
+        metrics.progress_write_failed()
         log.warning("progress not written: %s", err)
 
 
