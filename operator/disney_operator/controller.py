@@ -64,6 +64,7 @@ class Controller:
         self._written: dict[Key, tuple[list[str], dict[str, Any]]] = {}
         self._rayjob_writes: dict[Key, dict[str, tuple[float, dict[str, Any] | None]]] = {}
         self.conflicts = 0
+        self._outcome = threading.local()  # per reconcile thread: did its last reconcile meet a 409?
 
     def _lock(self, key: Key) -> threading.Lock:
         with self._guard:
@@ -83,6 +84,7 @@ class Controller:
         it may hold a body that a reconcile before it has already acted on (planning from it
         could undo what that one did)."""
         key = key_of(vft)
+        self._outcome.conflict = False
         with self._lock(key):
             if self.source is not None:
                 latest = self.source.vft(key)
@@ -98,10 +100,16 @@ class Controller:
             try:
                 self._execute(key, vft, p)
             except ConflictError as err:
-                self.conflicts += 1
+                with self._guard:
+                    self.conflicts += 1
+                self._outcome.conflict = True
                 log.debug("%s/%s: %s; the newer object is reconciled when it arrives", *key, err)
                 return None
             return p
+
+    def last_conflicted(self) -> bool:
+        """Whether this thread's last reconcile ended on a 409 (for the metrics)."""
+        return bool(getattr(self._outcome, "conflict", False))
 
     def _rayjobs_view(self, key: Key, rayjobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The RayJobs as the watch shows them, with our own recent writes the watch has not shown yet."""

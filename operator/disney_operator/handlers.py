@@ -57,10 +57,13 @@ class Runtime:
         self.metrics = OperatorMetrics(controller, self.all_vfts)
 
     def all_vfts(self) -> list[dict[str, Any]]:
-        """Every VideoFineTune kopf has seen (for the metrics)."""
-        if self.vfts is None:
+        """Every VideoFineTune kopf has seen (for the metrics, from the HTTP server's thread while the
+        loop changes the index: the keys copied first, each looked up with get)."""
+        index = self.vfts
+        if index is None:
             return []
-        return [found[0] for found in (list(v) for v in list(self.vfts.values())) if found]
+        found = (list(index.get(key) or []) for key in list(index))
+        return [store[0] for store in found if store]
 
     def vft(self, key: Key) -> dict[str, Any] | None:
         """The newest VideoFineTune kopf has seen under this key (controller.Source)."""
@@ -74,11 +77,10 @@ class Runtime:
     def reconcile(self, vft: dict[str, Any]) -> None:
         """In a worker thread: one reconcile; its requeue (if any) is scheduled on the loop."""
         key = (vft["metadata"]["namespace"], vft["metadata"]["name"])
-        conflicts = self.controller.conflicts
         try:
             with self.metrics.reconcile() as mark:
                 plan: Plan | None = self.controller.reconcile(vft, self.rayjobs(key))
-                mark(self.controller.conflicts > conflicts)
+                mark(self.controller.last_conflicted())
         except Exception:
             log.exception("%s/%s: reconcile failed; retried at the next event or resync", *key)
             plan = Plan(requeue_after=min(10.0, self.settings.resync_seconds))

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import threading
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -50,11 +51,13 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.field_manager = field_manager
         self.writes: Counter[str] = Counter()  # "<verb> <resource>" -> count
+        self._counting = threading.Lock()
         self._events_broken = False
         self._instance = os.environ.get("HOSTNAME") or socket.gethostname()
 
     def _count(self, what: str) -> None:
-        self.writes[what] += 1
+        with self._counting:  # from many reconcile threads; += on a Counter is not atomic
+            self.writes[what] += 1
 
     # --------------------------------------------------------------------- RayJobs, RayClusters
     def apply_rayjob(self, body: dict[str, Any]) -> dict[str, Any]:

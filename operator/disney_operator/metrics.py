@@ -86,7 +86,7 @@ class OperatorMetrics:
 
     @contextmanager
     def reconcile(self) -> Iterator[Callable[[bool], None]]:
-        """Times one reconcile; the caller marks a conflict (a reconcile that returned None)."""
+        """Times one reconcile; the caller marks one that ended on a 409 (a conflict)."""
         t0 = time.perf_counter()
         result = ["ok"]
         try:
