@@ -469,13 +469,14 @@ def _print_outputs(cfg: RunConfig) -> None:
 
 # --------------------------------------------------------------------------- run
 
+WorkdirOpt = Annotated[Path, typer.Option(help="Where the embedded default writes its data and outputs.")]
+EmbeddedConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run configuration; default: embedded.")]
+
 
 @app.command("run")
 def run(
-    workdir: Annotated[Path, typer.Option(help="Where the embedded default writes its data and outputs.")] = Path(
-        ".run"
-    ),
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Run configuration; default: embedded.")] = None,
+    workdir: WorkdirOpt = Path(".run"),
+    config: EmbeddedConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """The main job on the embedded default: sample -> pack -> tiny model -> cache -> train -> LoRA."""
@@ -549,10 +550,8 @@ def dashboards(
 
 @app.command("monitor")
 def monitor(
-    workdir: Annotated[Path, typer.Option(help="Where the embedded default writes its data and outputs.")] = Path(
-        ".run"
-    ),
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Run configuration; default: embedded.")] = None,
+    workdir: WorkdirOpt = Path(".run"),
+    config: EmbeddedConfigOpt = None,
     set_: SetOpt = None,
     port: Annotated[int, typer.Option(help="Port of the local Prometheus (on 127.0.0.1).")] = 9090,
     rules: Annotated[
@@ -592,8 +591,8 @@ def monitor(
         )
         t0 = time.time()
         run(workdir=workdir, config=config, set_=overrides)
-        time.sleep(2 * prom.interval)  # the last scrape
-        series = prom.query_range(loss, t0, time.time(), 1.0)
+        t1 = time.time()
+        series = prom.query_range(loss, t0, t1, max(1.0, (t1 - t0) / 1000))
         if not series:
             _fail(f"Prometheus at {prom.url} scraped no loss of run {cfg.name}: targets {prom.targets()}")
         console.rule("[bold]loss, as Prometheus scraped it")
@@ -610,6 +609,8 @@ def monitor(
             _fail(f"prometheus exited: {prom.log_tail()}")
     except KeyboardInterrupt:
         console.print("stopped")
+    except PrometheusError as err:
+        _fail(str(err))
     finally:
         prom.stop()
 

@@ -154,14 +154,16 @@ def test_histograms_populated(monitored: Monitored) -> None:
 
 
 def test_every_training_dashboard_query_runs_and_returns_series(monitored: Monitored) -> None:
-    """Each expr is run by Prometheus at a moment of the run: it must parse, and return series unless
-    it needs a GPU (none here: those must return nothing rather than something wrong)."""
+    """Each expr is run by Prometheus over the run, as a dashboard panel would: it must parse, and
+    return series unless it needs a GPU (none here: those must return nothing rather than something
+    wrong)."""
+    m = monitored
     problems: list[str] = []
     exprs = dashboard_exprs("training.json")
     assert len(exprs) >= 15
     for title, expr in exprs:
         q = concrete(expr, RUN, "15s")
-        result = monitored.prom.query(q, monitored.at)  # raises on a query Prometheus refuses
+        result = m.prom.query_range(q, m.start, m.end, 1)  # raises on a query Prometheus refuses
         if GPU_ONLY.search(q):
             if result:
                 problems.append(f"{title}: {q} returned series on a machine without a GPU")
@@ -176,8 +178,11 @@ def test_rules_loaded_and_healthy_and_quiet_on_a_healthy_run(monitored: Monitore
     assert names == sorted(n for n, _ in rule_exprs())
     unhealthy = [f"{r['name']}: {r.get('lastError')}" for r in rules if r["health"] != "ok"]
     assert not unhealthy, unhealthy
-    firing = monitored.prom.query("ALERTS{alertstate='firing'}")
-    assert not firing, firing
+    # every alert that was pending or firing at any moment of the run (every rule is evaluated each second)
+    raised = monitored.prom.query_range("ALERTS", monitored.start, monitored.end, 1)
+    alerts = {a["metric"]["alertname"] for a in raised}
+    # the tiny CPU run really is data-bound (a step computes ~20 ms and waits as long for its clip)
+    assert alerts <= {"DisneyTrainDataStarved"}, raised
 
 
 def test_every_rule_expr_is_valid_promql_on_the_run(monitored: Monitored) -> None:

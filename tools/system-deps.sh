@@ -4,7 +4,8 @@
 # (tools/envtest-lite) openssl, curl and debian-archive-keyring, and prometheus (its server and
 # promtool: the metrics and alert-rule tests, `make monitor`). Installs what is missing when root;
 # otherwise names it. Without iproute2/util-linux the tests run without network isolation
-# (tools/netns-run says so); the rest is required.
+# (tools/netns-run says so); without prometheus the tests that need it fail saying so (`make run`
+# does not need it); the rest is required.
 set -euo pipefail
 need=()
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
@@ -18,9 +19,11 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   # no recommends: prometheus would bring node-exporter and its friends
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
-elif [[ " ${need[*]} " =~ " "(python3-venv|openssl|curl|debian-archive-keyring|prometheus)" " ]]; then
+elif [[ " ${need[*]} " =~ " "(python3-venv|openssl|curl|debian-archive-keyring)" " ]]; then
   echo "system-deps: missing ${need[*]}; install them (apt-get install ${need[*]})" >&2
   exit 1
 else
-  echo "system-deps: missing ${need[*]} (apt-get install ${need[*]}); tests will run without network isolation" >&2
+  echo "system-deps: missing ${need[*]} (apt-get install --no-install-recommends ${need[*]}): without iproute2 or" \
+    "util-linux the tests run without network isolation; without prometheus the metrics tests fail and" \
+    "make monitor cannot run" >&2
 fi

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -36,6 +37,19 @@ def prometheus_binary() -> str:
             "(apt-get install --no-install-recommends prometheus)"
         )
     return found
+
+
+def _check_free(port: int) -> None:
+    """Refuse a port another server holds (Debian's prometheus package starts one on 9090 where
+    systemd runs): its answers would pass for ours."""
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError as err:
+            raise PrometheusError(
+                f"{HOST}:{port} is in use ({err.strerror}); is a system Prometheus running there? "
+                "Pick another port (disney-train monitor --port N)"
+            ) from None
 
 
 @dataclass
@@ -74,6 +88,7 @@ class LocalPrometheus:
 
     def start(self, timeout: float = 30.0) -> LocalPrometheus:
         binary = prometheus_binary()
+        _check_free(self.port)
         for rules in self.rule_files:
             if not rules.is_file():
                 raise PrometheusError(f"rule file {rules} does not exist")
@@ -98,13 +113,18 @@ class LocalPrometheus:
                 raise PrometheusError(f"prometheus exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
+                    if resp.status == 200 and self._is_ours(config):
                         return self
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, PrometheusError):
                 pass
             time.sleep(0.1)
         self.stop()
         raise PrometheusError(f"prometheus not ready at {self.url} after {timeout:.0f} s: {self.log_tail()}")
+
+    def _is_ours(self, config: Path) -> bool:
+        """The server answering is the one we started (not one that took the port meanwhile)."""
+        flags = self.api("status/flags")
+        return self.proc is not None and self.proc.poll() is None and flags.get("config.file") == str(config)
 
     def log_tail(self, lines: int = 15) -> str:
         if not self.log_path.exists():
@@ -135,7 +155,12 @@ class LocalPrometheus:
             with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as resp:
                 body = json.load(resp)
         except urllib.error.HTTPError as err:
-            body = json.loads(err.read() or b"{}")
+            try:
+                body = json.loads(err.read() or b"{}")
+            except ValueError:
+                body = {"errorType": f"HTTP {err.code}", "error": err.reason}
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise PrometheusError(f"{self.url}: {path}: {err}") from None
         if body.get("status") != "success":
             raise PrometheusError(f"{path} {params}: {body.get('errorType')}: {body.get('error')}")
         return body["data"]
