@@ -177,10 +177,10 @@ def test_dashboard_settings(boards: dict[str, dict[str, Any]]) -> None:
 def test_run_variable(boards: dict[str, dict[str, Any]]) -> None:
     run = {v["name"]: v for v in boards["training.json"]["templating"]["list"]}["run"]
     assert run["type"] == "query"
-    assert run["query"] == "label_values(disney_train_info, run)"
+    assert run["query"] == "label_values(disney_train_stage, run)"
     assert run["datasource"] == DATASOURCE
     assert run["multi"] is False and run["includeAll"] is False
-    assert variable_queries(boards["training.json"]) == [("run", "label_values(disney_train_info, run)")]
+    assert variable_queries(boards["training.json"]) == [("run", "label_values(disney_train_stage, run)")]
     assert variable_queries(boards["operator.json"]) == []
 
 

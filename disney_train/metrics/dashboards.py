@@ -14,7 +14,8 @@ The JSON is committed (the Helm chart ships it from `charts/disney-train/dashboa
 deterministic: pretty JSON, sorted keys, a trailing newline, explicit panel ids and grid positions.
 
 Every Prometheus query of the training dashboard selects `run="$run"` (DCGM series: the run's worker
-pods, `pod=~"$run-[0-9]+-.*"`) and takes its rate windows as `$__rate_interval`.
+pods, `pod=~"$run-[0-9]+-[a-z0-9]{5}-.*"`, as the RayJob is `<run>-<attempt>-<hash5>`) and takes its
+rate windows as `$__rate_interval`.
 """
 
 from __future__ import annotations
@@ -73,12 +74,12 @@ GRID_WIDTH = 24
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RUN = 'run="$run"'
 # Worker pods of a run are named `<run>-<attempt>-<hash5>-...` (the RayJob's name is the run's and a dash).
-RUN_PODS = 'pod=~"$run-[0-9]+-.*"'
+RUN_PODS = 'pod=~"$run-[0-9]+-[a-z0-9]{5}-.*"'
 RATE = "[$__rate_interval]"
 # What a worker can be doing (`disney_train_stage{stage}`); the same tuple as disney_train.metrics.worker.STAGES
 # (not imported: that module needs prometheus-client, this one only the SDK).
-STAGES = ("starting", "caching", "training", "checkpointing", "validating", "finished")
-STAGE_COLORS = ("yellow", "purple", "green", "blue", "orange", "text")
+STAGES = ("starting", "caching", "loading", "training", "checkpointing", "validating", "finishing")
+STAGE_COLORS = ("yellow", "purple", "super-light-purple", "green", "blue", "orange", "text")
 PHASE_COLORS = {"Pending": "yellow", "Running": "blue", "Suspended": "text", "Succeeded": "green", "Failed": "red"}
 
 Panel = stat.Panel | timeseries.Panel | statetimeline.Panel
@@ -303,7 +304,7 @@ def training_dashboard() -> dict[str, Any]:
         .label("Run")
         .description("The run (VideoFineTune) whose workers' series are shown.")
         .datasource(DATASOURCE)
-        .query("label_values(disney_train_info, run)")
+        .query("label_values(disney_train_stage, run)")
         .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(VariableSort.ALPHABETICAL_ASC)
         .multi(False)
