@@ -180,7 +180,8 @@ def test_a_rule_that_always_fires_fails_the_tests(tmp_path: Path, name: str) -> 
 
 # (alert, what in its expression, replaced by, the case that must catch it)
 MUTANTS = [
-    ("DisneyTrainStalled", "[15m:1m]", "[1m:1m]", "a long validation counted as a stall"),
+    ("DisneyTrainStalled", "[15m:1m]) == 1", "[1m:1m]) == 1", "a long validation counted as a stall"),
+    ("DisneyTrainStalled", ") >= 15", ") >= 1", "a young run, training without its first step yet, is not stalled"),
     ("DisneyTrainStalled", "<= 900", "<= 600", "stalled after 10 minutes instead of 15"),
     ("DisneyTrainLossNotFinite", "disney_train_loss != disney_train_loss\nor ", "", "NaN not caught"),
     ("DisneyTrainLossDiverging", "> 2 < +Inf", "> 2", "an infinite recent loss taken for a divergence"),
