@@ -4,6 +4,7 @@ alert rules are then run by that Prometheus against what it scraped."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
@@ -22,6 +23,7 @@ from tests.support.seaweed import free_ports
 
 RUN = "prom-run"
 STEPS = 240  # 2 workers, 2 clips each, batch 1: 2 steps an epoch
+KILL_AFTER = 101  # rank 1 SIGKILLed right after this step: Ray restarts the group from step 100
 READY = "Prometheus keeps serving at"
 
 
@@ -82,7 +84,11 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
     start = time.time()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "COLUMNS": "200"}
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "COLUMNS": "200", "DISNEY_TRAIN_CHAOS": f"kill:{KILL_AFTER}:1:{work / 'killed-once'}"},
         )
     try:
         deadline = time.monotonic() + 420
@@ -130,10 +136,26 @@ def test_both_workers_scraped_with_loss_per_rank(monitored: Monitored) -> None:
 
 
 def test_step_counter_increases_to_the_end(monitored: Monitored) -> None:
+    """Up to the end, but for the restart: back to the checkpoint once, never by more."""
     series = monitored.prom.query_range(f'disney_train_step{{run="{RUN}",rank="0"}}', monitored.start, monitored.end, 1)
     steps = [float(v) for _, v in series[0]["values"]]
-    assert steps == sorted(steps), "the step went backwards"
+    back = [(a, b) for a, b in itertools.pairwise(steps) if b < a]
+    assert len(back) <= 1 and all(a - b <= KILL_AFTER - 100 for a, b in back), back
     assert len(set(steps)) >= 4 and steps[-1] == STEPS
+
+
+def test_a_restart_continues_the_series(monitored: Monitored) -> None:
+    """The killed worker's group came back on the same ports: the restart counter went 0 -> 1 in the
+    same series (no reset), resizes stayed 0, and one restart raised no alert (the rules test above)."""
+    p, m = monitored.prom, monitored
+    restarts = p.query_range(f'disney_train_restarts_total{{run="{RUN}"}}', m.start, m.end, 1)
+    assert sorted(s["metric"]["rank"] for s in restarts) == ["0", "1"]
+    for s in restarts:
+        values = [float(v) for _, v in s["values"]]
+        assert values[0] == 0 and values[-1] == 1 and values == sorted(values), values
+    resizes = p.query_range(f'max(disney_train_resizes_total{{run="{RUN}"}})', m.start, m.end, 1)
+    assert {float(v) for _, v in resizes[0]["values"]} == {0.0}
+    assert "rank 1: " in m.output  # the monitor's own summary saw both ranks
 
 
 def test_histograms_populated(monitored: Monitored) -> None:
