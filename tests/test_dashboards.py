@@ -108,7 +108,12 @@ def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _promql(expr: str) -> str:
     """The expr as Prometheus gets it from Grafana, for run `x` and a one-minute rate interval."""
-    return expr.replace("$__rate_interval", "1m").replace("${run}", "x").replace("$run", "x")
+    return (
+        expr.replace("$__rate_interval", "1m")
+        .replace("${run}", "x")
+        .replace("$run", "x")
+        .replace("$namespace", ".*")  # All
+    )
 
 
 @pytest.fixture(scope="module")
@@ -175,12 +180,16 @@ def test_dashboard_settings(boards: dict[str, dict[str, Any]]) -> None:
 
 
 def test_run_variable(boards: dict[str, dict[str, Any]]) -> None:
-    run = {v["name"]: v for v in boards["training.json"]["templating"]["list"]}["run"]
-    assert run["type"] == "query"
-    assert run["query"] == "label_values(disney_train_stage, run)"
-    assert run["datasource"] == DATASOURCE
+    variables = {v["name"]: v for v in boards["training.json"]["templating"]["list"]}
+    run, ns = variables["run"], variables["namespace"]
+    assert run["type"] == ns["type"] == "query"
+    assert run["datasource"] == ns["datasource"] == DATASOURCE
     assert run["multi"] is False and run["includeAll"] is False
-    assert variable_queries(boards["training.json"]) == [("run", "label_values(disney_train_stage, run)")]
+    assert ns["includeAll"] is True and ns["allValue"] == ".*"  # also matches a local run's absent label
+    assert variable_queries(boards["training.json"]) == [
+        ("namespace", "label_values(disney_train_stage, namespace)"),
+        ("run", 'label_values(disney_train_stage{namespace=~"$namespace"}, run)'),
+    ]
     assert variable_queries(boards["operator.json"]) == []
 
 
@@ -269,10 +278,12 @@ def test_rate_windows_and_quantiles(boards: dict[str, dict[str, Any]], name: str
 def test_training_queries_select_the_run(boards: dict[str, dict[str, Any]]) -> None:
     run = re.compile(r'(?:^|[{,\s])run=~?"\$run"')
     pods = re.compile(r'(?:^|[{,\s])pod=~"\$run-')
+    namespace = re.compile(r'(?:^|[{,\s])namespace=~"\$namespace"')
     for title, expr in dashboard_queries(boards["training.json"]):
         for metric, selector in SELECTED.findall(expr):
             wanted = pods if metric.startswith("DCGM_") else run
             assert wanted.search(selector or ""), f"{title}: {metric}{selector} does not select the run in {expr}"
+            assert namespace.search(selector or ""), f"{title}: {metric}{selector} ignores the namespace in {expr}"
 
 
 # ------------------------------------------------------------------ promtool: syntax and data

@@ -72,9 +72,11 @@ GRID_WIDTH = 24
 
 # Every panel and target queries the data source the `datasource` variable picks.
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
-RUN = 'run="$run"'
+# A run is (namespace, run): two VideoFineTunes of one name in two namespaces are two runs. `All`
+# namespaces is `.*`, which also matches series without the label (a local run).
+RUN = 'namespace=~"$namespace", run="$run"'
 # Worker pods of a run are named `<run>-<attempt>-<hash5>-...` (the RayJob's name is the run's and a dash).
-RUN_PODS = 'pod=~"$run-[0-9]+-[a-z0-9]{5}-.*"'
+RUN_PODS = 'namespace=~"$namespace", pod=~"$run-[0-9]+-[a-z0-9]{5}-.*"'
 RATE = "[$__rate_interval]"
 # What a worker can be doing (`disney_train_stage{stage}`); the same tuple as disney_train.metrics.worker.STAGES
 # (not imported: that module needs prometheus-client, this one only the SDK).
@@ -300,11 +302,23 @@ def training_dashboard() -> dict[str, Any]:
         "One fine-tuning run (pick it in `run`): progress, loss, throughput, checkpoints, S3 and GPUs.",
     )
     board.with_variable(
+        dashboard_builders.QueryVariable("namespace")
+        .label("Namespace")
+        .description("The VideoFineTune's namespace (All: any, and runs outside Kubernetes).")
+        .datasource(DATASOURCE)
+        .query("label_values(disney_train_stage, namespace)")
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+        .multi(False)
+        .include_all(True)
+        .all_value(".*")
+    )
+    board.with_variable(
         dashboard_builders.QueryVariable("run")
         .label("Run")
         .description("The run (VideoFineTune) whose workers' series are shown.")
         .datasource(DATASOURCE)
-        .query("label_values(disney_train_stage, run)")
+        .query('label_values(disney_train_stage{namespace=~"$namespace"}, run)')
         .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(VariableSort.ALPHABETICAL_ASC)
         .multi(False)
