@@ -48,6 +48,7 @@ bench: setup
 	bash tools/netns-run $(PY) bench/train_step.py
 	$(PY) bench/memory_estimates.py
 	bash tools/netns-run $(PY) bench/operator_scale.py
+	bash tools/netns-run $(PY) bench/metrics_overhead.py
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

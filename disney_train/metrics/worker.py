@@ -172,6 +172,7 @@ class WorkerMetrics:
         for m in (self.samples, self.frames, self.step_seconds, self.data_wait, self.checkpoint_seconds):
             m.labels(*self.key)
         self._server: Any = None
+        self._per_step: tuple[Any, ...] | None = None
 
     # -------------------------------------------------------------- updates from the loop
 
@@ -214,17 +215,26 @@ class WorkerMetrics:
         samples: int,
         frames: int,
     ) -> None:
-        k = self.key
-        self.loss.labels(*k).set(loss)
-        self.learning_rate.labels(*k).set(learning_rate)
-        self.grad_norm.labels(*k).set(math.nan if grad_norm is None else grad_norm)
-        self.step.labels(*k).set(step)
-        self.epoch.labels(*k).set(epoch)
-        self.step_seconds.labels(*k).observe(compute_seconds)
-        self.data_wait.labels(*k).observe(wait_seconds)
-        self.samples.labels(*k).inc(samples)
-        self.frames.labels(*k).inc(frames)
-        self.last_step_time.labels(*k).set(time.time())
+        if self._per_step is None:  # the children, looked up once (the gauges appear at the first step)
+            k = self.key
+            self._per_step = tuple(
+                m.labels(*k)
+                for m in (
+                    self.loss, self.learning_rate, self.grad_norm, self.step, self.epoch, self.last_step_time,
+                    self.step_seconds, self.data_wait, self.samples, self.frames,
+                )
+            )  # fmt: skip
+        loss_g, lr_g, norm_g, step_g, epoch_g, time_g, step_h, wait_h, samples_c, frames_c = self._per_step
+        loss_g.set(loss)
+        lr_g.set(learning_rate)
+        norm_g.set(math.nan if grad_norm is None else grad_norm)
+        step_g.set(step)
+        epoch_g.set(epoch)
+        step_h.observe(compute_seconds)
+        wait_h.observe(wait_seconds)
+        samples_c.inc(samples)
+        frames_c.inc(frames)
+        time_g.set(time.time())
 
     def checkpoint(self, seconds: float, size: int | None) -> None:
         self.checkpoint_seconds.labels(*self.key).observe(seconds)
