@@ -5,7 +5,6 @@ fires and one where it must not; and the tests fail when a rule is broken (mutan
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support.promql import promtool
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "charts" / "disney-train" / "rules" / "disney-train.rules.yaml"
@@ -46,17 +47,6 @@ def seconds(duration: str) -> float:
     parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", duration)
     assert parts and "".join(n + u for n, u in parts) == duration, f"not a Prometheus duration: {duration!r}"
     return sum(int(n) * _UNITS[u] for n, u in parts)
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail(
-            "promtool is not on PATH: the alert rules cannot be checked. `make setup` installs it with Debian's "
-            "prometheus package (or: apt-get install prometheus).",
-            pytrace=False,
-        )
-    return path
 
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:

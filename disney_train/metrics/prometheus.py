@@ -29,11 +29,12 @@ class PrometheusError(RuntimeError):
     """Prometheus is missing, did not start, or refused a query (the message says which and why)."""
 
 
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
+def prometheus_binary(name: str = "prometheus") -> str:
+    """`prometheus`, or `promtool`: both come with Debian's prometheus package."""
+    found = shutil.which(name)
     if found is None:
         raise PrometheusError(
-            "the prometheus binary is not on PATH: `make setup` installs Debian's prometheus package "
+            f"{name} is not on PATH: `make setup` installs Debian's prometheus package "
             "(apt-get install --no-install-recommends prometheus)"
         )
     return found

@@ -7,14 +7,24 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from disney_train.metrics.dashboards import dashboard_queries
+from disney_train.metrics.prometheus import PrometheusError, prometheus_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "charts" / "disney-train" / "dashboards"
 RULES = ROOT / "charts" / "disney-train" / "rules" / "disney-train.rules.yaml"
 GPU_ONLY = re.compile(r"disney_train_gpu_|DCGM_")  # no GPU here: these must come back empty
+
+
+def promtool() -> str:
+    """promtool's path; the test fails (never skips) saying how to install it."""
+    try:
+        return prometheus_binary("promtool")
+    except PrometheusError as err:
+        pytest.fail(str(err), pytrace=False)
 
 
 def concrete(expr: str, run: str, rate_interval: str) -> str:
