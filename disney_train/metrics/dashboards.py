@@ -47,6 +47,8 @@ from grafana_foundation_sdk.models.dashboard import (
 )
 from grafana_foundation_sdk.models.prometheus import QueryEditorMode
 
+from disney_train.metrics.worker import STAGES
+
 __all__ = [
     "CHART_DASHBOARDS",
     "DASHBOARDS",
@@ -78,9 +80,7 @@ RUN = 'namespace=~"$namespace", run="$run"'
 # Worker pods of a run are named `<run>-<attempt>-<hash5>-...` (the RayJob's name is the run's and a dash).
 RUN_PODS = 'namespace=~"$namespace", pod=~"$run-[0-9]+-[a-z0-9]{5}-.*"'
 RATE = "[$__rate_interval]"
-# What a worker can be doing (`disney_train_stage{stage}`); the same tuple as disney_train.metrics.worker.STAGES
-# (not imported: that module needs prometheus-client, this one only the SDK).
-STAGES = ("starting", "caching", "loading", "training", "checkpointing", "validating", "finishing")
+# one per stage of disney_train.metrics.worker.STAGES (`disney_train_stage{stage}`), in its order
 STAGE_COLORS = ("yellow", "purple", "super-light-purple", "green", "blue", "orange", "text")
 PHASE_COLORS = {"Pending": "yellow", "Running": "blue", "Suspended": "text", "Succeeded": "green", "Failed": "red"}
 
