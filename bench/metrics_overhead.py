@@ -12,25 +12,21 @@ from __future__ import annotations
 
 import json
 import platform
-import socket
 import statistics
+import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from disney_train.metrics.worker import WorkerMetrics
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from disney_train.metrics.worker import WorkerMetrics  # noqa: E402
+from tests.support.seaweed import free_ports  # noqa: E402
+
 OUT = ROOT / "bench" / "results"
 TARGET_SHARE = 0.001
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _tiny_step_seconds() -> float:
@@ -74,7 +70,7 @@ def main() -> None:
         world_size=2,
         step=0,
     )
-    port = _free_port()
+    port = free_ports(1)[0]
     assert m.serve("127.0.0.1", port)
     try:
         per_update = statistics.median(update_seconds(m) for _ in range(5))

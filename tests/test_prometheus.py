@@ -19,7 +19,7 @@ import pytest
 
 from disney_train.metrics.prometheus import LocalPrometheus, PrometheusError
 from tests.support.promql import GPU_ONLY, RULES, concrete, dashboard_exprs, rule_exprs
-from tests.support.seaweed import free_ports
+from tests.support.seaweed import consecutive_free_ports, free_ports
 
 RUN = "prom-run"
 STEPS = 240  # 2 workers, 2 clips each, batch 1: 2 steps an epoch
@@ -36,30 +36,10 @@ class Monitored:
     at: float  # a moment during training: every rate window ending here lies inside the run
 
 
-def _free_run_of(n: int) -> int:
-    """A port p with p..p+n-1 all free (the workers' metrics ports)."""
-    for _ in range(50):
-        base = free_ports(1)[0]
-        if base + n < 65535 and all(_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no run of free ports")
-
-
-def _free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
     work = tmp_path_factory.mktemp("monitor")
-    prom_port, worker_port = free_ports(1)[0], _free_run_of(2)
+    prom_port, worker_port = free_ports(1)[0], consecutive_free_ports(2)
     args = [
         str(Path(sys.executable).parent / "disney-train"),
         "monitor",

@@ -35,6 +35,24 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def consecutive_free_ports(n: int) -> int:
+    """A port p with p..p+n-1 all free (the workers serve their metrics on port + local rank)."""
+    for _ in range(50):
+        base = free_ports(1)[0]
+        if base + n <= 65535 and all(_bindable(base + i) for i in range(1, n)):
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def find_weed() -> Path:
     here = Path(sys.executable).parent / "weed"
     found = here if here.is_file() else (Path(w) if (w := shutil.which("weed")) else None)
