@@ -363,7 +363,7 @@ def _train(cfg: RunConfig, ray_address: str | None, cache_only: bool = False) ->
 
     files = RunFiles(cfg)
     if cfg.metrics.port and not cache_only:
-        ports = f"{cfg.metrics.port}..{cfg.metrics.port + _max_workers(cfg) - 1}"
+        ports = f"{cfg.metrics.port}..{cfg.metrics.port + cfg.train.workers.bounds[1] - 1}"
         where = "127.0.0.1" if ray_address is None and not os.environ.get("RAY_ADDRESS") else "<node IP>"
         console.print(
             f"metrics     http://{where}:{cfg.metrics.port}/metrics (rank 0; the worker of local rank i "
@@ -387,11 +387,6 @@ def _train(cfg: RunConfig, ray_address: str | None, cache_only: bool = False) ->
             on_progress=None if cache_only else on_progress,
             files=files,
         )
-
-
-def _max_workers(cfg: RunConfig) -> int:
-    w = cfg.train.workers
-    return w.max_replicas or w.replicas
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run configuration (YAML).")]
@@ -571,7 +566,7 @@ def monitor(
     if not cfg.metrics.port:
         _fail("metrics.port is 0: the workers serve no metrics to monitor")
     rule_files = [rules] if rules is not None else [RULES] if RULES.is_file() else []
-    targets = [f"127.0.0.1:{cfg.metrics.port + i}" for i in range(_max_workers(cfg))]
+    targets = [f"127.0.0.1:{cfg.metrics.port + i}" for i in range(cfg.train.workers.bounds[1])]
     prom = LocalPrometheus(workdir / "prometheus", [ScrapeJob("disney-train-workers", targets)], port=port,
                            rule_files=rule_files)  # fmt: skip
     try:

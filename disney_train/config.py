@@ -145,10 +145,14 @@ class WorkersConfig(_Section):
         default=60, ge=1, le=3600, description="Elastic runs: how often Ray checks whether the group can grow."
     )
 
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """(fewest, most) workers: min/max_replicas, each defaulting to replicas."""
+        return self.min_replicas or self.replicas, self.max_replicas or self.replicas
+
     @model_validator(mode="after")
     def _range(self) -> WorkersConfig:
-        lo = self.min_replicas or self.replicas
-        hi = self.max_replicas or self.replicas
+        lo, hi = self.bounds
         if not lo <= self.replicas <= hi:
             raise ValueError(f"need min_replicas ({lo}) <= replicas ({self.replicas}) <= max_replicas ({hi})")
         return self
@@ -235,8 +239,7 @@ class RunConfig(TrainingSpec):
 
     @model_validator(mode="after")
     def _metrics_ports(self) -> RunConfig:
-        w = self.train.workers
-        last = self.metrics.port + (w.max_replicas or w.replicas) - 1
+        last = self.metrics.port + self.train.workers.bounds[1] - 1
         if self.metrics.port and last > 65535:
             raise ValueError(f"metrics.port {self.metrics.port}: the ports of the workers would reach {last} (> 65535)")
         return self

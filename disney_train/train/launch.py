@@ -63,7 +63,7 @@ def launch_plan(cfg: RunConfig, cluster_gpus: float) -> LaunchPlan:
     w = cfg.train.workers
     use_gpu = w.device == "cuda" or (w.device == "auto" and cluster_gpus > 0)
     elastic = w.min_replicas is not None or w.max_replicas is not None
-    num: int | tuple[int, int] = (w.min_replicas or w.replicas, w.max_replicas or w.replicas) if elastic else w.replicas
+    num: int | tuple[int, int] = w.bounds if elastic else w.replicas
     res: dict[str, float] = {"CPU": w.cpus_per_worker}
     if use_gpu:
         res["GPU"] = 1.0
@@ -195,7 +195,7 @@ def _own_sigint() -> Iterator[None]:
     try:
         yield
     finally:
-        if main:
+        if before is not None:  # None: not ours to restore (another thread, or a handler set outside Python)
             signal.signal(signal.SIGINT, before)
 
 
