@@ -212,15 +212,18 @@ def test_phase_counts() -> None:
 def test_operator_metrics_count_reconciles_by_result() -> None:
     from collections import Counter
 
-    controller: Any = SimpleNamespace(kube=SimpleNamespace(writes=Counter({"apply rayjobs": 3})), conflicts=1)
+    conflicted = [False]  # what the controller says of this thread's last reconcile
+    controller: Any = SimpleNamespace(
+        kube=SimpleNamespace(writes=Counter({"apply rayjobs": 3})), conflicts=1, last_conflicted=lambda: conflicted[0]
+    )
     m = OperatorMetrics(controller, lambda: [{"status": {"phase": "Running"}}])
     port = free_ports(1)[0]
     m.serve("127.0.0.1", port)
     try:
-        with m.reconcile() as mark:
-            mark(False)
-        with m.reconcile() as mark:
-            mark(True)
+        with m.reconcile():
+            pass
+        with m.reconcile():
+            conflicted[0] = True
         with pytest.raises(KeyError), m.reconcile():
             raise KeyError("x")
         s = scrape(port)

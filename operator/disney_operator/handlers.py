@@ -78,9 +78,8 @@ class Runtime:
         """In a worker thread: one reconcile; its requeue (if any) is scheduled on the loop."""
         key = (vft["metadata"]["namespace"], vft["metadata"]["name"])
         try:
-            with self.metrics.reconcile() as mark:
+            with self.metrics.reconcile():
                 plan: Plan | None = self.controller.reconcile(vft, self.rayjobs(key))
-                mark(self.controller.last_conflicted())
         except Exception:
             log.exception("%s/%s: reconcile failed; retried at the next event or resync", *key)
             plan = Plan(requeue_after=min(10.0, self.settings.resync_seconds))

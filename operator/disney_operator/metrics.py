@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -78,26 +78,28 @@ class OperatorMetrics:
         )
         for result in ("ok", "conflict", "error"):
             self.reconciles.labels(result)
-        info = GaugeMetricFamily(f"{PREFIX}_info", "1, with the operator's version.", labels=["version", "group"])
-        info.add_metric([_version(), api.GROUP], 1)
-        r.register(_Static([info]))
+        info = Gauge(f"{PREFIX}_info", "1, with the operator's version.", ["version", "group"], registry=r)
+        info.labels(_version(), api.GROUP).set(1)
+        self.controller = controller
         r.register(_Live(controller, vfts))
         self._server: Any = None
 
     @contextmanager
-    def reconcile(self) -> Iterator[Callable[[bool], None]]:
-        """Times one reconcile; the caller marks one that ended on a 409 (a conflict)."""
+    def reconcile(self) -> Iterator[None]:
+        """Times one reconcile of the controller, in this thread, and counts it by how it ended."""
         t0 = time.perf_counter()
-        result = ["ok"]
+        result = "ok"
         try:
-            yield lambda conflict: result.__setitem__(0, "conflict" if conflict else "ok")
+            yield
+            if self.controller.last_conflicted():
+                result = "conflict"
         except Exception as err:
-            result[0] = "error"
+            result = "error"
             self.errors.labels(type(err).__name__).inc()
             raise
         finally:
             self.duration.observe(time.perf_counter() - t0)
-            self.reconciles.labels(result[0]).inc()
+            self.reconciles.labels(result).inc()
 
     def serve(self, address: str, port: int) -> None:
         self._server, _ = start_http_server(port, addr=address, registry=self.registry)
@@ -107,11 +109,3 @@ class OperatorMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-
-class _Static(Collector):
-    def __init__(self, families: list[Any]) -> None:
-        self.families = families
-
-    def collect(self) -> Iterator[Any]:
-        yield from self.families
