@@ -293,3 +293,21 @@ def test_the_operator_cli_renders_a_rayjob_and_checks_the_crd(tmp_path: Path) ->
     stale.write_text(CRD_PATH.read_text().replace("default: 42", "default: 43"))
     drift = subprocess.run([cli, "crd", "--check", str(stale)], capture_output=True, text=True)
     assert drift.returncode == 1 and "differs from the generated CRD" in drift.stderr
+
+
+def test_the_operator_cli_refuses_a_bad_peering_priority() -> None:
+    import subprocess
+    import sys
+
+    from disney_operator.cli import _priority
+
+    cli = str(Path(sys.executable).parent / "disney-train-operator")
+    for args, message in (
+        (["--peering", "p", "--priority", "high"], "--priority: 'high' is neither an integer nor 'random'"),
+        (["--priority", "5", "-A"], "--priority needs --peering"),
+    ):
+        out = subprocess.run([cli, "run", *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert _priority("7") == 7 and _priority(None) is None
+    draws = {_priority("random") for _ in range(50)}
+    assert len(draws) == 50 and all(d is not None and 0 < d < 2**31 for d in draws)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +24,14 @@ def run(
         str | None,
         typer.Option("--peering", help="kopf peering object: one active operator among replicas. Default: standalone."),
     ] = None,
+    priority: Annotated[
+        str | None,
+        typer.Option(
+            "--priority",
+            help="Peering priority: the highest live one works, the rest stand by. An integer, or 'random' "
+            "(each replica of a Deployment draws its own, so one is active and a lost one is replaced).",
+        ),
+    ] = None,
     liveness: Annotated[
         str | None, typer.Option("--liveness", help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz.")
     ] = None,
@@ -39,19 +48,46 @@ def run(
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    try:
+        rank = _priority(priority)
+    except ValueError as err:
+        typer.echo(f"error: --priority: {err}", err=True)
+        raise typer.Exit(2) from None
+    if rank is not None and peering is None:
+        typer.echo("error: --priority needs --peering", err=True)
+        raise typer.Exit(2)
     if not all_namespaces and not namespace:
         typer.echo("error: give --namespace NS (repeatable) or --all-namespaces", err=True)
         raise typer.Exit(2)
     kopf.configure(verbose=verbose)  # kopf's log format, on the root logger
     for quiet in ("kubernetes", "urllib3", "botocore", "boto3"):
         logging.getLogger(quiet).setLevel(logging.WARNING)
+    settings = kopf.OperatorSettings()
+    # Named namespaces only: nothing cluster-wide to observe, so the operator needs no cluster-wide
+    # permission (its Roles suffice). All namespaces, or patterns (`vft-*`): kopf watches CRDs (KubeRay
+    # installed later is noticed) and, for patterns, namespaces.
+    settings.scanning.disabled = not all_namespaces and not any(set("*?[!") & set(n) for n in namespace or ())
     kopf.run(
+        settings=settings,
         standalone=peering is None,
         peering_name=peering,
+        priority=rank,
         clusterwide=all_namespaces,
         namespaces=namespace or (),
         liveness_endpoint=liveness,
     )
+
+
+def _priority(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value == "random":
+        # Same-priority peers all pause (kopf's rule), so draws must not collide: 2**31 makes that negligible.
+        return secrets.randbelow(2**31 - 1) + 1
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither an integer nor 'random'") from None
 
 
 @app.command("crd")
