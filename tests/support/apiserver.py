@@ -7,11 +7,14 @@ which kopf needs before it watches anything.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -110,12 +113,52 @@ class ApiServer:
     def log(self) -> str:
         return (self.rundir / "apiserver.log").read_text(errors="replace")
 
+    def audit(self, user: str) -> list[dict[str, Any]]:
+        """The audit events of `user`'s requests so far (needs start_apiserver(..., audit=True))."""
+        path = self.rundir / "audit.log"
+        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [e for e in events if e.get("user", {}).get("username") == user]
+
+    def kubeconfig_for(self, user: str) -> Path:
+        """A kubeconfig with a client certificate for `user` (in system:masters: this server has no RBAC,
+        so what the user may do is checked by reading the audit log against the chart's roles)."""
+        pki = self.rundir / "pki"
+        slug = re.sub(r"[^a-zA-Z0-9]+", "-", user).strip("-")
+        key, crt = pki / f"{slug}.key", pki / f"{slug}.crt"
+        if not crt.exists():
+            subprocess.run(
+                ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-keyout", str(key), "-out", str(pki / f"{slug}.csr"), "-subj", f"/O=system:masters/CN={user}"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            with tempfile.NamedTemporaryFile("w", suffix=".ext") as ext:
+                ext.write("extendedKeyUsage=clientAuth\n")
+                ext.flush()
+                subprocess.run(
+                    ["openssl", "x509", "-req", "-in", str(pki / f"{slug}.csr"), "-CA", str(pki / "ca.crt"),
+                     "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "2", "-out", str(crt),
+                     "-extfile", ext.name],
+                    check=True, capture_output=True,
+                )  # fmt: skip
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        config["users"][0]["user"] = {
+            "client-certificate-data": base64.b64encode(crt.read_bytes()).decode(),
+            "client-key-data": base64.b64encode(key.read_bytes()).decode(),
+        }
+        out = self.rundir / f"{slug}.kubeconfig"
+        out.write_text(yaml.safe_dump(config))
+        out.chmod(0o600)
+        return out
+
     def stop(self) -> None:
         subprocess.run(["bash", str(KIT / "down.sh"), str(self.rundir)], check=False, capture_output=True)
 
 
-def start_apiserver(rundir: Path, core_v1_stub: bool = True) -> ApiServer:
+def start_apiserver(rundir: Path, core_v1_stub: bool = True, audit: bool = False) -> ApiServer:
+    """audit: log every request (user, verb, resource) to rundir/audit.log (`ApiServer.audit()` reads it)."""
     env = {**os.environ, "ENVTEST_LITE_BIN": str(envtest_bin()), "CORE_V1_STUB": "1" if core_v1_stub else "0"}
+    if audit:
+        env["AUDIT_LOG"] = str(rundir.resolve() / "audit.log")
     proc = subprocess.run(
         ["bash", str(KIT / "up.sh"), str(rundir)], env=env, capture_output=True, text=True, timeout=120
     )
