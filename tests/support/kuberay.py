@@ -166,11 +166,10 @@ def start_operator(
     """`disney-train-operator run` as a subprocess, ready once its liveness endpoint answers."""
     port, metrics_port = free_ports(2)
     health = f"http://127.0.0.1:{port}/healthz"
-    args = [str(Path(sys.executable).parent / "disney-train-operator"), "run", "--liveness", health]
+    args = ["run", "--liveness", health]
     for ns in namespaces:
         args += ["--namespace", ns]
     full_env = {
-        **os.environ,
         "KUBECONFIG": str(server.kubeconfig),
         "DISNEY_OPERATOR_RESYNC_SECONDS": "1",
         "DISNEY_OPERATOR_PROGRESS_SECONDS": "0.5",
@@ -178,9 +177,19 @@ def start_operator(
         "DISNEY_OPERATOR_METRICS_PORT": str(metrics_port),
         **(env or {}),
     }
+    return launch_operator(args, full_env, log, health, f"127.0.0.1:{metrics_port}", timeout)
+
+
+def launch_operator(
+    args: list[str], env: dict[str, str], log: Path, health: str, metrics: str, timeout: float = 60.0
+) -> OperatorProcess:
+    """`disney-train-operator ARGS` with ENV over this process' environment; ready once `health` answers."""
+    command = [str(Path(sys.executable).parent / "disney-train-operator"), *args]
     out = log.open("ab")
-    proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    op = OperatorProcess(proc, log, health, f"127.0.0.1:{metrics_port}")
+    proc = subprocess.Popen(
+        command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    op = OperatorProcess(proc, log, health, metrics)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -1,0 +1,82 @@
+{{/* Names and labels. */}}
+{{- define "disney-train.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "disney-train.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "disney-train.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "disney-train.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "disney-train.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "disney-train.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: disney-train
+{{- end -}}
+
+{{- define "disney-train.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "disney-train.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name: the existing ServiceAccount to run as (serviceAccount.create is false)" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "disney-train.operatorImage" -}}
+{{- $v := .Values.image -}}
+{{- if $v.digest -}}
+{{- printf "%s@%s" $v.repository $v.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $v.repository (default .Chart.AppVersion $v.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "disney-train.trainerImage" -}}
+{{- $v := .Values.jobDefaults.trainerImage -}}
+{{- printf "%s:%s" $v.repository (default .Chart.AppVersion $v.tag) -}}
+{{- end -}}
+
+{{/* Where the workers' PodMonitor looks: the watched namespaces, or all. */}}
+{{- define "disney-train.namespaceSelector" -}}
+{{- if .Values.watchNamespaces }}
+matchNames:
+{{- toYaml .Values.watchNamespaces | nindent 2 }}
+{{- else }}
+any: true
+{{- end }}
+{{- end -}}
+
+{{/* The operator's rules on the resources it reconciles (a ClusterRole, or a Role per namespace): exactly
+the requests it makes (tests/test_chart_operator.py reads them from a real API server's audit log). */}}
+{{- define "disney-train.reconcileRules" -}}
+# VideoFineTunes: watched, its finalizer patched, deleted after ttlSecondsAfterFinished
+- apiGroups: [disneytrain.dev]
+  resources: [videofinetunes]
+  verbs: [list, watch, patch, delete]
+- apiGroups: [disneytrain.dev]
+  resources: [videofinetunes/status]
+  verbs: [update]
+# the RayJobs made of them, by server-side apply (which creates the first time: create and patch)
+- apiGroups: [ray.io]
+  resources: [rayjobs]
+  verbs: [list, watch, create, patch, delete]
+# an elastic run's RayCluster is resized in place
+- apiGroups: [ray.io]
+  resources: [rayclusters]
+  verbs: [patch]
+# Events about VideoFineTunes (best-effort)
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
