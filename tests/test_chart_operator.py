@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -76,6 +77,13 @@ def replica(
     )
 
 
+def working(op: OperatorProcess) -> bool:
+    """The replica's own word (disney_operator_active), as Prometheus would scrape it."""
+    with urllib.request.urlopen(f"http://{op.metrics}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return "disney_operator_active 1.0" in text.splitlines()
+
+
 def peers(server: ApiServer, peering: dict[str, Any]) -> dict[str, Any]:
     """The live operators registered in a (Cluster)KopfPeering: pod name -> priority, lastseen, lifetime."""
     meta = peering["metadata"]
@@ -133,8 +141,8 @@ def test_the_rendered_operator_runs_one_active_replica_within_its_rbac(
         assert set(live) == set(pods) and live[pods[0]]["priority"] != live[pods[1]]["priority"]
         active = max((0, 1), key=lambda i: live[pods[i]]["priority"])
         standby = 1 - active
-        # the highest works, the other stands by (kopf starts a peered operator paused)
-        eventually(lambda: "Resuming operations" in ops[active].text(), what="the highest-priority replica working")
+        # the highest works, the other stands by, and each says which it is in its metrics
+        eventually(lambda: [working(op) for op in ops] == [i == active for i in (0, 1)], what="one working replica")
 
         cluster = Cluster(audited)
         spec: dict[str, Any] = {
@@ -175,7 +183,7 @@ def test_the_rendered_operator_runs_one_active_replica_within_its_rbac(
 
         # the active replica goes (a rollout, a drained node): the standby takes over
         assert ops[active].stop() == 0
-        eventually(lambda: "Resuming operations" in ops[standby].text(), what="the standby resuming")
+        eventually(lambda: working(ops[standby]), what="the standby taking over")
         assert "first" not in ops[standby].text(), "the standby reconciled while paused"
         cluster.create(ns, "third", spec)
         cluster.the_rayjob(ns, "third")

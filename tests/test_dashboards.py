@@ -353,6 +353,7 @@ def _input_series() -> list[dict[str, str]]:
     add("disney_operator_api_writes_total", {"verb": "patch", "resource": "videofinetunes"}, "0+1" + n)
     add("disney_operator_write_conflicts_total", {}, "0+1" + n)
     add("disney_operator_info", {"version": "0.1.0", "group": "disney.example.com"}, "1+0" + n)
+    add("disney_operator_active", {}, "1+0" + n)
     return out
 
 

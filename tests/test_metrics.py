@@ -238,6 +238,21 @@ def test_operator_metrics_count_reconciles_by_result() -> None:
     assert value(s, "disney_operator_videofinetunes", phase="Failed") == 0
     assert value(s, "disney_operator_api_writes_total", verb="apply", resource="rayjobs") == 3
     assert value(s, "disney_operator_write_conflicts_total") == 1
+    assert value(s, "disney_operator_active") == 1
+
+
+def test_a_standby_replica_says_so_and_counts_no_videofinetunes() -> None:
+    """Two replicas' phase counts would add up twice on a dashboard: only the working one reports them."""
+    controller: Any = SimpleNamespace(kube=SimpleNamespace(writes={}), conflicts=0)
+    m = OperatorMetrics(controller, lambda: [{"status": {"phase": "Running"}}], active=lambda: False)
+    port = free_ports(1)[0]
+    m.serve("127.0.0.1", port)
+    try:
+        s = scrape(port)
+    finally:
+        m.close()
+    assert value(s, "disney_operator_active") == 0
+    assert "disney_operator_videofinetunes{" not in s
 
 
 def test_local_prometheus_refuses_a_port_another_server_holds(tmp_path: Path) -> None:

@@ -783,7 +783,7 @@ def operator_dashboard() -> dict[str, Any]:
 
     grid.row("Operator")
     grid.add(
-        6,
+        5,
         4,
         _stat(
             "Operator",
@@ -804,7 +804,22 @@ def operator_dashboard() -> dict[str, Any]:
     ).text_mode(common.BigValueTextMode.VALUE_AND_NAME)
     for phase, color in PHASE_COLORS.items():
         by_phase = by_phase.override_by_name(phase, [_fixed_color(color)])
-    grid.add(10, 4, by_phase)
+    grid.add(8, 4, by_phase)
+    grid.add(
+        3,
+        4,
+        _stat(
+            "Replicas",
+            "Operator replicas running, and working: one works, the others stand by for it (kopf peering; "
+            "disney_operator_active). Working 0 with replicas running: none can read the peering object.",
+            units.Short,
+            [("sum(disney_operator_active)", "working"), ("count(disney_operator_active)", "running")],
+            instant=True,
+            names=True,
+            decimals=0,
+            no_value="not running",
+        ),
+    )
     grid.add(
         4,
         4,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -56,22 +59,40 @@ def run(
     if rank is not None and peering is None:
         typer.echo("error: --priority needs --peering", err=True)
         raise typer.Exit(2)
+    patterns = not all_namespaces and any(set("*?[!") & set(n) for n in namespace or ())
+    if peering is not None and patterns:
+        typer.echo("error: --peering takes named namespaces or --all-namespaces, not patterns", err=True)
+        raise typer.Exit(2)
     if not all_namespaces and not namespace:
         typer.echo("error: give --namespace NS (repeatable) or --all-namespaces", err=True)
         raise typer.Exit(2)
     kopf.configure(verbose=verbose)  # kopf's log format, on the root logger
     for quiet in ("kubernetes", "urllib3", "botocore", "boto3"):
         logging.getLogger(quiet).setLevel(logging.WARNING)
+    from disney_operator.peering import Peering
+
+    # kopf's identity of this replica in the peering object: the pod's name where the chart sets POD_ID
+    identity = os.environ.get("POD_ID") or f"{getpass.getuser()}@{socket.gethostname()}/{os.getpid()}"
+    memo = kopf.Memo()
+    if peering is not None:
+        memo["peering"] = Peering(
+            name=peering,
+            identity=identity,
+            priority=rank or 0,
+            namespaces=() if all_namespaces else tuple(namespace or ()),
+        )
     settings = kopf.OperatorSettings()
     # Named namespaces only: nothing cluster-wide to observe, so the operator needs no cluster-wide
     # permission (its Roles suffice). All namespaces, or patterns (`vft-*`): kopf watches CRDs (KubeRay
     # installed later is noticed) and, for patterns, namespaces.
-    settings.scanning.disabled = not all_namespaces and not any(set("*?[!") & set(n) for n in namespace or ())
+    settings.scanning.disabled = not all_namespaces and not patterns
     kopf.run(
         settings=settings,
         standalone=peering is None,
         peering_name=peering,
         priority=rank,
+        identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
+        memo=memo,
         clusterwide=all_namespaces,
         namespaces=namespace or (),
         liveness_endpoint=liveness,

@@ -24,6 +24,7 @@ from disney_operator import api
 from disney_operator.controller import Controller, Key
 from disney_operator.kube import Kube, load_client
 from disney_operator.metrics import OperatorMetrics
+from disney_operator.peering import PeeringGate
 from disney_operator.rayjob import LABEL_MANAGED_BY, LABEL_VFT, MANAGED_BY, RAY_GROUP, RAY_VERSION, RAYJOBS
 from disney_operator.reconcile import Plan
 from disney_operator.settings import Settings, settings_from_env
@@ -49,12 +50,19 @@ def rayjobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> d
 class Runtime:
     """The controller, the live indexes and the loop: shared by every handler through kopf's memo."""
 
-    def __init__(self, controller: Controller, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        settings: Settings,
+        loop: asyncio.AbstractEventLoop,
+        gate: PeeringGate | None = None,
+    ) -> None:
         self.controller, self.settings, self.loop = controller, settings, loop
+        self.gate = gate or PeeringGate(None)
         self.vfts: kopf.Index[Key, dict[str, Any]] | None = None
         self.rayjobs_index: kopf.Index[Key, dict[str, Any]] | None = None
         self._due: dict[Key, asyncio.TimerHandle] = {}
-        self.metrics = OperatorMetrics(controller, self.all_vfts)
+        self.metrics = OperatorMetrics(controller, self.all_vfts, self.gate.active)
 
     def all_vfts(self) -> list[dict[str, Any]]:
         """Every VideoFineTune kopf has seen (for the metrics, from the HTTP server's thread while the
@@ -75,7 +83,10 @@ class Runtime:
         return list(self.rayjobs_index.get(key, [])) if self.rayjobs_index is not None else []
 
     def reconcile(self, vft: dict[str, Any]) -> None:
-        """In a worker thread: one reconcile; its requeue (if any) is scheduled on the loop."""
+        """In a worker thread: one reconcile; its requeue (if any) is scheduled on the loop.
+        Nothing while another replica works (peering): kopf pauses only its own watch streams."""
+        if not self.gate.active():
+            return
         key = (vft["metadata"]["namespace"], vft["metadata"]["name"])
         try:
             with self.metrics.reconcile():
@@ -128,7 +139,9 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     settings.watching.client_timeout = 660
     loop = asyncio.get_running_loop()
     kube = Kube(load_client(pool=24), ours.field_manager)
-    runtime = Runtime(Controller(kube, ours), ours, loop)
+    gate = PeeringGate(memo.get("peering"))
+    gate.start(kube.custom)
+    runtime = Runtime(Controller(kube, ours), ours, loop, gate)
     runtime.controller.source = runtime
 
     def progressed(key: Key) -> None:  # a new progress record, read in the background: reconcile again
@@ -154,6 +167,7 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     if task is not None:
         task.cancel()
     if "runtime" in memo:
+        memo["runtime"].gate.stop()
         memo["runtime"].controller.progress.close()
         memo["runtime"].metrics.close()
 

@@ -43,12 +43,20 @@ def phase_counts(vfts: Iterable[dict[str, Any]]) -> dict[str, int]:
 
 
 class _Live(Collector):
-    def __init__(self, controller: Controller, vfts: Callable[[], Iterable[dict[str, Any]]]) -> None:
-        self.controller, self.vfts = controller, vfts
+    def __init__(
+        self, controller: Controller, vfts: Callable[[], Iterable[dict[str, Any]]], active: Callable[[], bool]
+    ) -> None:
+        self.controller, self.vfts, self.active = controller, vfts, active
 
     def collect(self) -> Iterator[Any]:
-        by_phase = GaugeMetricFamily(f"{PREFIX}_videofinetunes", "VideoFineTunes by phase.", labels=["phase"])
-        for phase, n in phase_counts(self.vfts()).items():
+        working = self.active()
+        yield GaugeMetricFamily(
+            f"{PREFIX}_active", "1 while this replica works; 0 while it stands by for a peer.", value=int(working)
+        )
+        by_phase = GaugeMetricFamily(
+            f"{PREFIX}_videofinetunes", "VideoFineTunes by phase (from the working replica only).", labels=["phase"]
+        )
+        for phase, n in (phase_counts(self.vfts()) if working else {}).items():
             by_phase.add_metric([phase], n)
         yield by_phase
         writes = CounterMetricFamily(
@@ -66,7 +74,12 @@ class _Live(Collector):
 
 
 class OperatorMetrics:
-    def __init__(self, controller: Controller, vfts: Callable[[], Iterable[dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        vfts: Callable[[], Iterable[dict[str, Any]]],
+        active: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.reconciles = Counter(f"{PREFIX}_reconciles", "Reconciles done, by result.", ["result"], registry=r)
@@ -81,7 +94,7 @@ class OperatorMetrics:
         info = Gauge(f"{PREFIX}_info", "1, with the operator's version.", ["version", "group"], registry=r)
         info.labels(_version(), api.GROUP).set(1)
         self.controller = controller
-        r.register(_Live(controller, vfts))
+        r.register(_Live(controller, vfts, active))
         self._server: Any = None
 
     @contextmanager
