@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from disney_train.config import S3Options
-from tests.support.apiserver import KUBERAY_SCHEMAS, VFT_CRD, ApiServer, start_apiserver
+from tests.support.apiserver import KUBERAY_SCHEMAS, VFT_CRD, ApiServer, kuberay_reference_crds, start_apiserver
 from tests.support.faultproxy import FaultProxy
 from tests.support.kuberay import Cluster, OperatorProcess, start_operator
 from tests.support.seaweed import BUCKET, RW, SeaweedS3, start_seaweed
@@ -123,6 +123,19 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     server = start_apiserver(tmp_path_factory.mktemp("apiserver"))
     try:
         server.install(VFT_CRD, KUBERAY_SCHEMAS / "rayjobs.ray.io.yaml", KUBERAY_SCHEMAS / "rayclusters.ray.io.yaml")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kuberay_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """A plain API server with KubeRay's own CRDs (reference data beside the project, not copied in):
+    rendered RayJobs are dry-run against them."""
+    server = start_apiserver(tmp_path_factory.mktemp("kuberay-apiserver"), core_v1_stub=False)
+    try:
+        crds = kuberay_reference_crds()
+        server.install(crds / "ray.io_rayjobs.yaml", crds / "ray.io_rayclusters.yaml")
         yield server
     finally:
         server.stop()

@@ -4,7 +4,6 @@ KubeRay's own CRDs (reference data beside the project, installed on a second, pl
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,20 +11,8 @@ import yaml
 
 from disney_operator.kube import Kube
 from disney_operator.reconcile import Event
-from tests.support.apiserver import ApiServer, api_client, kuberay_reference_crds, start_apiserver
+from tests.support.apiserver import ApiServer, api_client
 from tests.test_operator_rayjob import render, vft
-
-
-@pytest.fixture(scope="module")
-def kuberay_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    crds = kuberay_reference_crds()
-    server = start_apiserver(tmp_path_factory.mktemp("kuberay-apiserver"), core_v1_stub=False)
-    try:
-        server.install(crds / "ray.io_rayjobs.yaml", crds / "ray.io_rayclusters.yaml")
-        yield server
-    finally:
-        server.stop()
-
 
 SPECS: dict[str, dict[str, Any]] = {
     "2b t2v, 4 GPUs per pod": {"workers": {"replicas": 2, "resources": {"gpus": 4, "cpu": "48", "memory": "400Gi"}}},
