@@ -55,11 +55,13 @@ RUN pip install -c constraints.txt '.[train]' \
 FROM nvidia/cuda:${CUDA_TAG} AS trainer
 # ffmpeg: video tools for the data path; g++: DeepSpeed's just-in-time ops (nvcc is in the base);
 # wget: KubeRay's readiness/liveness probes and its submitter's wait loop run `wget ... | grep success`.
+# libibverbs/librdmacm/providers: NCCL (torch's wheel) loads them for InfiniBand/RoCE between nodes;
+# without them it falls back to TCP sockets.
 # Not version-pinned: Ubuntu's archive drops superseded versions; the base tag pins the release.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        ffmpeg g++ wget ca-certificates \
+        ffmpeg g++ wget ca-certificates libibverbs1 librdmacm1 ibverbs-providers \
     && rm -rf /var/lib/apt/lists/*
 # Ray looks its user up by UID (getpass) and writes to $HOME and /tmp/ray; a fixed numeric UID lets
 # the pod's securityContext (runAsUser/runAsNonRoot) match it.

@@ -199,6 +199,7 @@ MUTANTS = [
         "increase() misses the error that creates the series",
     ),
     ("DisneyOperatorWriteConflictsHigh", ">= 10", ">= 0", "a few conflicts of a quiet operator"),
+    ("DisneyOperatorWorkingReplicasNotOne", "!= 1", "> 1", "no replica working goes unnoticed"),
 ]
 
 

@@ -62,6 +62,19 @@ CASES: dict[str, dict[str, Any]] = {
     "kuberay": {"kuberay-operator": {"enabled": True, "watchNamespace": ["team-a"]}},
     "existing-serviceaccount": {"serviceAccount": {"create": False, "name": "ops"}, "rbac": {"create": False}},
     "pinned-digest": {"image": {"repository": "registry.example/op", "digest": "sha256:" + "a" * 64}},
+    "everything": {
+        "imagePullSecrets": [{"name": "registry"}],
+        "podLabels": {"team": "ml"},
+        "podAnnotations": {"example.com/note": "x"},
+        "nodeSelector": {"pool": "system"},
+        "tolerations": [{"key": "system", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+        "priorityClassName": "system-cluster-critical",
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/op"}},
+        "operator": {"extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}], "progressSeconds": 1000000},
+        "jobDefaults": {"clusterTTLSeconds": 2592000, "imagePullSecrets": ["registry"]},
+        "metrics": {"port": 9100, "service": {"type": "NodePort"}, "dashboards": {"folder": ""}},
+    },
     "grafana-elsewhere": {
         "metrics": {
             "dashboards": {"namespace": "monitoring", "label": "grafana_dashboard", "labelValue": "disney"},
@@ -172,6 +185,7 @@ def test_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert kinds == sorted(
         ["CustomResourceDefinition"] * 3
         + ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ClusterKopfPeering"]
+        + ["ClusterRole"] * 2  # aggregated into admin/edit and view, for users
         + ["ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"]
     )
     crds = {o["metadata"]["name"] for o in find(objects, "CustomResourceDefinition")}
@@ -194,7 +208,7 @@ def test_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "liveness"}
     assert c["args"][:2] == ["run", "--all-namespaces"]
-    assert "--peering=disney-train" in c["args"] and "--priority=random" in c["args"]
+    assert "--peering=disney-train" in c["args"] and "--priority=oldest" in c["args"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
     assert "strategy" not in dep["spec"] and dep["spec"]["replicas"] == 1
     assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
@@ -205,6 +219,7 @@ def test_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert settings.worker_tolerations == GPU_TOLERATIONS and settings.worker_node_selector == {}
     assert settings.head_affinity == ON_DEMAND_AFFINITY  # not set: the operator's default
     assert settings.metrics_port == 8000 and settings.metrics_address == "0.0.0.0"
+    assert settings.image_pull_secrets == []
     assert {"name": "metrics", "containerPort": 8000, "protocol": "TCP"} in c["ports"]
     assert not any(e["name"].startswith("AWS_") for e in c["env"])
 
@@ -278,7 +293,11 @@ def test_the_dashboards_configmap_carries_the_generated_dashboards(rendered: dic
 
 def test_named_namespaces_get_roles_and_nothing_cluster_wide(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objects = rendered["named-namespaces"]
-    assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
+    assert not find(objects, "ClusterRoleBinding")
+    assert {r["metadata"]["name"] for r in find(objects, "ClusterRole")} == {
+        "dt-disney-train-edit",
+        "dt-disney-train-view",
+    }
     assert {r["metadata"]["namespace"] for r in find(objects, "Role")} == {"team-a", "team-b"}
     assert {r["metadata"]["namespace"] for r in find(objects, "RoleBinding")} == {"team-a", "team-b"}
     assert {p["metadata"]["namespace"] for p in find(objects, "KopfPeering")} == {"team-a", "team-b"}
@@ -293,7 +312,7 @@ def test_without_peering_one_replica_and_recreate(rendered: dict[str, list[dict[
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
     assert not any(a.startswith(("--peering", "--priority")) for a in container(objects)["args"])
     assert not find(objects, "ClusterKopfPeering")
-    rules = one(objects, "ClusterRole")["rules"]
+    rules = one(objects, "ClusterRole", "dt-disney-train")["rules"]
     assert not any("kopf.dev" in r["apiGroups"] for r in rules)
     with pytest.raises(AssertionError, match=r"replicaCount > 1 needs peering\.enabled"):
         render(chart, {"peering": {"enabled": False, "name": "x"}, "replicaCount": 2})
@@ -302,7 +321,7 @@ def test_without_peering_one_replica_and_recreate(rendered: dict[str, list[dict[
 def test_ha_replicas_share_one_peering(rendered: dict[str, list[dict[str, Any]]]) -> None:
     dep = one(rendered["ha"], "Deployment")
     assert dep["spec"]["replicas"] == 3 and "strategy" not in dep["spec"]
-    assert "--priority=random" in container(rendered["ha"])["args"]
+    assert "--priority=oldest" in container(rendered["ha"])["args"]
     assert len(find(rendered["ha"], "ClusterKopfPeering")) == 1
 
 
@@ -342,10 +361,36 @@ def test_kuberay_dependency_follows_its_condition(rendered: dict[str, list[dict[
 
 def test_existing_service_account_and_no_rbac(rendered: dict[str, list[dict[str, Any]]], chart: Path) -> None:
     objects = rendered["existing-serviceaccount"]
-    assert not find(objects, "ServiceAccount") and not find(objects, "ClusterRole")
+    assert not find(objects, "ServiceAccount") and not find(objects, "ClusterRole", "dt-disney-train")
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
     with pytest.raises(AssertionError, match=r"serviceAccount\.name"):
         render(chart, {"serviceAccount": {"create": False}})
+
+
+def test_everything_set(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["everything"]
+    settings = settings_from_env(operator_env(objects))
+    assert settings.cluster_ttl_seconds == 2592000 and settings.progress_seconds == 1000000  # not 2.592e+06
+    assert settings.metrics_port == 9100 and settings.image_pull_secrets == ["registry"]
+    pod = one(objects, "Deployment")["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "ml" and pod["metadata"]["annotations"] == {"example.com/note": "x"}
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}]
+    assert pod["spec"]["priorityClassName"] == "system-cluster-critical"
+    assert pod["spec"]["nodeSelector"] == {"pool": "system"} and pod["spec"]["tolerations"][0]["key"] == "system"
+    assert env_of(objects)["AWS_REGION"] == "eu-west-1"
+    assert one(objects, "Service")["spec"]["type"] == "NodePort"
+    assert "annotations" not in one(objects, "ConfigMap")["metadata"]  # no folder
+    sa = one(objects, "ServiceAccount")
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == "arn:aws:iam::1:role/op"
+
+
+def test_users_get_videofinetunes_through_the_default_roles(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    edit = one(rendered["defaults"], "ClusterRole", "dt-disney-train-edit")
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert any("videofinetunes/scale" in r["resources"] and "update" in r["verbs"] for r in edit["rules"])
+    view = one(rendered["defaults"], "ClusterRole", "dt-disney-train-view")
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in view["rules"])
 
 
 def test_image_digest_wins(rendered: dict[str, list[dict[str, Any]]]) -> None:

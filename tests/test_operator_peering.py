@@ -33,20 +33,29 @@ def test_outranked_by_higher_or_equal_live_peers_only() -> None:
 def test_the_gate() -> None:
     assert PeeringGate(None).active()  # standalone: always works
 
-    cluster = PeeringGate(Peering("p", "me", 10))
-    assert not cluster.active(NOW)  # the peering object not read yet: stand by, as kopf starts paused
-    cluster.update(None, {"me": peer(10)})
-    assert cluster.active(NOW)
+    now = [NOW]
+    outranked: list[list[str]] = []
+    cluster = PeeringGate(Peering("p", "me", 10), on_outranked=outranked.append, clock=lambda: now[0])
+    assert not cluster.active()  # the peering object not read yet: stand by, as kopf starts paused
     cluster.update(None, {"me": peer(10), "other": peer(20)})
-    assert not cluster.active(NOW)
-    assert cluster.active(NOW + timedelta(seconds=56))  # the other's lifetime ran out
-    cluster.update(None, None)  # its watch broke
-    assert not cluster.active(NOW)
+    assert not cluster.active()
+    assert outranked == []  # standing by from the start is not being outranked
+    now[0] = NOW + timedelta(seconds=56)  # the other's lifetime ran out: take over
+    assert cluster.active()
+    now[0] = NOW
+    cluster.update(None, {"me": peer(10)})
+    assert cluster.active()
+    cluster.update(None, {"me": peer(10), "back": peer(30)})  # an older one it took for dead
+    assert outranked == [["back"]]  # once, at the update itself: the operator restarts clean
+    assert not cluster.active()
+    assert outranked == [["back"]]
+    cluster.forget(None)  # the peering object deleted
+    assert not cluster.active()
 
-    spread = PeeringGate(Peering("p", "me", 10, ("a", "b")))
+    spread = PeeringGate(Peering("p", "me", 10, ("a", "b")), clock=lambda: NOW)
     spread.update("a", {})
-    assert not spread.active(NOW)  # b unknown
+    assert not spread.active()  # b not read yet
     spread.update("b", {"other": peer(3)})
-    assert spread.active(NOW)
+    assert spread.active()
     spread.update("a", {"other": peer(30)})
-    assert not spread.active(NOW)  # outranked in any of them: stand by
+    assert not spread.active()  # outranked in any of them: stand by

@@ -169,6 +169,13 @@ def test_placement_from_the_spec_else_the_operator_defaults() -> None:
     assert head(rj)["template"]["spec"]["affinity"] == {"nodeAffinity": {}}
 
 
+def test_image_pull_secrets_for_every_ray_pod() -> None:
+    rj = render(vft(), settings=Settings(image_pull_secrets=["registry", "mirror"]))
+    for pod in (group(rj)["template"]["spec"], head(rj)["template"]["spec"]):
+        assert pod["imagePullSecrets"] == [{"name": "registry"}, {"name": "mirror"}]
+    assert "imagePullSecrets" not in group(render(vft()))["template"]["spec"]
+
+
 def test_s3_keys_only_by_reference_to_the_secret() -> None:
     rj = render(vft(s3Credentials={"secretName": "s3-keys", "secretAccessKeyKey": "secret"}))
     for pod in (group(rj)["template"]["spec"], head(rj)["template"]["spec"]):
@@ -303,11 +310,12 @@ def test_the_operator_cli_refuses_a_bad_peering_priority() -> None:
 
     cli = str(Path(sys.executable).parent / "disney-train-operator")
     for args, message in (
-        (["--peering", "p", "--priority", "high"], "--priority: 'high' is neither an integer nor 'random'"),
+        (["--peering", "p", "--priority", "high"], "--priority: 'high' is neither an integer nor 'oldest'"),
+        (["--peering", "p", "-n", "a,b"], "--peering takes named namespaces or --all-namespaces, not patterns"),
         (["--priority", "5", "-A"], "--priority needs --peering"),
     ):
         out = subprocess.run([cli, "run", *args], capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and message in out.stderr, out.stderr
     assert _priority("7") == 7 and _priority(None) is None
-    draws = {_priority("random") for _ in range(50)}
-    assert len(draws) == 50 and all(d is not None and 0 < d < 2**31 for d in draws)
+    older, newer = _priority("oldest", started=1000.0), _priority("oldest", started=1000.5)
+    assert older is not None and newer is not None and older > newer  # the first started ranks highest

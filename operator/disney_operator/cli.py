@@ -5,9 +5,9 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import secrets
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -31,8 +31,9 @@ def run(
         str | None,
         typer.Option(
             "--priority",
-            help="Peering priority: the highest live one works, the rest stand by. An integer, or 'random' "
-            "(each replica of a Deployment draws its own, so one is active and a lost one is replaced).",
+            help="Peering priority: the highest live one works, the rest stand by. An integer, or 'oldest' "
+            "(earlier start, higher priority: a new replica never preempts the working one, and when that one "
+            "goes the next oldest takes over).",
         ),
     ] = None,
     liveness: Annotated[
@@ -59,7 +60,8 @@ def run(
     if rank is not None and peering is None:
         typer.echo("error: --priority needs --peering", err=True)
         raise typer.Exit(2)
-    patterns = not all_namespaces and any(set("*?[!") & set(n) for n in namespace or ())
+    # kopf's namespace syntax: globs, negations (!) and lists (,); anything else is a namespace's name
+    patterns = not all_namespaces and any(set("*?[!,") & set(n) for n in namespace or ())
     if peering is not None and patterns:
         typer.echo("error: --peering takes named namespaces or --all-namespaces, not patterns", err=True)
         raise typer.Exit(2)
@@ -99,16 +101,16 @@ def run(
     )
 
 
-def _priority(value: str | None) -> int | None:
+def _priority(value: str | None, started: float | None = None) -> int | None:
     if value is None:
         return None
-    if value == "random":
-        # Same-priority peers all pause (kopf's rule), so draws must not collide: 2**31 makes that negligible.
-        return secrets.randbelow(2**31 - 1) + 1
+    if value == "oldest":
+        # milliseconds since the epoch, negated: the replica that started first ranks highest
+        return -int((time.time() if started is None else started) * 1000)
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{value!r} is neither an integer nor 'random'") from None
+        raise ValueError(f"{value!r} is neither an integer nor 'oldest'") from None
 
 
 @app.command("crd")

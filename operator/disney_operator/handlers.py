@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
+import signal
 from typing import Any
 
 import kopf
@@ -130,6 +132,13 @@ class Runtime:
                 await asyncio.gather(*(one(k) for k in list(self.vfts)))
 
 
+def _restart_clean(peers: list[str]) -> None:
+    """Outranked after working: stop (kopf says goodbye to its peers) and let Kubernetes restart this
+    replica with an empty index, rather than resume later from one that kept what was deleted meanwhile."""
+    log.error("outranked by %s after working: stopping, to be restarted clean", ", ".join(peers))
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours = settings_from_env()
@@ -139,7 +148,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     settings.watching.client_timeout = 660
     loop = asyncio.get_running_loop()
     kube = Kube(load_client(pool=24), ours.field_manager)
-    gate = PeeringGate(memo.get("peering"))
+    gate = PeeringGate(memo.get("peering"), on_outranked=_restart_clean)
     gate.start(kube.custom)
     runtime = Runtime(Controller(kube, ours), ours, loop, gate)
     runtime.controller.source = runtime

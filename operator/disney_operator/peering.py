@@ -51,45 +51,60 @@ def outranked_by(status: dict[str, Any], identity: str, priority: int, now: date
 
 
 class PeeringGate:
-    """Open while this replica is the one that works. Standalone (no peering): always open."""
+    """Open while this replica is the one that works. Standalone (no peering): always open.
 
-    def __init__(self, peering: Peering | None) -> None:
+    A replica that worked and is then outranked calls `on_outranked` once (the operator exits, to be
+    restarted clean): kopf keeps its index across a pause and never drops what was deleted meanwhile,
+    so a replica that resumed after a pause would reconcile objects that are gone. With the chart's
+    oldest-first priorities a working replica is outranked only when an older one it had taken for
+    dead comes back."""
+
+    def __init__(
+        self,
+        peering: Peering | None,
+        on_outranked: Callable[[list[str]], None] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.peering = peering
+        self.on_outranked, self.clock = on_outranked, clock
         self._lock = threading.Lock()
-        # per peering object: its status, or None while unknown (not read yet, or its watch broke)
-        self._status: dict[str | None, dict[str, Any] | None] = {}
+        # per peering object: its last status read; absent until first read
+        self._status: dict[str | None, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._was: bool | None = None
 
-    def active(self, now: datetime | None = None) -> bool:
+    def active(self) -> bool:
         if self.peering is None:
             return True
-        now = now or datetime.now(UTC)
+        now = self.clock()
         with self._lock:
             known = dict(self._status)
-        places: list[str | None] = [*self.peering.namespaces] or [None]
-        if any(known.get(p) is None for p in places):
-            return False  # not seen yet: stand by, as kopf starts paused
-        ahead = [
-            peer
-            for p in places
-            for peer in outranked_by(known[p] or {}, self.peering.identity, self.peering.priority, now)
-        ]
-        working = not ahead
-        if working != self._was:
+            places: list[str | None] = [*self.peering.namespaces] or [None]
+            if any(p not in known for p in places):
+                return False  # not read yet: stand by, as kopf starts paused
+            ahead = sorted(
+                {
+                    peer
+                    for p in places
+                    for peer in outranked_by(known[p], self.peering.identity, self.peering.priority, now)
+                }
+            )
+            working, was = not ahead, self._was
             self._was = working
-            if working:
-                log.info(
-                    "working: no live peer outranks %s (priority %d)", self.peering.identity, self.peering.priority
-                )
-            else:
-                log.info("standing by for %s", ", ".join(sorted(set(ahead))))
+        if working and was is not True:
+            log.info("working: no live peer outranks %s (priority %d)", self.peering.identity, self.peering.priority)
+        elif not working and was is not False:
+            log.info("standing by for %s", ", ".join(ahead))
+            if was is True and self.on_outranked is not None:
+                self.on_outranked(ahead)
         return working
 
-    def update(self, namespace: str | None, status: dict[str, Any] | None) -> None:
+    def update(self, namespace: str | None, status: dict[str, Any]) -> None:
+        """A peering object's status as read; the gate re-evaluates at once (an outranked worker stops)."""
         with self._lock:
             self._status[namespace] = status
+        self.active()
 
     def start(self, custom_objects_api: Any) -> None:
         """Watch each peering object in a daemon thread (kubernetes client CustomObjectsApi)."""
@@ -101,6 +116,10 @@ class PeeringGate:
             )
             t.start()
             self._threads.append(t)
+
+    def forget(self, namespace: str | None) -> None:
+        with self._lock:
+            self._status.pop(namespace, None)
 
     def stop(self) -> None:
         self._stop.set()
@@ -121,8 +140,11 @@ class PeeringGate:
                 listed = lister(*args, field_selector=selector)
                 status = _status_of(listed.get("items", []))
                 if status is None:
+                    self.forget(namespace)
                     log.warning("peering %s%s does not exist (the chart creates it); standing by", self.peering.name,
                                 f" in {namespace}" if namespace else "")  # fmt: skip
+                    self._stop.wait(5.0)
+                    continue
                 self.update(namespace, status)
                 stream: Iterable[dict[str, Any]] = watch.Watch().stream(
                     lister,
@@ -134,11 +156,13 @@ class PeeringGate:
                 for event in stream:
                     if self._stop.is_set():
                         return
-                    obj = event["object"]
-                    self.update(namespace, None if event["type"] == "DELETED" else _status_of([obj]))
-            except Exception as err:  # the API server away, the CRD missing: stand by until read again
-                self.update(namespace, None)
-                log.warning("peering %s%s not readable (%s); standing by", self.peering.name,
+                    if event["type"] == "DELETED":
+                        self.forget(namespace)
+                    else:
+                        self.update(namespace, _status_of([event["object"]]) or {})
+            except Exception as err:  # the API server away, a 410 (too old), the CRD missing: read again;
+                # meanwhile the last status holds (as in kopf) and the peers' deadlines age it out
+                log.warning("peering %s%s not readable (%s); reading again", self.peering.name,
                             f" in {namespace}" if namespace else "", err)  # fmt: skip
                 self._stop.wait(2.0)
 

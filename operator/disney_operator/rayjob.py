@@ -229,6 +229,9 @@ def desired_rayjob(
         ],
         **_placement(spec.head.placement, settings.head_node_selector, [], settings.head_affinity),
     }
+    if settings.image_pull_secrets:
+        pulls = [{"name": secret} for secret in settings.image_pull_secrets]
+        head_pod["imagePullSecrets"] = worker_pod["imagePullSecrets"] = pulls
     body: dict[str, Any] = {
         "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
         "kind": "RayJob",

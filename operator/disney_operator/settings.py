@@ -54,6 +54,9 @@ class Settings(BaseModel):
     cluster_ttl_seconds: int = Field(
         default=60, ge=0, description="KubeRay keeps a finished run's Ray cluster this long (for its logs)."
     )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Secrets (in each job's namespace) the Ray pods pull the trainer image with."
+    )
     worker_node_selector: dict[str, str] = Field(default_factory=dict)
     worker_tolerations: list[dict[str, Any]] = Field(default_factory=lambda: list(GPU_TOLERATIONS))
     head_node_selector: dict[str, str] = Field(default_factory=dict)

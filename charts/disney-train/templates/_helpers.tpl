@@ -67,6 +67,11 @@ the requests it makes (tests/test_chart_operator.py reads them from a real API s
 - apiGroups: [disneytrain.dev]
   resources: [videofinetunes/status]
   verbs: [update]
+# its RayJobs' ownerReference blocks the owner's deletion (blockOwnerDeletion): clusters that enforce
+# owner references (OwnerReferencesPermissionEnforcement, as OpenShift does) ask for this
+- apiGroups: [disneytrain.dev]
+  resources: [videofinetunes/finalizers]
+  verbs: [update]
 # the RayJobs made of them, by server-side apply (which creates the first time: create and patch)
 - apiGroups: [ray.io]
   resources: [rayjobs]
