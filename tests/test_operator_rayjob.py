@@ -319,3 +319,5 @@ def test_the_operator_cli_refuses_a_bad_peering_priority() -> None:
     assert _priority("7") == 7 and _priority(None) is None
     older, newer = _priority("oldest", started=1000.0), _priority("oldest", started=1000.5)
     assert older is not None and newer is not None and older > newer  # the first started ranks highest
+    ties = {_priority("oldest", started=1000.0) for _ in range(20)}
+    assert len(ties) > 1 and all(t is not None and -(2**63) < t < 0 for t in ties)  # same start: still apart

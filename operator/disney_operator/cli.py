@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import secrets
 import socket
 import sys
 import time
@@ -105,8 +106,10 @@ def _priority(value: str | None, started: float | None = None) -> int | None:
     if value is None:
         return None
     if value == "oldest":
-        # milliseconds since the epoch, negated: the replica that started first ranks highest
-        return -int((time.time() if started is None else started) * 1000)
+        # microseconds since the epoch, negated: the replica that started first ranks highest; three
+        # random digits below them break a tie (kopf pauses every peer of the same priority). Fits int64.
+        micros = int((time.time() if started is None else started) * 1_000_000)
+        return -(micros * 1000 + secrets.randbelow(1000))
     try:
         return int(value)
     except ValueError:
