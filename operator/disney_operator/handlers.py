@@ -104,6 +104,11 @@ class Runtime:
         if vft is not None:
             self.reconcile(vft)
 
+    def requeue_all(self) -> None:
+        """On the loop: every VideoFineTune known, now."""
+        for key in list(self.vfts or ()):
+            self.requeue(key, 0.0)
+
     def requeue(self, key: Key, delay: float) -> None:
         old = self._due.pop(key, None)
         if old is not None and old.when() <= self.loop.time() + delay:
@@ -132,10 +137,9 @@ class Runtime:
                 await asyncio.gather(*(one(k) for k in list(self.vfts)))
 
 
-def _restart_clean(peers: list[str]) -> None:
-    """Outranked after working: stop (kopf says goodbye to its peers) and let Kubernetes restart this
-    replica with an empty index, rather than resume later from one that kept what was deleted meanwhile."""
-    log.error("outranked by %s after working: stopping, to be restarted clean", ", ".join(peers))
+def _restart_clean(why: str) -> None:
+    """Stop (kopf says goodbye to its peers) and let Kubernetes restart this replica with an empty index,
+    rather than resume later from one that kept what was deleted meanwhile (PeeringGate)."""
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -148,9 +152,14 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     settings.watching.client_timeout = 660
     loop = asyncio.get_running_loop()
     kube = Kube(load_client(pool=24), ours.field_manager)
-    gate = PeeringGate(memo.get("peering"), on_outranked=_restart_clean)
-    gate.start(kube.custom)
+    gate = PeeringGate(memo.get("peering"), on_lost=_restart_clean)
     runtime = Runtime(Controller(kube, ours), ours, loop, gate)
+
+    def taking_over() -> None:  # every VideoFineTune now, not at the next resync (kopf's re-listing
+        loop.call_soon_threadsafe(runtime.requeue_all)  # may have come through while the gate was closed)
+
+    gate.on_working = taking_over
+    gate.start(kube.custom)
     runtime.controller.source = runtime
 
     def progressed(key: Key) -> None:  # a new progress record, read in the background: reconcile again
