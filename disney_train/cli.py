@@ -106,9 +106,10 @@ def _guard(fn: Callable[[], T]) -> T:
     known += (TrainingError,)
     try:
         from disney_train.data.reader import DataError
+        from disney_train.generate import GenerateError
         from disney_train.train.checkpoint import CheckpointError
 
-        known += (DataError, CheckpointError)
+        known += (DataError, CheckpointError, GenerateError)
     except ImportError:  # the reader needs torch (the train extra); pack and inspect do not
         pass
     try:
@@ -519,6 +520,63 @@ def run(
 
 
 RULES = Path("charts/disney-train/rules/disney-train.rules.yaml")
+
+
+@app.command("generate")
+def generate_cmd(
+    model: Annotated[str, typer.Option("--model", help="Base model: a folder or s3:// prefix (diffusers layout).")],
+    out: Annotated[str, typer.Option("--out", help="Folder or s3:// prefix for video-NN.mp4 and generate.json.")],
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A prompt (repeatable).")] = None,
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="A file of prompts, one per line.")] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option("--image", help="Image-to-video: the first frame, one per prompt or one for all (file or s3://)."),
+    ] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lora",
+            help="A LoRA: a .safetensors file, a folder or s3:// prefix holding one, or a run's prefix (its final/ "
+            "LoRA); URI@SCALE sets its scale (default 1). Repeatable: all are applied together.",
+        ),
+    ] = None,
+    frames: Annotated[int, typer.Option(help="Frames (8N+1).")] = 49,
+    height: Annotated[int, typer.Option(help="Height (a multiple of 16).")] = 480,
+    width: Annotated[int, typer.Option(help="Width (a multiple of 16).")] = 720,
+    fps: Annotated[float, typer.Option(help="Frames per second of the mp4 files.")] = 8.0,
+    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 50,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 6.0,
+    seed: Annotated[int, typer.Option(help="Seed of the first video; the next ones take seed+1, seed+2, ...")] = 42,
+    device: Annotated[str, typer.Option(help="auto (CUDA when there is a GPU, bf16), cuda or cpu.")] = "auto",
+    endpoint_url: EndpointOpt = None,
+) -> None:
+    """Text-to-video from prompts, or image-to-video from images and prompts, with the base model and
+    optionally LoRAs; writes mp4 files. The validation videos of a training run come from the same code."""
+    from disney_train.generate import GenerateRequest, LoraRef, generate, read_prompts
+
+    def body() -> list[str]:
+        texts = list(prompt or []) + (read_prompts(prompts) if prompts else [])
+        req = GenerateRequest(
+            model=model,
+            out=out,
+            prompts=texts,
+            images=list(image or []),
+            loras=[LoraRef.parse(x) for x in lora or []],
+            num_frames=frames,
+            height=height,
+            width=width,
+            fps=fps,
+            steps=steps,
+            guidance_scale=guidance,
+            seed=seed,
+            device=device,
+        )
+        return generate(req, _s3(endpoint_url))
+
+    console.print(f"generating with {model}")
+    written = _guard(body)
+    for uri in written:
+        console.print(uri)
 
 
 @app.command("dashboards")

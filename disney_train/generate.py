@@ -1,9 +1,10 @@
-"""Rendering videos with the base model and a LoRA: the validation videos of a training run.
+"""Rendering videos with the base model and LoRAs: `disney-train generate`, and the validation videos
+of a training run (the same code).
 
-A fresh pipeline is loaded from the model folder and the LoRA file is applied with diffusers'
-own `load_lora_weights`, exactly as a user of the published LoRA would; so a validation video
-also proves that the saved LoRA loads. It works at every ZeRO stage (the training copy of the
-transformer may be partitioned across workers) and leaves the training state untouched.
+A fresh pipeline is loaded from the model folder and each LoRA file is applied with diffusers' own
+`load_lora_weights`, exactly as a user of the published LoRA would; so a validation video also proves
+that the saved LoRA loads. It works at every ZeRO stage (the training copy of the transformer may be
+partitioned across workers) and leaves the training state untouched.
 """
 
 from __future__ import annotations
@@ -41,13 +42,22 @@ def load_pipeline(model_path: Path, variant: Literal["t2v", "i2v"], device: str,
     return pipe
 
 
-def apply_lora(pipe: Any, lora_file: bytes, scale: float = 1.0, name: str = "lora") -> None:
+def apply_lora(pipe: Any, lora_file: bytes, scale: float = 1.0) -> None:
+    apply_loras(pipe, [(lora_file, scale)])
+
+
+def apply_loras(pipe: Any, loras: list[tuple[bytes, float]]) -> None:
+    """Each LoRA file (its bytes) as its own adapter, all active with their scales."""
     from disney_train.train.lora import LORA_FILE
 
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / LORA_FILE).write_bytes(lora_file)
-        pipe.load_lora_weights(tmp, adapter_name=name)
-    pipe.set_adapters([name], [scale])
+    names = []
+    for i, (data, _) in enumerate(loras):
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / LORA_FILE).write_bytes(data)
+            pipe.load_lora_weights(tmp, adapter_name=f"lora{i}")
+        names.append(f"lora{i}")
+    if names:
+        pipe.set_adapters(names, [scale for _, scale in loras])
 
 
 def render(pipe: Any, spec: RenderSpec, variant: Literal["t2v", "i2v"]) -> list[np.ndarray]:
@@ -83,3 +93,156 @@ def mp4_bytes(frames: np.ndarray, fps: float) -> bytes:
         path = Path(tmp) / "video.mp4"
         encode_clip(list(frames), path, max(1, round(fps)))
         return path.read_bytes()
+
+
+# --------------------------------------------------------------------------- disney-train generate
+class GenerateError(ValueError):
+    """Bad input to `generate`: the message names the option, file or value."""
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    uri: str  # a .safetensors file, or a folder/prefix holding one (a run's prefix: its final/ LoRA)
+    scale: float = 1.0
+
+    @staticmethod
+    def parse(text: str) -> LoraRef:
+        """`URI` or `URI@SCALE` (e.g. s3://runs/disney-2b@0.8)."""
+        uri, sep, scale = text.rpartition("@")
+        if not sep:
+            return LoraRef(text)
+        try:
+            return LoraRef(uri, float(scale))
+        except ValueError:
+            raise GenerateError(f"--lora {text!r}: the scale after '@' is not a number") from None
+
+
+def lora_file(ref: LoraRef, s3: Any = None) -> bytes:
+    """The LoRA file's bytes: the URI itself when it names a .safetensors file, else the file in that
+    folder or prefix, or in its final/ (a training run's output)."""
+    from disney_train.storage import StorageError, read_uri
+    from disney_train.train.lora import LORA_FILE
+
+    base = ref.uri.rstrip("/")
+    tried = [base] if base.endswith(".safetensors") else [f"{base}/{LORA_FILE}", f"{base}/final/{LORA_FILE}"]
+    for uri in tried:
+        try:
+            return read_uri(uri, s3)
+        except (StorageError, OSError):
+            continue
+    raise GenerateError(f"--lora {ref.uri}: no LoRA file at {' or '.join(tried)}")
+
+
+def read_prompts(path: Path) -> list[str]:
+    """One prompt per line (blank lines skipped), UTF-8."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise GenerateError(f"--prompts {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise GenerateError(f"--prompts {path}: not UTF-8 (byte {err.start})") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise GenerateError(f"--prompts {path}: no prompts in the file")
+    return prompts
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    model: str
+    out: str
+    prompts: list[str]
+    images: list[str]  # i2v: one per prompt, or one for all (local paths or s3:// URIs)
+    loras: list[LoraRef]
+    num_frames: int = 49
+    height: int = 480
+    width: int = 720
+    fps: float = 8.0
+    steps: int = 50
+    guidance_scale: float = 6.0
+    seed: int = 42
+    device: str = "auto"
+
+    def check(self) -> None:
+        if not self.prompts:
+            raise GenerateError("no prompt: give --prompt (repeatable) or --prompts FILE")
+        if self.num_frames < 1 or (self.num_frames - 1) % 8:
+            raise GenerateError(f"--frames {self.num_frames}: CogVideoX takes 8N+1 frames (9, 17, ..., 49)")
+        for name, v in (("--height", self.height), ("--width", self.width)):
+            if v < 16 or v % 16:
+                raise GenerateError(f"{name} {v}: a positive multiple of 16")
+        if self.steps < 1 or self.fps <= 0:
+            raise GenerateError("--steps and --fps must be positive")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise GenerateError(f"--device {self.device!r}: auto, cpu or cuda")
+
+
+def generate(req: GenerateRequest, s3: Any = None) -> list[str]:
+    """Render every prompt with the base model and the LoRAs; write `video-NN.mp4` and `generate.json`
+    (what was asked, for each video its prompt and seed) to `req.out` (a folder or an s3:// prefix).
+    Returns the videos' URIs."""
+    import json
+
+    import torch
+
+    from disney_train.model.load import model_variant
+    from disney_train.model.source import resolve_model
+    from disney_train.storage import open_store, read_uri
+
+    req.check()
+    model_path = resolve_model(req.model, s3)
+    variant = model_variant(model_path)
+    if variant == "t2v" and req.images:
+        raise GenerateError(f"--image: {req.model} is a text-to-video model; images are for image-to-video")
+    if variant == "i2v" and len(req.images) not in (1, len(req.prompts)):
+        raise GenerateError(
+            f"--image: {req.model} is an image-to-video model: give one image, or one per prompt "
+            f"({len(req.prompts)}), not {len(req.images)}"
+        )
+    images = [read_uri(u, s3) for u in req.images]
+    if variant == "i2v" and len(images) == 1:
+        images = images * len(req.prompts)
+    loras = [(lora_file(ref, s3), ref.scale) for ref in req.loras]
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if req.device == "auto" else req.device
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    pipe = load_pipeline(model_path, variant, device, dtype)
+    apply_loras(pipe, loras)
+    spec = RenderSpec(
+        prompts=req.prompts,
+        images=images,
+        num_frames=req.num_frames,
+        height=req.height,
+        width=req.width,
+        fps=req.fps,
+        steps=req.steps,
+        guidance_scale=req.guidance_scale,
+        seed=req.seed,
+    )
+    store = open_store(req.out, s3)
+    names = []
+    for i, frames in enumerate(render(pipe, spec, variant)):
+        names.append(f"video-{i:02d}.mp4")
+        store.write_bytes(names[-1], mp4_bytes(frames, req.fps))
+    record = {
+        "model": req.model,
+        "variant": variant,
+        "loras": [{"uri": r.uri, "scale": r.scale} for r in req.loras],
+        "frames": req.num_frames,
+        "height": req.height,
+        "width": req.width,
+        "fps": req.fps,
+        "steps": req.steps,
+        "guidance_scale": req.guidance_scale,
+        "device": device,
+        "videos": [
+            {
+                "file": n,
+                "prompt": p,
+                "seed": req.seed + i,
+                **({"image": req.images[min(i, len(req.images) - 1)]} if req.images else {}),
+            }
+            for i, (n, p) in enumerate(zip(names, req.prompts, strict=True))
+        ],
+    }
+    store.write_bytes("generate.json", (json.dumps(record, indent=2) + "\n").encode())
+    return [f"{req.out.rstrip('/')}/{n}" for n in names]
