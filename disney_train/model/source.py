@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from disney_train.config import S3Options
@@ -41,10 +42,16 @@ def check_layout(path: Path, where: str | None = None) -> Path:
     return path
 
 
-def resolve_model(uri: str, s3: S3Options | None = None, cache_dir: Path | None = None) -> Path:
-    """The local folder to load `uri` from, syncing it from S3 first when it is an s3:// prefix."""
+def resolve_model(
+    uri: str,
+    s3: S3Options | None = None,
+    cache_dir: Path | None = None,
+    check: Callable[[Path, str | None], Path] = check_layout,
+) -> Path:
+    """The local folder to load `uri` from, syncing it from S3 first when it is an s3:// prefix.
+    `check` refuses a folder that is not the expected model (default: CogVideoX in the diffusers layout)."""
     if not is_s3(uri):
-        return check_layout(Path(uri))
+        return check(Path(uri), None)
     bucket, prefix = split_s3(uri)
     store = open_store(uri, s3)
     assert isinstance(store, S3Store)
@@ -53,10 +60,10 @@ def resolve_model(uri: str, s3: S3Options | None = None, cache_dir: Path | None 
     # Workers on one node share the cache: one syncs, the others wait and then find it complete.
     with (local.parent / f".{local.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _sync(uri, store, local)
+        return _sync(uri, store, local, check)
 
 
-def _sync(uri: str, store: S3Store, local: Path) -> Path:
+def _sync(uri: str, store: S3Store, local: Path, check: Callable[[Path, str | None], Path]) -> Path:
     objects = [o for o in store.list_objects() if not o.key.endswith("/")]
     if not objects:
         raise ModelError(f"{uri}: no objects under this prefix")
@@ -68,7 +75,7 @@ def _sync(uri: str, store: S3Store, local: Path) -> Path:
         except (OSError, ValueError):
             done = None
         if done == listing:
-            return check_layout(local, uri)
+            return check(local, uri)
         marker.unlink()  # about to change the copy: it is incomplete until the new marker lands
     wanted = {o.key for o in objects}
     for path in sorted(local.rglob("*")) if local.is_dir() else []:
@@ -85,7 +92,7 @@ def _sync(uri: str, store: S3Store, local: Path) -> Path:
             store.download(o, dest)
         except StorageError as err:
             raise ModelError(f"cannot sync {uri} to {local}: {err}") from None
-    check_layout(local, uri)
+    check(local, uri)
     marker.write_text(json.dumps(listing))
     return local
 
