@@ -16,11 +16,12 @@ import pytest
 import yaml
 
 from disney_operator import api
-from disney_operator.rayjob import CONFIG_ENV, WORKER_GROUP, desired_rayjob, run_config_of
-from disney_operator.settings import Settings
+from disney_operator.rayjob import CONFIG_ENV, WORKER_GROUP, run_config_of
 from disney_train.config import RunConfig, TrainingSpec
 from disney_train.train.engine import Placement, deepspeed_config, placement
 from tests.support.apiserver import ApiServer
+from tests.test_operator_rayjob import group
+from tests.test_operator_rayjob import render as render_body
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
@@ -48,13 +49,12 @@ def render(path: Path, namespace: str = "team-a") -> dict[str, Any]:
     """What `disney-train-operator render` prints, with the operator's default settings."""
     body = load(path)
     body["metadata"] |= {"namespace": namespace, "uid": UID}
-    return desired_rayjob(body, api.VideoFineTuneSpec.model_validate(body["spec"]), 1, Settings())
+    return render_body(body)
 
 
 def worker_group(rj: dict[str, Any]) -> dict[str, Any]:
-    groups: list[dict[str, Any]] = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    assert [g["groupName"] for g in groups] == [WORKER_GROUP]
-    return groups[0]
+    assert [g["groupName"] for g in rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]] == [WORKER_GROUP]
+    return group(rj)
 
 
 def dry_run(server: ApiServer, ns: str, manifest: str, check: bool = True) -> subprocess.CompletedProcess[str]:

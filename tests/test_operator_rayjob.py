@@ -252,13 +252,6 @@ def test_specs_no_rayjob_can_be_built_from_are_named() -> None:
         )
 
 
-def test_ray_version_is_the_pinned_one() -> None:
-    pins = dict(
-        line.strip().split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line
-    )
-    assert pins["ray"] == RAY_VERSION
-
-
 def test_operator_settings_from_the_environment() -> None:
     s = settings_from_env(
         {
