@@ -79,33 +79,31 @@ def replica(
     )
 
 
-def working(op: OperatorProcess) -> bool:
-    """The replica's own word (disney_operator_active), as Prometheus would scrape it."""
-    with urllib.request.urlopen(f"http://{op.metrics}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return "disney_operator_active 1.0" in text.splitlines()
-
-
 def counted(op: OperatorProcess, name: str) -> float:
-    """The sum of a metric's series, as the replica serves them."""
+    """The sum of a metric's series, as the replica serves them (Prometheus would scrape the same)."""
     with urllib.request.urlopen(f"http://{op.metrics}/metrics", timeout=5) as r:
         lines = r.read().decode().splitlines()
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith((name + "{", name + " ")))
 
 
-def patch_status(server: ApiServer, peering: dict[str, Any], status: dict[str, Any]) -> None:
+def working(op: OperatorProcess) -> bool:
+    """The replica's own word: disney_operator_active."""
+    return counted(op, "disney_operator_active") == 1
+
+
+def peering_ref(peering: dict[str, Any]) -> list[str]:
+    """kubectl's words for a (Cluster)KopfPeering: kind, name and, for a namespaced one, -n NS."""
     meta = peering["metadata"]
-    where = ["-n", meta["namespace"]] if "namespace" in meta else []
-    server.kubectl(
-        "patch", peering["kind"].lower(), meta["name"], *where, "--type=merge", "-p", json.dumps({"status": status})
-    )
+    return [peering["kind"].lower(), meta["name"], *(["-n", meta["namespace"]] if "namespace" in meta else [])]
+
+
+def patch_status(server: ApiServer, peering: dict[str, Any], status: dict[str, Any]) -> None:
+    server.kubectl("patch", *peering_ref(peering), "--type=merge", "-p", json.dumps({"status": status}))
 
 
 def peers(server: ApiServer, peering: dict[str, Any]) -> dict[str, Any]:
     """The live operators registered in a (Cluster)KopfPeering: pod name -> priority, lastseen, lifetime."""
-    meta = peering["metadata"]
-    where = ["-n", meta["namespace"]] if "namespace" in meta else []
-    out = server.kubectl("get", peering["kind"].lower(), meta["name"], *where, "-o", "json").stdout
+    out = server.kubectl("get", *peering_ref(peering), "-o", "json").stdout
     status: dict[str, Any] = json.loads(out).get("status") or {}
     return status
 

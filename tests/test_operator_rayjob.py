@@ -23,7 +23,6 @@ from disney_operator.rayjob import (
 )
 from disney_operator.settings import GPU_TOLERATIONS, ON_DEMAND_AFFINITY, RAY_VERSION, Settings, settings_from_env
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = Settings()
 
 

@@ -57,8 +57,10 @@ def chart_copy(dest: Path) -> Path:
     return out
 
 
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([helm_path(), *args], capture_output=True, text=True, timeout=120)
+def helm(*args: str, check: bool = True, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+    """helm ARGS; `values` go to its stdin as YAML (for `-f -`)."""
+    stdin = yaml.safe_dump(values or {})
+    proc = subprocess.run([helm_path(), *args], input=stdin, capture_output=True, text=True, timeout=120)
     if check and proc.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
@@ -67,10 +69,9 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def render(
     chart: Path, values: dict[str, Any] | None = None, namespace: str = "disney-train", release: str = "dt"
 ) -> list[dict[str, Any]]:
-    """`helm template` with values (and the CRDs): the objects, in order."""
-    values_file = chart.parent / f"values-{abs(hash(yaml.safe_dump(values or {})))}.yaml"
-    values_file.write_text(yaml.safe_dump(values or {}))
-    out = helm("template", release, str(chart), "--namespace", namespace, "--include-crds", "-f", str(values_file))
+    """`helm template` with values (given on stdin) and the CRDs: the objects, in order."""
+    args = ("template", release, str(chart), "--namespace", namespace, "--include-crds", "-f", "-")
+    out = helm(*args, values=values)
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
