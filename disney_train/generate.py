@@ -128,7 +128,7 @@ def lora_file(ref: LoraRef, s3: Any = None) -> bytes:
     for uri in tried:
         try:
             return read_uri(uri, s3)
-        except (StorageError, OSError):
+        except StorageError:  # local and S3 stores both say 'not there' this way
             continue
     raise GenerateError(f"--lora {ref.uri}: no LoRA file at {' or '.join(tried)}")
 
