@@ -97,6 +97,29 @@ def tiny_i2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_lora(tiny_t2v: Path) -> bytes:
+    """A LoRA file for the tiny t2v model with random (non-zero) A and B, as training writes it."""
+    import torch
+
+    from disney_train.config import LoraConfig
+    from disney_train.model.load import load_transformer
+    from disney_train.train.lora import add_lora, lora_file_bytes, peft_key
+
+    cfg = LoraConfig(rank=4, alpha=8)
+    params = add_lora(load_transformer(tiny_t2v), cfg)
+    g = torch.Generator().manual_seed(0)
+    return lora_file_bytes({peft_key(n): torch.randn(p.shape, generator=g) for n, p in params}, cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight CLIP in the transformers layout."""
+    from disney_train.model.tiny_clip import write_tiny_clip
+
+    return write_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
 def packed_sample(sample_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 4 sample clips packed locally for 17-frame training (a fresh copy per test: `packed`)."""
     from disney_train.data.pack import PackOptions, pack

@@ -21,16 +21,11 @@ from disney_train.eval.metrics import (
     style_distance,
 )
 from disney_train.model.source import ModelError
+from disney_train.model.tiny_clip import MAX_TOKENS, PROJECTION_DIM
 from disney_train.storage import open_store, sha256_file
-from tests.support.tiny_clip import MAX_TOKENS, PROJECTION_DIM, write_tiny_clip
 
 FRAMES, SIZE, SQUARE = 17, 32, 8
 SHUFFLE = np.random.default_rng(0).permutation(FRAMES)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pytest
-import torch
 from typer.testing import CliRunner
 
 from disney_train.cli import app
-from disney_train.config import LoraConfig, S3Options
+from disney_train.config import S3Options
 from disney_train.storage import open_store
 
 SMALL = ["--frames", "9", "--height", "32", "--width", "32", "--steps", "2", "--device", "cpu"]
@@ -30,24 +28,12 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output + (str(result.exception) if result.exit_code not in (0, 1) else "")
 
 
-@pytest.fixture(scope="module")
-def lora(tiny_t2v: Path) -> bytes:
-    """A LoRA file for the tiny model with random (non-zero) A and B, as training writes it."""
-    from disney_train.model.load import load_transformer
-    from disney_train.train.lora import add_lora, lora_file_bytes, peft_key
-
-    cfg = LoraConfig(rank=4, alpha=8)
-    params = add_lora(load_transformer(tiny_t2v), cfg)
-    g = torch.Generator().manual_seed(0)
-    return lora_file_bytes({peft_key(n): torch.randn(p.shape, generator=g) for n, p in params}, cfg)
-
-
 def test_text_to_video_with_loras_and_their_scales(
-    tiny_t2v: Path, lora: bytes, tmp_path: Path, s3: S3Options, s3_uri: str
+    tiny_t2v: Path, tiny_lora: bytes, tmp_path: Path, s3: S3Options, s3_uri: str
 ) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("A grey rabbit yawns under a tree.\n\nA bird flies over a meadow.\n")
-    open_store(f"{s3_uri}/run", s3).write_bytes("final/pytorch_lora_weights.safetensors", lora)
+    open_store(f"{s3_uri}/run", s3).write_bytes("final/pytorch_lora_weights.safetensors", tiny_lora)
 
     code, out = run("--model", str(tiny_t2v), "--out", str(tmp_path / "base"), "--prompts", str(prompts), *SMALL)
     assert code == 0, out
@@ -75,14 +61,14 @@ def test_text_to_video_with_loras_and_their_scales(
     assert not np.array_equal(decoded((tmp_path / "base" / "video-00.mp4").read_bytes()), base)
 
 
-def test_loras_apply_together_each_with_its_scale(tiny_t2v: Path, lora: bytes) -> None:
+def test_loras_apply_together_each_with_its_scale(tiny_t2v: Path, tiny_lora: bytes) -> None:
     """Two LoRA files as two adapters; each layer's scaling is alpha / rank (2.0 in the file) times its scale."""
     from diffusers import CogVideoXPipeline
 
     from disney_train.generate import apply_loras
 
     pipe = CogVideoXPipeline.from_pretrained(str(tiny_t2v))
-    apply_loras(pipe, [(lora, 1.0), (lora, 0.25)])
+    apply_loras(pipe, [(tiny_lora, 1.0), (tiny_lora, 0.25)])
     layer = pipe.transformer.transformer_blocks[0].attn1.to_q
     assert layer.scaling == {"lora0": 2.0, "lora1": 0.5}
     assert set(layer.active_adapters) == {"lora0", "lora1"}
