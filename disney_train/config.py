@@ -193,6 +193,69 @@ class ValidationConfig(_Section):
     seed: int = Field(default=0, ge=0, description="Noise seed, fixed so videos compare across steps.")
 
 
+class EvaluationConfig(_Section):
+    """Baseline versus fine-tuned, measured after training (`disney-train eval`): held-out prompts (and
+    images for i2v) rendered with the base model and with the run's LoRA at the same seeds, then scored for
+    prompt fidelity, temporal consistency and closeness to the training clips' style (CLIP and SSIM)."""
+
+    prompts: list[str] = Field(
+        min_length=1,
+        max_length=256,
+        description="Held-out prompts, used as written (add the id token if trained with one).",
+    )
+    images: list[Uri] = Field(default_factory=list, description="i2v: one conditioning image per prompt.")
+    clip_uri: Uri = Field(
+        description="CLIP in the transformers layout (e.g. openai/clip-vit-base-patch32 copied to s3://models/clip)."
+    )
+    seeds: int = Field(default=2, ge=1, le=64, description="Videos per prompt and model, at seeds seed, seed+1, ...")
+    seed: int = Field(default=0, ge=0, le=2**31, description="The first noise seed; both models get the same seeds.")
+    steps: int = Field(default=50, ge=1, le=1000, description="Denoising steps.")
+    guidance_scale: float = Field(default=6.0, ge=1.0, description="Classifier-free guidance scale.")
+    num_frames: int | None = Field(
+        default=None,
+        ge=1,
+        le=1025,
+        description="Frames (default: data.num_frames); 8N+1.",
+        json_schema_extra=_cel("(self - 1) % 8 == 0", f"num_frames {_FRAMES_MSG}"),
+    )
+    height: int | None = Field(
+        default=None,
+        ge=16,
+        le=4096,
+        description="Height (default: data.height); a multiple of 16.",
+        json_schema_extra=_cel("self % 16 == 0", f"height {_SIXTEEN_MSG}"),
+    )
+    width: int | None = Field(
+        default=None,
+        ge=16,
+        le=4096,
+        description="Width (default: data.width); a multiple of 16.",
+        json_schema_extra=_cel("self % 16 == 0", f"width {_SIXTEEN_MSG}"),
+    )
+    lora_scale: float = Field(default=1.0, gt=0, le=10, description="Scale of the run's LoRA in the fine-tuned videos.")
+    reference_clips: int = Field(
+        default=32,
+        ge=1,
+        le=100_000,
+        description="Training clips (spread over the dataset) that make the style reference.",
+    )
+    reference_frames: int = Field(default=8, ge=2, le=1025, description="Frames taken from each reference clip.")
+
+    @field_validator("num_frames")
+    @classmethod
+    def _eight_n_plus_one(cls, v: int | None) -> int | None:
+        if v is not None and (v - 1) % 8 != 0:
+            raise ValueError(_FRAMES_MSG)
+        return v
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_16(cls, v: int | None) -> int | None:
+        if v is not None and v % 16 != 0:
+            raise ValueError(_SIXTEEN_MSG)
+        return v
+
+
 class OutputConfig(_Section):
     uri: Uri = Field(description="Where checkpoints and the final LoRA go: a local path or s3://bucket/prefix.")
 
@@ -236,6 +299,10 @@ class RunConfig(TrainingSpec):
     output: OutputConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    evaluation: EvaluationConfig | None = Field(
+        default=None,
+        description="Baseline versus fine-tuned after training (`disney-train eval`); none: no evaluation.",
+    )
 
     @model_validator(mode="after")
     def _metrics_ports(self) -> RunConfig:
@@ -252,6 +319,14 @@ class RunConfig(TrainingSpec):
                 f"validation: an image-to-video run needs one image per prompt "
                 f"({len(v.prompts)} prompt(s), {len(v.images)} image(s))"
             )
+        e = self.evaluation
+        if e is not None and self.model.variant == "i2v" and len(e.images) != len(e.prompts):
+            raise ValueError(
+                f"evaluation: an image-to-video run needs one image per prompt "
+                f"({len(e.prompts)} prompt(s), {len(e.images)} image(s))"
+            )
+        if e is not None and self.model.variant == "t2v" and e.images:
+            raise ValueError("evaluation.images: a text-to-video run takes no images")
         return self
 
 

@@ -129,47 +129,69 @@ def embed_frames(clip: Clip, frames: np.ndarray, batch_size: int = 32) -> np.nda
     return np.concatenate(parts)
 
 
+def count_tokens(clip: Clip, prompt: str) -> int:
+    """The prompt's CLIP tokens, uncut (start and end tokens included)."""
+    return len(clip.processor.tokenizer(prompt, verbose=False)["input_ids"])  # quiet about its length
+
+
 def embed_text(clip: Clip, prompt: str) -> tuple[np.ndarray, bool]:
     """The prompt's L2-normalised CLIP text embedding [D], and whether the prompt was cut to fit
     the text model (`clip.max_tokens`, start and end tokens included)."""
     import torch
 
-    tokenizer = clip.processor.tokenizer
-    tokens = len(tokenizer(prompt, verbose=False)["input_ids"])  # uncut; quiet about its length
-    enc = tokenizer(prompt, truncation=True, max_length=clip.max_tokens, return_tensors="pt")
+    enc = clip.processor.tokenizer(prompt, truncation=True, max_length=clip.max_tokens, return_tensors="pt")
     with torch.no_grad():
         features = clip.model.get_text_features(
             input_ids=enc["input_ids"].to(clip.device), attention_mask=enc["attention_mask"].to(clip.device)
         )
-    return _unit(features)[0], tokens > clip.max_tokens
+    return _unit(features)[0], count_tokens(clip, prompt) > clip.max_tokens
 
 
-def clip_score(clip: Clip, frames: np.ndarray, prompt: str) -> PromptScore:
-    """Prompt fidelity: see `PromptScore` for the two scales."""
-    text, truncated = embed_text(clip, prompt)
-    cosines = embed_frames(clip, frames).astype(np.float64) @ text.astype(np.float64)
+def text_frame_score(text: np.ndarray, frames: np.ndarray, truncated: bool = False) -> PromptScore:
+    """Prompt fidelity from embeddings: a text [D] against a video's frames [F, D] (see `PromptScore`)."""
+    cosines = frames.astype(np.float64) @ text.astype(np.float64)
     return PromptScore(
         score=float(cosines.mean()), clipscore=float(100 * np.maximum(cosines, 0).mean()), truncated=truncated
     )
 
 
+def clip_score(clip: Clip, frames: np.ndarray, prompt: str) -> PromptScore:
+    """Prompt fidelity: see `PromptScore` for the two scales."""
+    text, truncated = embed_text(clip, prompt)
+    return text_frame_score(text, embed_frames(clip, frames), truncated)
+
+
+def adjacent_cosines(embeddings: np.ndarray) -> np.ndarray:
+    """cos between each pair of adjacent rows of L2-normalised embeddings [F, D]: F-1 values."""
+    if len(embeddings) < 2:
+        raise ValueError(f"temporal consistency compares adjacent frames: needs ≥ 2, got {len(embeddings)}")
+    emb = embeddings.astype(np.float64)
+    cosines: np.ndarray = np.sum(emb[:-1] * emb[1:], axis=1)
+    return cosines
+
+
 def clip_consistency(clip: Clip, frames: np.ndarray) -> float:
     """The mean cosine between adjacent frames' CLIP embeddings: 1 for a still video."""
     _check_video(frames, min_frames=2)
-    emb = embed_frames(clip, frames).astype(np.float64)
-    return float(np.mean(np.sum(emb[:-1] * emb[1:], axis=1)))
+    return float(np.mean(adjacent_cosines(embed_frames(clip, frames))))
 
 
-def ssim_consistency(frames: np.ndarray) -> float:
-    """The mean SSIM between adjacent frames (RGB, 7x7 windows): 1 for a still video. Needs no model."""
+def adjacent_ssim(frames: np.ndarray) -> np.ndarray:
+    """SSIM between each pair of adjacent frames (RGB, 7x7 windows): F-1 values. Needs no model."""
     from skimage.metrics import structural_similarity
 
     _check_video(frames, min_frames=2)
-    scores = [
-        float(structural_similarity(a, b, channel_axis=-1, data_range=255))  # type: ignore[no-untyped-call]
-        for a, b in itertools.pairwise(frames)
-    ]
-    return float(np.mean(scores))
+    return np.array(
+        [
+            float(structural_similarity(a, b, channel_axis=-1, data_range=255))  # type: ignore[no-untyped-call]
+            for a, b in itertools.pairwise(frames)
+        ]
+    )
+
+
+def ssim_consistency(frames: np.ndarray) -> float:
+    """The mean SSIM between adjacent frames: 1 for a still video."""
+    return float(np.mean(adjacent_ssim(frames)))
 
 
 def _embedding_set(x: np.ndarray, name: str, min_rows: int) -> np.ndarray:

@@ -1,0 +1,205 @@
+"""`disney-train eval` on the tiny random-weight models and a tiny random CLIP: baseline and fine-tuned
+videos at the same seeds, every figure finite, the report, plots and JSON written to the run's prefix
+on S3 and parsing; an evaluation again leaves no file of the earlier one; bad input named."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from disney_train.cli import app
+from disney_train.config import S3Options, load_config
+from disney_train.eval.results import EVAL_JSON, REPORT_HTML, REPORT_MD, SUMMARY_JSON, EvalResults, Summary
+from disney_train.model.tiny_clip import MAX_TOKENS
+from disney_train.storage import open_store, sha256_file
+from disney_train.train.run_files import FINAL_LORA
+
+LONG = " ".join(["a cartoon mouse whistling on a steamboat"] * 8)  # far over the tiny CLIP's 32 tokens
+PROMPTS = ["STEAMBOAT a cartoon mouse steers a boat down the river", f"STEAMBOAT {LONG}"]
+
+
+def upload_folder(folder: Path, uri: str, s3: S3Options) -> None:
+    store = open_store(uri, s3)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        store.write_file(str(path.relative_to(folder)), path, sha256_file(path))
+
+
+def decoded(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data), mode="r") as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def write_config(path: Path, s3: S3Options, **evaluation: Any) -> Path:
+    run: dict[str, Any] = {
+        "name": "evaluated",
+        "model": {"uri": "<set by the test>"},
+        "data": {"uri": "<set by the test>", "num_frames": 9, "height": 32, "width": 32, "id_token": "STEAMBOAT"},
+        "output": {"uri": "<set by the test>"},
+        "s3": {"endpoint_url": s3.endpoint_url},
+        "evaluation": {
+            "prompts": PROMPTS,
+            "clip_uri": "<set by the test>",
+            "seeds": 2,
+            "seed": 7,
+            "steps": 2,
+            "reference_clips": 3,
+            "reference_frames": 4,
+            **evaluation,
+        },
+    }
+    path.write_text(yaml.safe_dump(run))
+    return path
+
+
+@pytest.fixture
+def run_setup(
+    tmp_path: Path, s3: S3Options, s3_uri: str, tiny_t2v: Path, tiny_clip_dir: Path, packed: Path, tiny_lora: bytes
+) -> tuple[Path, list[str]]:
+    """A finished run's LoRA on S3, CLIP on S3, the tiny model and the packed sample locally."""
+    upload_folder(tiny_clip_dir, f"{s3_uri}/clip", s3)
+    open_store(f"{s3_uri}/runs/evaluated", s3).write_bytes(FINAL_LORA, tiny_lora)
+    config = write_config(tmp_path / "run.yaml", s3)
+    where = [
+        f"model.uri={tiny_t2v}",
+        f"data.uri={packed}",
+        f"output.uri={s3_uri}/runs",
+        f"evaluation.clip_uri={s3_uri}/clip",
+    ]
+    return config, [x for w in where for x in ("--set", w)]
+
+
+def evaluate(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["eval", "--device", "cpu", *args])
+    return result.exit_code, result.output + (repr(result.exception) if result.exit_code not in (0, 1) else "")
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+        self.tables = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tables += tag == "table"
+        self.sources += [v for k, v in attrs if tag == "img" and k == "src" and v]
+
+
+def test_eval_writes_figures_report_plots_and_videos_to_the_run(
+    run_setup: tuple[Path, list[str]], s3: S3Options, s3_uri: str
+) -> None:
+    config, sets = run_setup
+    code, out = evaluate("--config", str(config), *sets)
+    assert code == 0, out
+    store = open_store(f"{s3_uri}/runs/evaluated", s3)
+
+    results = EvalResults.model_validate_json(store.read_bytes(EVAL_JSON))
+    assert results.all_finite()
+    assert results.settings.seeds == [7, 9]  # seed set k starts at seed + k * prompts: every video its own seed
+    pairs = {m: sorted((v.prompt, v.seed) for v in results.videos if v.model == m) for m in ("baseline", "finetuned")}
+    assert pairs["baseline"] == pairs["finetuned"] == [(0, 7), (0, 9), (1, 8), (1, 10)]
+    # CLIP scored the prompts without the id token; the long one was cut to the tiny CLIP's limit
+    assert [p.scored for p in results.prompts] == [p.removeprefix("STEAMBOAT ") for p in PROMPTS]
+    assert [p.truncated for p in results.prompts] == [False, True]
+    assert results.prompts[1].tokens > MAX_TOKENS == results.clip_max_tokens
+    assert results.reference.clips == 3 and results.reference.frames == 12
+    for v in results.videos:
+        assert len(v.metrics.clip_adjacent) == len(v.metrics.ssim_adjacent) == 8  # 9 frames
+        assert -1 <= v.metrics.clip_score <= 1 and 0 <= v.metrics.clipscore <= 100
+    for model in ("baseline", "finetuned"):
+        s = results.summary[model]
+        assert s.style_frechet >= 0 and 0 <= s.style_cosine <= 2
+        assert math.isclose(s.clip_score, np.mean([v.metrics.clip_score for v in results.videos if v.model == model]))
+
+    # the videos: 9x32x32; the LoRA changes every one of them
+    video = {(v.model, v.prompt, v.seed): decoded(store.read_bytes(f"eval/{v.video}")) for v in results.videos}
+    for (model, prompt, seed), frames in video.items():
+        assert frames.shape == (9, 32, 32, 3)
+        if model == "finetuned":
+            assert not np.array_equal(frames, video[("baseline", prompt, seed)])
+
+    # the headline figures the operator reads
+    head = Summary.model_validate_json(store.read_bytes(SUMMARY_JSON))
+    assert head.report == store.url(REPORT_HTML) and head.json_uri == store.url(EVAL_JSON)
+    assert head.finetuned.prompt_fidelity == results.summary["finetuned"].clip_score
+    assert head.baseline.style_distance == results.summary["baseline"].style_frechet
+    assert head.videos == 8 and head.truncated_prompts == 1
+
+    # the report: Markdown with the table's numbers, HTML whose every image was written
+    markdown = store.read_bytes(REPORT_MD).decode()
+    assert f"{results.summary['finetuned'].clip_score:.4f}" in markdown
+    assert f"{results.summary['baseline'].style_frechet:.4f}" in markdown
+    assert f"{MAX_TOKENS}" in markdown
+    page = _Images()
+    page.feed(store.read_bytes(REPORT_HTML).decode())
+    assert page.tables >= 1 and page.sources
+    for src in page.sources:
+        with Image.open(io.BytesIO(store.read_bytes(f"eval/{src}"))) as im:
+            assert im.width >= 32 and im.height >= 32
+    plots = [k for k in store.list_keys("eval/plots/") if k.endswith(".png")]
+    assert len(plots) >= 3
+
+    # the command's own summary names the report
+    assert f"{s3_uri}/runs/evaluated/{REPORT_HTML}" in " ".join(out.split())
+
+
+def test_eval_again_replaces_the_earlier_one_and_bad_input_is_named(
+    run_setup: tuple[Path, list[str]], s3: S3Options, s3_uri: str
+) -> None:
+    config, sets = run_setup
+    store = open_store(f"{s3_uri}/runs/evaluated", s3)
+    code, out = evaluate("--config", str(config), *sets)
+    assert code == 0, out
+    first = set(store.list_keys("eval/"))
+    code, out = evaluate(
+        "--config", str(config), *sets, "--set", "evaluation.seeds=1", "--set", f"evaluation.prompts={PROMPTS[:1]}"
+    )
+    assert code == 0, out
+    now = set(store.list_keys("eval/"))
+    results = EvalResults.model_validate_json(store.read_bytes(EVAL_JSON))
+    assert len(results.videos) == 2 and {f"eval/{v.video}" for v in results.videos} <= now
+    assert "eval/videos/baseline-p01-s8.mp4" in first - now  # the earlier evaluation's files are gone
+    assert not [k for k in now if "p01" in k]
+    assert json.loads(store.read_bytes(SUMMARY_JSON))["videos"] == 2
+
+    store.delete([FINAL_LORA])
+    code, out = evaluate("--config", str(config), *sets)
+    assert code == 1 and f"{store.url(FINAL_LORA)}: no fine-tuned LoRA" in " ".join(out.split())
+    cfg = load_config(config)
+    assert cfg.evaluation is not None
+    code, out = evaluate("--config", str(config), *sets, "--set", "evaluation.num_frames=10")
+    assert code == 1 and "evaluation.num_frames" in out and "8N+1" in out
+    code, out = evaluate("--config", str(config), *sets, "--set", "evaluation=null")
+    assert code == 1 and "no evaluation section" in out
+    code, out = evaluate("--config", str(config), *sets, "--set", "evaluation.images=[a.png]")
+    assert code == 1 and "evaluation.images: a text-to-video run takes no images" in " ".join(out.split())
+
+
+def test_image_to_video_evaluation(
+    tmp_path: Path, s3: S3Options, s3_uri: str, tiny_i2v: Path, tiny_clip_dir: Path, packed: Path, tiny_lora: bytes
+) -> None:
+    """I2V: each prompt's image conditions both models' videos, and the report names it."""
+    image = tmp_path / "first-frame.png"
+    Image.fromarray(np.linspace(0, 255, 32 * 32 * 3).astype(np.uint8).reshape(32, 32, 3)).save(image)
+    open_store(f"{tmp_path}/runs/evaluated").write_bytes(FINAL_LORA, tiny_lora)  # attention shapes as the t2v model's
+    config = write_config(tmp_path / "run.yaml", s3, prompts=PROMPTS[:1], images=[str(image)], seeds=1)
+    code, out = evaluate(
+        "--config", str(config),
+        "--set", f"model.uri={tiny_i2v}", "--set", "model.variant=i2v", "--set", f"data.uri={packed}",
+        "--set", f"output.uri={tmp_path}/runs", "--set", f"evaluation.clip_uri={tiny_clip_dir}",
+    )  # fmt: skip
+    assert code == 0, out
+    run = tmp_path / "runs" / "evaluated" / "eval"
+    results = EvalResults.model_validate_json((run / "eval.json").read_text())
+    assert results.variant == "i2v" and results.prompts[0].image == str(image) and results.all_finite()
+    assert len(results.videos) == 2 and str(image) in (run / "report.html").read_text()  # its text, unescaped
