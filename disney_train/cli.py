@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -35,6 +35,9 @@ from disney_train.config import (
     load_config,
 )
 from disney_train.storage import StorageError
+
+if TYPE_CHECKING:
+    from disney_train.eval.results import EvalResults
 
 app = typer.Typer(help="Fine-tune CogVideoX with LoRA into a Disney-style animation model.", no_args_is_help=True)
 data_app = typer.Typer(help="Sample, pack, inspect and read video datasets.", no_args_is_help=True)
@@ -106,10 +109,11 @@ def _guard(fn: Callable[[], T]) -> T:
     known += (TrainingError,)
     try:
         from disney_train.data.reader import DataError
+        from disney_train.eval.evaluate import EvalError
         from disney_train.generate import GenerateError
         from disney_train.train.checkpoint import CheckpointError
 
-        known += (DataError, CheckpointError, GenerateError)
+        known += (DataError, CheckpointError, GenerateError, EvalError)
     except ImportError:  # the reader needs torch (the train extra); pack and inspect do not
         pass
     try:
@@ -344,12 +348,18 @@ def _overrides(items: list[str] | None) -> dict[str, Any]:
 def _absolute(cfg: RunConfig, base: Path) -> RunConfig:
     """Local URIs become absolute (relative to `base`): Ray workers do not share our working folder."""
     for section in (cfg.model, cfg.data, cfg.output):
-        if not section.uri.startswith("s3://"):
-            section.uri = str((base / section.uri).resolve())
-    if cfg.train.cache_uri and not cfg.train.cache_uri.startswith("s3://"):
-        cfg.train.cache_uri = str((base / cfg.train.cache_uri).resolve())
-    cfg.validation.images = [u if u.startswith("s3://") else str((base / u).resolve()) for u in cfg.validation.images]
+        section.uri = _absolute_uri(section.uri, base)
+    if cfg.train.cache_uri:
+        cfg.train.cache_uri = _absolute_uri(cfg.train.cache_uri, base)
+    cfg.validation.images = [_absolute_uri(u, base) for u in cfg.validation.images]
+    if cfg.evaluation is not None:
+        cfg.evaluation.clip_uri = _absolute_uri(cfg.evaluation.clip_uri, base)
+        cfg.evaluation.images = [_absolute_uri(u, base) for u in cfg.evaluation.images]
     return cfg
+
+
+def _absolute_uri(uri: str, base: Path) -> str:
+    return uri if uri.startswith("s3://") else str((base / uri).resolve())
 
 
 def _ray_storage() -> Path:
@@ -475,7 +485,7 @@ def run(
     config: EmbeddedConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """The main job on the embedded default: sample -> pack -> tiny model -> cache -> train -> LoRA."""
+    """The main job on the embedded default: sample -> pack -> tiny model -> cache -> train -> LoRA -> evaluation."""
     from disney_train.data.pack import PackOptions, pack
     from disney_train.data.sample import write_sample
     from disney_train.data.summary import print_summary
@@ -507,6 +517,12 @@ def run(
     if not cfg.model.uri.startswith("s3://") and not (model / "model_index.json").is_file():
         write_tiny_model(model, cfg.model.variant)
     console.print(f"{cfg.model.uri}: CogVideoX ({cfg.model.variant}) with tiny random weights")
+    clip = Path(cfg.evaluation.clip_uri) if cfg.evaluation else None
+    if clip is not None and not str(clip).startswith("s3://") and not (clip / "config.json").is_file():
+        from disney_train.model.tiny_clip import write_tiny_clip
+
+        write_tiny_clip(clip)
+        console.print(f"{clip}: CLIP with tiny random weights (the evaluation's)")
     console.rule("[bold]4. latent cache and training")
     from disney_train.train.launch import RunFinishedError
 
@@ -515,6 +531,8 @@ def run(
     except RunFinishedError as err:
         console.print(f"[bold yellow]{err}[/]", highlight=False)
     _print_outputs(cfg)
+    if cfg.evaluation is not None:
+        _evaluate_once(cfg)
     console.print(f"dataset     {src} -> {report.dest}", soft_wrap=True, highlight=False)
     console.print(f"took        {time.perf_counter() - t0:.0f} s")
 
@@ -577,6 +595,62 @@ def generate_cmd(
     written = _guard(body)
     for uri in written:
         console.print(uri)
+
+
+@app.command("eval")
+def eval_cmd(
+    config: ConfigOpt = None,
+    config_env: ConfigEnvOpt = None,
+    set_: SetOpt = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when there is a GPU, bf16), cuda or cpu.")] = "auto",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Run the evaluation as one task on this Ray cluster, with a training worker's resources "
+            "(default: RAY_ADDRESS when set, else in this process).",
+        ),
+    ] = None,
+) -> None:
+    """Baseline versus fine-tuned: render the configuration's held-out prompts (its evaluation section)
+    with the base model and with the run's LoRA at the same seeds, measure prompt fidelity, temporal
+    consistency and style closeness, and write the report, plots and figures to <run>/eval/."""
+    from disney_train.eval.evaluate import run_evaluation
+
+    cfg = _guard(lambda: _run_config(config, config_env, set_))
+    _print_evaluation(_guard(lambda: run_evaluation(cfg, device, ray_address, say=err_console.print)))
+
+
+def _evaluate_once(cfg: RunConfig) -> None:
+    """`run`'s last step: the evaluation, unless the run has one already (`disney-train eval` redoes it)."""
+    from disney_train.eval.evaluate import run_evaluation
+    from disney_train.eval.results import SUMMARY_JSON
+    from disney_train.train.run_files import RunFiles
+
+    console.rule("[bold]5. evaluation: baseline versus fine-tuned")
+    files = RunFiles(cfg)
+    if files.store.exists(SUMMARY_JSON):
+        console.print(f"{files.store.url(SUMMARY_JSON)}: evaluated already (`disney-train eval` evaluates again)")
+        return
+    _print_evaluation(_guard(lambda: run_evaluation(cfg, "auto", None, say=err_console.print)))
+
+
+def _print_evaluation(results: EvalResults) -> None:
+    from disney_train.eval.results import EVAL_JSON, LABELS, METRICS, MODELS, REPORT_HTML, REPORT_MD
+
+    console.rule("[bold]figures")
+    for metric in METRICS:
+        figures = "  ".join(f"{LABELS[m]} {results.figure(m, metric.key):.4f}" for m in MODELS)
+        arrow = "higher is better" if metric.higher_is_better else "lower is better"
+        console.print(f"{metric.label:<54} {figures}  ({arrow})", highlight=False)
+    if results.truncated_prompts():
+        console.print(
+            f"prompts {', '.join(map(str, results.truncated_prompts()))}: longer than CLIP's "
+            f"{results.clip_max_tokens} tokens; only their start was scored",
+            highlight=False,
+        )
+    for key in (REPORT_HTML, REPORT_MD, EVAL_JSON):
+        console.print(f"report      {results.run}/{key}", soft_wrap=True, highlight=False)
 
 
 @app.command("dashboards")

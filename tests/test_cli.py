@@ -33,10 +33,17 @@ def test_run_on_the_embedded_default(tmp_path: Path) -> None:
     state = json.loads((run_dir / "checkpoints" / "step-000000030" / "state.json").read_text())
     losses = [m["loss"] for m in state["metrics"]]
     assert len(losses) == 6 and losses[-1] < losses[0]  # the LoRA learns (seeded: the same every run)
+    # the last step: baseline versus fine-tuned, with a tiny random CLIP written beside the model
+    assert (w / "model" / "tiny-clip" / "config.json").is_file()
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert summary["videos"] == 4 and summary["report"] == str(run_dir / "eval" / "report.html")
+    assert (run_dir / "eval" / "report.md").read_text().count(f"{summary['finetuned']['prompt_fidelity']:.4f}") >= 1
+    assert f"report      {run_dir / 'eval' / 'report.html'}" in out
     again = run("run", "--workdir", str(w))  # a second run reuses every shard and trains nothing
     assert again.returncode == 0, again.stderr
     assert "0 shard(s) written" in again.stdout
     assert "already finished at step 30" in " ".join(again.stdout.split())
+    assert "evaluated already" in again.stdout
 
 
 def test_config_show_and_bad_config(tmp_path: Path) -> None:
