@@ -113,6 +113,7 @@ def test_eval_writes_figures_report_plots_and_videos_to_the_run(
     assert [p.truncated for p in results.prompts] == [False, True]
     assert results.prompts[1].tokens > MAX_TOKENS == results.clip_max_tokens
     assert results.reference.clips == 3 and results.reference.frames == 12
+    assert results.ran_on.startswith("process ")  # no Ray address: in this process
     for v in results.videos:
         assert len(v.metrics.clip_adjacent) == len(v.metrics.ssim_adjacent) == 8  # 9 frames
         assert -1 <= v.metrics.clip_score <= 1 and 0 <= v.metrics.clipscore <= 100
@@ -203,3 +204,39 @@ def test_image_to_video_evaluation(
     results = EvalResults.model_validate_json((run / "eval.json").read_text())
     assert results.variant == "i2v" and results.prompts[0].image == str(image) and results.all_finite()
     assert len(results.videos) == 2 and str(image) in (run / "report.html").read_text()  # its text, unescaped
+
+
+def test_eval_on_ray_runs_as_one_task_with_a_workers_resources(
+    run_setup: tuple[Path, list[str]], s3: S3Options, s3_uri: str
+) -> None:
+    """With a Ray address the evaluation is one Ray task (on a GPU worker of a GPU cluster); its errors
+    come back as the same clear message."""
+    import ray
+
+    from disney_train.config import RunConfig
+    from disney_train.eval.evaluate import eval_resources
+    from disney_train.train.launch import local_ray_init
+
+    config, sets = run_setup
+    gpu = RunConfig.model_validate(
+        {
+            "model": {"uri": "m"},
+            "data": {"uri": "d"},
+            "output": {"uri": "o"},
+            "train": {"workers": {"device": "cuda", "cpus_per_worker": 6}},
+        }
+    )
+    assert eval_resources(gpu, cluster_gpus=0) == {"CPU": 6, "GPU": 1.0}
+    local_ray_init(num_cpus=2)  # the S3 keys in this process' environment reach its workers
+    try:
+        one = ["--set", "evaluation.seeds=1", "--set", f"evaluation.prompts={PROMPTS[:1]}"]
+        code, out = evaluate("--config", str(config), *sets, *one, "--ray-address", "auto")
+        assert code == 0, out
+        results = EvalResults.model_validate_json(open_store(f"{s3_uri}/runs/evaluated", s3).read_bytes(EVAL_JSON))
+        assert results.ran_on.startswith("Ray task ") and len(results.videos) == 2 and results.all_finite()
+        code, out = evaluate(
+            "--config", str(config), *sets, *one, "--set", "evaluation.clip_uri=/nowhere", "--ray-address", "auto"
+        )
+        assert code == 1 and "/nowhere: no such model folder" in out and "Traceback" not in out
+    finally:
+        ray.shutdown()

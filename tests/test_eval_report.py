@@ -141,6 +141,7 @@ def make_results(prompts: list[PromptInfo], seeds: list[int], frames: int = FRAM
         summary={m: ModelSummary(**SUMMARY[m]) for m in MODELS},
         created="2025-01-02T03:04:05Z",
         seconds=754.2,
+        ran_on="process 7 on test-host",
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -221,8 +222,9 @@ def _measure(
 
 
 # --------------------------------------------------------------------------- the whole evaluation
-def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info) -> EvalResults:
-    """Evaluate the run of `cfg` (its evaluation section) and write everything under `<run>/eval/`."""
+def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info, ran_on: str | None = None) -> EvalResults:
+    """Evaluate the run of `cfg` (its evaluation section) and write everything under `<run>/eval/`.
+    `ran_on` says where (default: this process and host)."""
     import torch
 
     from disney_train.eval.metrics import count_tokens, embed_frames, embed_text, load_clip
@@ -284,6 +286,7 @@ def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info) -> EvalR
         summary=summary,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         seconds=round(time.perf_counter() - t0, 1),
+        ran_on=ran_on or f"process {os.getpid()} on {socket.gethostname()}",
     )
     if not results.all_finite():
         raise EvalError(f"run {cfg.name!r}: the evaluation gave a non-finite figure: {results.summary}")
@@ -350,9 +353,13 @@ def evaluate_on_ray(cfg: RunConfig, device: str, address: str | None) -> EvalRes
 
 
 def _evaluate_task(run: dict[str, Any], device: str) -> str:
+    import ray
+
     from disney_train.config import config_from_dict
 
-    return evaluate(config_from_dict(run, "the evaluation task"), device, print).model_dump_json()
+    ctx = ray.get_runtime_context()
+    where = f"Ray task {ctx.get_task_id()} on node {ctx.get_node_id()}"
+    return evaluate(config_from_dict(run, "the evaluation task"), device, print, where).model_dump_json()
 
 
 def run_evaluation(

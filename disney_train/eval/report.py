@@ -262,7 +262,7 @@ def _settings_paragraph(results: EvalResults) -> str:
         f"Model {e(results.model)} ({results.variant}) with the LoRA {e(results.lora)} at scale {s.lora_scale:g}, "
         f"against the same model without it; scored with the CLIP model {e(results.clip)}. "
         f"Videos of {s.num_frames}×{s.height}×{s.width} (frames×height×width) at {s.fps:g} fps, "
-        f"{s.steps} steps, guidance {s.guidance_scale:g}, seeds {seeds}, on {e(s.device)}: "
+        f"{s.steps} steps, guidance {s.guidance_scale:g}, seeds {seeds}, on {e(s.device)} ({e(results.ran_on)}): "
         f"{len(results.videos)} videos ({len(results.prompts)} prompts × {len(s.seeds)} seeds × 2 models). "
         f"Reference: {ref.frames} frames of {ref.clips} training clips from {e(ref.dataset)}. "
         f"Evaluated {e(_date(results.created))} in {_duration(results.seconds)}."

@@ -161,6 +161,7 @@ class EvalResults(_Model):
     summary: dict[ModelName, ModelSummary]
     created: str  # ISO 8601, UTC
     seconds: float = Field(description="Wall time of the evaluation.")
+    ran_on: str = Field(description="Where it ran: a Ray task and its node, or a process and its host.")
 
     def figure(self, model: ModelName, key: str) -> float:
         return float(getattr(self.summary[model], key))
