@@ -240,3 +240,40 @@ def test_eval_on_ray_runs_as_one_task_with_a_workers_resources(
         assert code == 1 and "/nowhere: no such model folder" in out and "Traceback" not in out
     finally:
         ray.shutdown()
+
+
+def test_a_corrupt_training_clip_is_named_and_left_out_of_the_style_reference(packed: Path, tmp_path: Path) -> None:
+    from disney_train.config import RunConfig
+    from disney_train.data.pack import load_manifest
+    from disney_train.eval.evaluate import EvalError, reference_frames
+
+    manifest = load_manifest(str(packed))
+    bad = manifest.samples[1]
+
+    def corrupt(key: str) -> None:  # one flipped byte: the clip's sha256 no longer matches
+        rec = next(s for s in manifest.samples if s.key == key)
+        shard = packed / manifest.shards[rec.shard].key
+        data = bytearray(shard.read_bytes())
+        data[rec.video.offset + rec.video.size // 2] ^= 0xFF
+        shard.write_bytes(bytes(data))
+
+    corrupt(bad.key)
+    cfg = RunConfig.model_validate(
+        {
+            "model": {"uri": "m"},
+            "data": {"uri": str(packed), "num_frames": 9, "height": 32, "width": 32},
+            "output": {"uri": str(tmp_path)},
+            "evaluation": {"prompts": ["p"], "clip_uri": "c", "reference_clips": 4, "reference_frames": 3},
+        }
+    )
+    assert cfg.evaluation is not None
+    said: list[str] = []
+    ref = reference_frames(cfg, cfg.evaluation, said.append)
+    assert ref.keys == [s.key for s in manifest.samples if s.key != bad.key]
+    assert ref.frames.shape == (3 * len(ref.keys), 32, 32, 3) and ref.frames.dtype == np.uint8
+    assert len(ref.skipped) == 1 and bad.key in ref.skipped[0] and "sha256" in ref.skipped[0]
+    assert said and bad.key in said[0]
+    for s in manifest.samples[2:] + manifest.samples[:1]:  # every clip unreadable: an error naming the dataset
+        corrupt(s.key)
+    with pytest.raises(EvalError, match=f"{packed}: none of the training clips could be read"):
+        reference_frames(cfg, cfg.evaluation, said.append)
