@@ -11,7 +11,7 @@ import pytest
 
 from disney_operator import api
 from disney_operator.crd import CRD_PATH, crd_yaml
-from disney_train.config import TrainingSpec
+from disney_train.config import EvaluationConfig, TrainingSpec
 from tests.support.apiserver import ApiServer
 from tests.support.kuberay import Cluster
 
@@ -44,6 +44,24 @@ def test_the_server_fills_in_the_same_defaults_as_the_run_configuration(cluster:
     assert (spec["backoffLimit"], spec["suspend"], spec["model"]["variant"]) == (3, False, "t2v")
     # and what the server stored is a valid spec to the operator's own model
     assert api.VideoFineTuneSpec.model_validate(spec).training == TrainingSpec()
+
+
+EVALUATION: dict[str, Any] = {"prompts": ["a mouse rows a boat"], "clip_uri": "s3://models/clip-vit-base-patch32"}
+I2V = {"uri": "s3://models/CogVideoX-5b-I2V", "variant": "i2v"}
+IMAGES = ["s3://images/wheel.png", "s3://images/deck.png"]
+
+
+def test_the_server_fills_in_the_evaluation_defaults_of_the_run_configuration(cluster: Cluster, crd_ns: str) -> None:
+    spec = cluster.create(crd_ns, "evaluated", {**BASE, "evaluation": EVALUATION})["spec"]
+    assert spec["evaluation"] == EvaluationConfig.model_validate(EVALUATION).model_dump(mode="json", exclude_none=True)
+    assert api.VideoFineTuneSpec.model_validate(spec).evaluation == EvaluationConfig.model_validate(EVALUATION)
+    # the rules about images hold with and without an evaluation block
+    i2v = {**BASE, "model": I2V, "training": {"validation": {"prompts": ["a", "b"], "images": IMAGES}}}
+    assert "evaluation" not in cluster.create(crd_ns, "i2v-unevaluated", i2v)["spec"]
+    pair = {**EVALUATION, "prompts": ["a", "b"], "images": IMAGES}
+    assert (
+        cluster.create(crd_ns, "i2v-evaluated", {**i2v, "evaluation": pair})["spec"]["evaluation"]["images"] == IMAGES
+    )
 
 
 def refusal(err: Any) -> str:
@@ -93,6 +111,26 @@ INVALID = [
             "model": {"uri": "s3://models/i2v", "variant": "i2v"},
         },
         "an image-to-video run needs one image per prompt",
+    ),
+    (
+        "i2v evaluation with fewer images than prompts",
+        {**BASE, "model": I2V, "evaluation": {**EVALUATION, "prompts": ["a", "b"], "images": IMAGES[:1]}},
+        "evaluation: an image-to-video run needs one image per prompt",
+    ),
+    (
+        "t2v evaluation with images",
+        {**BASE, "evaluation": {**EVALUATION, "images": IMAGES[:1]}},
+        "evaluation.images: a text-to-video run takes no images",
+    ),
+    (
+        "evaluation frames not 8N+1",
+        {**BASE, "evaluation": {**EVALUATION, "num_frames": 10}},
+        "spec.evaluation.num_frames: Invalid value: 10: num_frames must be 8N+1",
+    ),
+    (
+        "evaluation without prompts",
+        {**BASE, "evaluation": {"clip_uri": EVALUATION["clip_uri"]}},
+        "spec.evaluation.prompts: Required value",
     ),
     (
         "keys in the spec",
@@ -170,6 +208,6 @@ def test_kubectl_scale_and_the_columns(apiserver: ApiServer, cluster: Cluster, c
     header = apiserver.kubectl("-n", crd_ns, "get", "vft").stdout.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "WORKERS", "STEP", "LOSS", "CHECKPOINT", "AGE"]
     wide = apiserver.kubectl("-n", crd_ns, "get", "videofinetunes", "-o", "wide").stdout.splitlines()[0].split()
-    assert wide[-3:] == ["ATTEMPT", "RAYJOB", "MODEL"]
+    assert wide[-4:] == ["ATTEMPT", "RAYJOB", "FIDELITY", "MODEL"]
     explained = apiserver.kubectl("explain", "vft.spec.workers.maxReplicas").stdout
     assert "the most pods the run may scale to without a restart" in explained

@@ -14,6 +14,7 @@ from disney_operator import api
 from disney_operator.rayjob import (
     CONFIG_ENV,
     ENTRYPOINT,
+    EVAL_ENTRYPOINT,
     LABEL_VFT,
     SpecError,
     desired_rayjob,
@@ -22,6 +23,7 @@ from disney_operator.rayjob import (
     run_config_of,
 )
 from disney_operator.settings import GPU_TOLERATIONS, ON_DEMAND_AFFINITY, RAY_VERSION, Settings, settings_from_env
+from disney_train.config import EvaluationConfig
 
 SETTINGS = Settings()
 
@@ -38,6 +40,19 @@ def vft(name: str = "disney-2b", **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": "team-a", "uid": "1234-uid", "generation": 1},
         "spec": {**base, **spec},
     }
+
+
+def evaluation(**settings: Any) -> dict[str, Any]:
+    """A VideoFineTune's evaluation block (the run configuration's `evaluation` section): two held-out t2v
+    prompts and CLIP on S3, with `settings` on top."""
+    return {
+        "prompts": ["BW_STYLE a mouse rows a boat past a lighthouse", "BW_STYLE a parrot sings on a ship's mast"],
+        "clip_uri": "s3://models/clip-vit-base-patch32",
+        **settings,
+    }
+
+
+I2V = {"uri": "s3://models/CogVideoX-5b-I2V", "variant": "i2v"}
 
 
 def render(body: dict[str, Any], attempt: int = 1, settings: Settings = SETTINGS) -> dict[str, Any]:
@@ -249,6 +264,42 @@ def test_specs_no_rayjob_can_be_built_from_are_named() -> None:
                 training={"validation": {"prompts": ["a mouse whistles"]}},
             )
         )
+
+
+def test_the_evaluation_runs_after_training_with_the_specs_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from disney_train.cli import _run_config
+
+    plain = render(vft())
+    assert plain["spec"]["entrypoint"] == ENTRYPOINT and run_config_of(plain).evaluation is None
+
+    block = evaluation(seeds=1, num_frames=17, lora_scale=0.8)
+    rj = render(vft(evaluation=block))
+    then = f"disney-train eval --config-env {CONFIG_ENV}"  # once `disney-train train` has exited 0
+    assert rj["spec"]["entrypoint"] == EVAL_ENTRYPOINT == f"disney-train train --config-env {CONFIG_ENV} && {then}"
+    expected = EvaluationConfig.model_validate(block)
+    assert run_config_of(rj).evaluation == expected and expected.seeds == 1 and expected.steps == 50
+    # what `disney-train eval --config-env` on the head reads back, through the real CLI code
+    env = yaml.safe_load(rj["spec"]["runtimeEnvYAML"])["env_vars"]
+    monkeypatch.setenv(CONFIG_ENV, env[CONFIG_ENV])
+    assert _run_config(None, CONFIG_ENV, None).evaluation == expected
+    # another entrypoint needs another RayJob: adding (or changing) the block while training restarts it
+    assert rj["metadata"]["name"] != plain["metadata"]["name"]
+    assert name_of(vft(evaluation=evaluation(seeds=3))) != name_of(vft(evaluation=block))
+
+    images = ["s3://disney-train/eval/i2v/lighthouse.png", "s3://disney-train/eval/i2v/mast.png"]
+    i2v = run_config_of(render(vft(model=I2V, evaluation=evaluation(images=images))))
+    assert i2v.evaluation is not None and i2v.evaluation.images == images
+
+
+def test_an_evaluation_the_pods_cannot_run_is_refused_naming_the_field() -> None:
+    with pytest.raises(SpecError, match=r"^evaluation\.clip_uri '/models/clip' is not an s3:// URI"):
+        render(vft(evaluation=evaluation(clip_uri="/models/clip")))
+    with pytest.raises(SpecError, match=r"^evaluation\.images\[1\] 'mast\.png' is not an s3:// URI"):
+        render(vft(model=I2V, evaluation=evaluation(images=["s3://disney-train/eval/a.png", "mast.png"])))
+    with pytest.raises(SpecError, match=r"evaluation: an image-to-video run needs one image per prompt"):
+        render(vft(model=I2V, evaluation=evaluation(images=["s3://disney-train/eval/a.png"])))
+    with pytest.raises(SpecError, match=r"evaluation\.images: a text-to-video run takes no images"):
+        render(vft(evaluation=evaluation(images=["s3://disney-train/eval/a.png"] * 2)))
 
 
 def test_operator_settings_from_the_environment() -> None:

@@ -7,9 +7,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from disney_operator.rayjob import CONFIG_ENV
 from disney_operator.reconcile import FINALIZER, Plan, plan, rfc3339
 from disney_operator.settings import Settings
-from tests.test_operator_rayjob import vft
+from disney_train.eval.results import Headline, Summary
+from tests.test_operator_rayjob import evaluation, vft
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 SETTINGS = Settings()
@@ -24,9 +26,18 @@ class World:
         self.now = T0
         self.rv = 1
 
-    def step(self, progress: dict[str, Any] | None = None, advance: float = 1.0) -> Plan:
+    def step(
+        self, progress: dict[str, Any] | None = None, advance: float = 1.0, evaluation: dict[str, Any] | None = None
+    ) -> Plan:
         self.now += timedelta(seconds=advance)
-        p = plan(copy.deepcopy(self.vft), copy.deepcopy(list(self.rayjobs.values())), progress, self.now, SETTINGS)
+        p = plan(
+            copy.deepcopy(self.vft),
+            copy.deepcopy(list(self.rayjobs.values())),
+            progress,
+            self.now,
+            SETTINGS,
+            evaluation=copy.deepcopy(evaluation),
+        )
         meta = self.vft["metadata"]
         if p.add_finalizer:
             meta["finalizers"] = [*meta.get("finalizers", []), FINALIZER]
@@ -41,10 +52,10 @@ class World:
             meta["finalizers"] = [f for f in meta["finalizers"] if f != FINALIZER]
         return p
 
-    def settle(self) -> None:
+    def settle(self, evaluation: dict[str, Any] | None = None) -> None:
         """Plan until a plan writes nothing (at most a few rounds)."""
         for _ in range(5):
-            if not self.step().writes():
+            if not self.step(evaluation=evaluation).writes():
                 return
         raise AssertionError("no steady state after 5 rounds")
 
@@ -70,6 +81,9 @@ class World:
     def cond(self, ctype: str) -> dict[str, Any]:
         found: dict[str, Any] = next(c for c in self.vft["status"]["conditions"] if c["type"] == ctype)
         return found
+
+    def types(self) -> list[str]:
+        return [c["type"] for c in self.vft["status"]["conditions"]]
 
 
 def test_a_new_videofinetune_gets_a_finalizer_a_rayjob_and_a_status_then_nothing_more() -> None:
@@ -354,3 +368,129 @@ def test_a_status_with_fields_of_a_newer_operator_is_read_not_reset() -> None:
     w.settle()
     assert w.vft["status"]["attempt"] == 2 and len(w.rayjobs) == 1
     assert w.only()["metadata"]["labels"]["disneytrain.dev/attempt"] == "2"
+
+
+RUN = "s3://runs/disney/disney-2b"
+
+
+def summary(**changes: Any) -> dict[str, Any]:
+    """eval/summary.json as `disney-train eval` writes it (read back as JSON)."""
+    import json
+
+    written = Summary(
+        report=f"{RUN}/eval/report.html",
+        markdown=f"{RUN}/eval/report.md",
+        json_uri=f"{RUN}/eval/eval.json",
+        baseline=Headline(prompt_fidelity=0.25, temporal_consistency=0.875, ssim=0.5, style_distance=40.5),
+        finetuned=Headline(prompt_fidelity=0.3125, temporal_consistency=0.9375, ssim=0.625, style_distance=12.25),
+        videos=8,
+        truncated_prompts=1,
+        created="2026-12-01T14:30:00.123456+02:00",
+    ).model_dump_json(by_alias=True)
+    found: dict[str, Any] = json.loads(written) | changes
+    return found
+
+
+def test_an_evaluation_summary_becomes_the_status_and_the_evaluated_condition() -> None:
+    w = World(vft(evaluation=evaluation()))
+    w.settle()
+    assert w.types()[-1] == "Evaluated"
+    assert (w.cond("Evaluated")["status"], w.cond("Evaluated")["reason"]) == ("False", "AfterTraining")
+    w.running()
+    w.step()
+    w.kuberay(jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", endTime="2026-12-01T13:00:00Z")
+    w.settle()  # succeeded, the summary not read yet (the read after the RayJob ends is in the background)
+    assert w.vft["status"]["phase"] == "Succeeded" and "evaluation" not in w.vft["status"]
+    assert (w.cond("Evaluated")["status"], w.cond("Evaluated")["reason"]) == ("False", "NoSummary")
+    assert f"{RUN}/eval/summary.json" in w.cond("Evaluated")["message"]
+
+    p = w.step(evaluation=summary())
+    assert w.vft["status"]["evaluation"] == {
+        "report": f"{RUN}/eval/report.html",
+        "markdown": f"{RUN}/eval/report.md",
+        "json": f"{RUN}/eval/eval.json",
+        "baseline": {"promptFidelity": 0.25, "temporalConsistency": 0.875, "ssim": 0.5, "styleDistance": 40.5},
+        "fineTuned": {"promptFidelity": 0.3125, "temporalConsistency": 0.9375, "ssim": 0.625, "styleDistance": 12.25},
+        "videos": 8,
+        "truncatedPrompts": 1,
+        "created": "2026-12-01T12:30:00Z",  # in UTC, to the second
+    }
+    evaluated = w.cond("Evaluated")
+    assert (evaluated["status"], evaluated["reason"]) == ("True", "Evaluated")
+    assert evaluated["message"] == f"report: {RUN}/eval/report.html" and evaluated["lastTransitionTime"] == rfc3339(
+        w.now
+    )
+    assert [e.reason for e in p.events] == ["Evaluated"]
+    assert w.cond("Succeeded")["status"] == "True"  # the phase conditions are as they were
+    # converged: the same summary again, or none read (an operator restarted), writes nothing
+    w.settle(evaluation=summary())
+    assert not w.step(evaluation=summary()).writes() and not w.step().writes()
+    assert w.vft["status"]["evaluation"]["fineTuned"]["promptFidelity"] == 0.3125
+    # a newer summary (the evaluation run again) replaces it
+    w.step(evaluation=summary(videos=16))
+    assert (
+        w.vft["status"]["evaluation"]["videos"] == 16
+        and w.cond("Evaluated")["lastTransitionTime"] == (evaluated["lastTransitionTime"])
+    )
+
+
+def test_odd_values_in_a_summary_are_left_out_never_blocking_the_status() -> None:
+    import json
+
+    w = World(vft(evaluation=evaluation()))
+    w.settle()
+    w.running()
+    odd = summary(
+        report=7,
+        markdown="",
+        baseline=[0.25],
+        finetuned={"prompt_fidelity": float("nan"), "temporal_consistency": "0.9", "ssim": True, "style_distance": 12},
+        videos=-1,
+        truncated_prompts=1.0,
+        created="yesterday",
+        unknown={"a": 1},
+    )
+    w.step(evaluation=odd)
+    assert w.vft["status"]["evaluation"] == {"json": f"{RUN}/eval/eval.json", "fineTuned": {"styleDistance": 12.0}}
+    json.loads(json.dumps(w.vft["status"], allow_nan=False))  # what the API server is sent is JSON
+    assert w.cond("Evaluated")["message"] == "the evaluation summary was read"
+    # nothing usable at all: as if none had been read
+    fresh = World(vft(evaluation=evaluation()))
+    fresh.settle()
+    fresh.step(evaluation={"report": None, "baseline": {"ssim": float("inf")}, "created": 1_764_590_400})
+    assert "evaluation" not in fresh.vft["status"] and fresh.cond("Evaluated")["status"] == "False"
+    # a time without a zone is taken as UTC
+    w.step(evaluation=summary(created="2026-12-01T14:30:00"))
+    assert w.vft["status"]["evaluation"]["created"] == "2026-12-01T14:30:00Z"
+
+
+def test_without_an_evaluation_block_there_is_no_evaluated_condition_and_no_summary_is_used() -> None:
+    w = World(vft())
+    w.settle()
+    w.kuberay(jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    w.settle(evaluation=summary())
+    assert "Evaluated" not in w.types() and "evaluation" not in w.vft["status"]
+    assert w.vft["status"]["phase"] == "Succeeded"
+
+
+def test_a_failed_run_with_an_evaluation_block_says_it_was_not_evaluated() -> None:
+    w = World(vft(evaluation=evaluation(), backoffLimit=0))
+    w.settle()
+    w.kuberay(jobDeploymentStatus="Complete", jobStatus="FAILED", message="CLIP not found")
+    w.settle()
+    assert w.vft["status"]["phase"] == "Failed"
+    assert (w.cond("Evaluated")["status"], w.cond("Evaluated")["reason"]) == ("False", "RunFailed")
+
+
+def test_an_evaluation_the_pods_cannot_read_waits_with_the_reason() -> None:
+    w = World(vft(evaluation=evaluation(clip_uri="/models/clip")))
+    p = w.step()
+    assert p.apply is None and not w.rayjobs
+    assert w.cond("Pending")["reason"] == "InvalidSpec"
+    assert w.vft["status"]["message"].startswith("evaluation.clip_uri '/models/clip' is not an s3:// URI")
+    assert w.cond("Evaluated")["status"] == "False"
+    w.spec(evaluation=evaluation(clip_uri="s3://models/clip"))
+    p = w.step()
+    assert p.apply is not None and p.apply["spec"]["entrypoint"].endswith(
+        "disney-train eval --config-env " + CONFIG_ENV
+    )

@@ -7,6 +7,9 @@ validation/step-000000120/video-00.mp4 (+ prompts.json)      validation videos
 finished.json                 written last, when the run is done: a finished run is not rerun
 starts.json                   how often the run's worker group started, and at which sizes (restarts
                               and resizes in the workers' metrics)
+eval/                         `disney-train eval` (disney_train.eval.results): eval.json, report.md,
+                              report.html, plots, and summary.json, the headline figures the operator
+                              copies into the VideoFineTune's status
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import yaml
 
 from disney_train.config import RunConfig, S3Options
+from disney_train.eval.results import SUMMARY_JSON  # pydantic only: the operator imports this module
 from disney_train.storage import Store, open_store
 
 PROGRESS = "progress.json"
@@ -69,11 +73,22 @@ class RunFiles:
     def write_progress(self, progress: dict[str, Any]) -> None:
         self._json(PROGRESS, progress)
 
-    def read_progress(self) -> dict[str, Any] | None:
-        if not self.store.exists(PROGRESS):
+    def _read_object(self, key: str) -> dict[str, Any] | None:
+        """A JSON object the run wrote; None when there is none, ValueError when it is not a JSON object."""
+        if not self.store.exists(key):
             return None
-        value: dict[str, Any] = json.loads(self.store.read_bytes(PROGRESS))
+        value = json.loads(self.store.read_bytes(key))
+        if not isinstance(value, dict):
+            raise ValueError(f"{self.store.url(key)}: not a JSON object but {type(value).__name__}")
         return value
+
+    def read_progress(self) -> dict[str, Any] | None:
+        return self._read_object(PROGRESS)
+
+    def read_eval_summary(self) -> dict[str, Any] | None:
+        """`eval/summary.json` as written (`disney_train.eval.results.Summary`), None while there is none.
+        Its fields are not checked here: the operator takes what it can use from them."""
+        return self._read_object(SUMMARY_JSON)
 
     def write_final(self, lora_file: bytes, config_yaml: str) -> None:
         self.store.write_bytes(FINAL_CONFIG, config_yaml.encode())

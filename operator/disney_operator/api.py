@@ -1,9 +1,9 @@
 """The VideoFineTune API (`disneytrain.dev/v1alpha1`): spec and status as pydantic models.
 
 The CRD's OpenAPI schema is generated from these models (`crd.py`). Kubernetes-style camelCase
-fields, except `training`: it is the run configuration's own recipe (`disney_train.config.TrainingSpec`,
-snake_case, the same YAML a local `disney-train train --config` reads), so one model serves the CLI,
-the operator and the workers.
+fields, except `training` and `evaluation`: they are the run configuration's own sections
+(`disney_train.config.TrainingSpec` and `EvaluationConfig`, snake_case, the same YAML a local
+`disney-train train --config` reads), so one model serves the CLI, the operator and the workers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from disney_train.config import VARIANT_DESCRIPTION, TrainingSpec, Variant
+from disney_train.config import VARIANT_DESCRIPTION, EvaluationConfig, TrainingSpec, Variant
 
 GROUP = "disneytrain.dev"
 VERSION = "v1alpha1"
@@ -156,6 +156,15 @@ class VideoFineTuneSpec(_Api):
                 "size(self.training.validation.prompts) == size(self.training.validation.images)",
                 "training.validation: an image-to-video run needs one image per prompt",
             ),
+            (
+                "self.model.variant != 'i2v' || !has(self.evaluation) || "
+                "size(self.evaluation.prompts) == size(self.evaluation.images)",
+                "evaluation: an image-to-video run needs one image per prompt",
+            ),
+            (
+                "self.model.variant == 'i2v' || !has(self.evaluation) || size(self.evaluation.images) == 0",
+                "evaluation.images: a text-to-video run takes no images",
+            ),
         )
     )
 
@@ -166,6 +175,13 @@ class VideoFineTuneSpec(_Api):
         default_factory=TrainingSpec,
         description="The run's recipe: the sections of a disney-train run configuration "
         "(seed, data, lora, optim, train, validation, s3).",
+    )
+    evaluation: EvaluationConfig | None = Field(
+        default=None,
+        description="Baseline versus fine-tuned, measured when training ends: the `evaluation` section of a "
+        "disney-train run configuration (snake_case). The RayJob then runs `disney-train eval` after training "
+        "and the headline figures appear in status.evaluation; the report goes to <output.uri>/<name>/eval/. "
+        "The CLIP model and any images must be on S3. Unset: no evaluation.",
     )
     workers: Workers = Field(default_factory=Workers)
     placement: Placement = Field(default_factory=Placement, description="Worker pod placement.")
@@ -221,6 +237,41 @@ class Progress(_Status):
     updated: DateTime | None = None
 
 
+class EvaluationFigures(_Status):
+    """One model's headline figures (`disney-train eval`; eval/eval.json has them all)."""
+
+    promptFidelity: float | None = Field(
+        default=None, description="CLIP text-frame cosine, averaged over the videos (higher: closer to the prompt)."
+    )
+    temporalConsistency: float | None = Field(
+        default=None, description="CLIP cosine of adjacent frames (higher: steadier; 1: a still video)."
+    )
+    ssim: float | None = Field(
+        default=None, description="SSIM of adjacent frames (higher: steadier; 1: a still video)."
+    )
+    styleDistance: float | None = Field(
+        default=None,
+        description="Frechet distance of the frames' CLIP embeddings to the training clips' (lower: closer in style).",
+    )
+
+
+class EvaluationStatus(_Status):
+    """What the evaluation after training measured: where its report is, and the headline figures."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    report: str | None = Field(default=None, description="The HTML report (<run>/eval/report.html).")
+    markdown: str | None = Field(default=None, description="The same report in Markdown.")
+    json_uri: str | None = Field(default=None, alias="json", description="Every figure (<run>/eval/eval.json).")
+    baseline: EvaluationFigures | None = Field(default=None, description="The base model.")
+    fineTuned: EvaluationFigures | None = Field(default=None, description="The base model with the run's LoRA.")
+    videos: int | None = Field(default=None, description="Videos rendered, both models together.")
+    truncatedPrompts: int | None = Field(
+        default=None, description="Prompts longer than CLIP's token limit: only their start was scored."
+    )
+    created: DateTime | None = None
+
+
 class VideoFineTuneStatus(_Status):
     phase: Phase | None = None
     observedGeneration: int | None = None
@@ -230,6 +281,7 @@ class VideoFineTuneStatus(_Status):
     lastFailure: str | None = Field(default=None, description="Why the last failed attempt failed.")
     rayJob: RayJobRef | None = None
     progress: Progress | None = None
+    evaluation: EvaluationStatus | None = Field(default=None, description="The evaluation after training.")
     runUri: str | None = Field(default=None, description="Where the run's files are: <output.uri>/<name>.")
     startTime: DateTime | None = None
     completionTime: DateTime | None = None

@@ -1,4 +1,5 @@
-"""Carrying out a reconcile: plan (pure) with the run's last-read progress, then write the plan.
+"""Carrying out a reconcile: plan (pure) with the run's last-read progress and evaluation summary, then
+write the plan.
 
 Writes go in an order that survives a crash between any two of them: the finalizer before the
 RayJob (so a deletion always finds it), the RayJob before the status that names it, events last.
@@ -96,7 +97,14 @@ class Controller:
                 vft = written[1]
             rayjobs = self._rayjobs_view(key, rayjobs)
             self.progress.refresh(key, vft, rayjobs)
-            p = plan(vft, rayjobs, self.progress.latest(key), self.clock(), self.settings)
+            p = plan(
+                vft,
+                rayjobs,
+                self.progress.latest(key),
+                self.clock(),
+                self.settings,
+                evaluation=self.progress.latest_evaluation(key),
+            )
             try:
                 self._execute(key, vft, p)
             except ConflictError as err:

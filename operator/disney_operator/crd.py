@@ -144,6 +144,13 @@ PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
     {"name": "RayJob", "type": "string", "jsonPath": ".status.rayJob.name", "priority": 1},
+    {
+        "name": "Fidelity",
+        "type": "number",
+        "jsonPath": ".status.evaluation.fineTuned.promptFidelity",
+        "description": "the evaluated fine-tuned model's prompt fidelity (CLIP); status.evaluation has the baseline's",
+        "priority": 1,
+    },
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri", "priority": 1},
 ]
 

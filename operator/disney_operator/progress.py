@@ -1,9 +1,11 @@
-"""The runs' progress records (`<output.uri>/<name>/progress.json`, written by training), read in the
+"""The runs' progress records (`<output.uri>/<name>/progress.json`, written by training) and evaluation
+summaries (`eval/summary.json`, written by `disney-train eval` at the end of the RayJob), read in the
 background so that a slow or unreachable S3 never holds a reconcile up.
 
-A reconcile asks `latest(key)` (what was last read) and `refresh(...)` (read again if due: every
-`progress_seconds` while the RayJob runs, and once more when it ends). A read that finds something new
-calls `on_change(key)`, which reconciles that VideoFineTune again.
+A reconcile asks `latest(key)` and `latest_evaluation(key)` (what was last read) and `refresh(...)` (read
+again if due: every `progress_seconds` while the RayJob runs, and once more when it ends, which is when
+the evaluation's summary is there). The summary is read only for a VideoFineTune with an evaluation block.
+A read that finds something new calls `on_change(key)`, which reconciles that VideoFineTune again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from disney_train.config import S3Options
-from disney_train.train.run_files import RunFiles
+from disney_train.eval.results import SUMMARY_JSON
+from disney_train.train.run_files import PROGRESS, RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class ProgressReader:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="progress")
         self._lock = threading.Lock()
         self._latest: dict[Key, dict[str, Any]] = {}
+        self._evaluation: dict[Key, dict[str, Any]] = {}
         self._read_at: dict[Key, float] = {}
         self._final: dict[Key, set[str]] = {}  # the ended RayJobs whose last record was read
         self._busy: set[Key] = set()
@@ -48,9 +52,15 @@ class ProgressReader:
         with self._lock:
             return self._latest.get(key)
 
+    def latest_evaluation(self, key: Key) -> dict[str, Any] | None:
+        """The run's evaluation summary (`disney_train.eval.results.Summary` as JSON), once read."""
+        with self._lock:
+            return self._evaluation.get(key)
+
     def forget(self, key: Key) -> None:
         with self._lock:
             self._latest.pop(key, None)
+            self._evaluation.pop(key, None)
             self._read_at.pop(key, None)
             self._final.pop(key, None)
             self._runs.pop(key, None)
@@ -88,31 +98,50 @@ class ProgressReader:
                 return False
             self._busy.add(key)
             self._read_at[key] = now
-        self._pool.submit(self._read, key, f"{output.rstrip('/')}/{key[1]}", s3, final)
+        evaluated = bool(spec.get("evaluation"))
+        self._pool.submit(self._read, key, f"{output.rstrip('/')}/{key[1]}", s3, final, evaluated)
         return True
 
-    def _read(self, key: Key, uri: str, s3: S3Options, final: str | None) -> None:
-        ok, value = False, None
+    def _read(self, key: Key, uri: str, s3: S3Options, final: str | None, evaluated: bool) -> None:
+        ok, progress, summary = False, None, None
         try:
             where = f"{uri} {s3.model_dump_json()}"
             if key not in self._runs or self._runs[key][0] != where:
                 self._runs[key] = (where, RunFiles.at(uri, s3))
-            value = self._runs[key][1].read_progress()
-            ok = True
+            files = self._runs[key][1]
+            ok, progress = _attempt(key, "progress", f"{uri}/{PROGRESS}", files.read_progress)
+            if evaluated and ok:  # (S3 failed the progress read: the summary waits for the next read)
+                ok, summary = _attempt(key, "evaluation summary", f"{uri}/{SUMMARY_JSON}", files.read_eval_summary)
         except Exception as err:  # progress is a nicety: never a reason to stop reconciling
-            log.warning("%s/%s: progress at %s not read: %s", *key, uri, err)
+            log.warning("%s/%s: run files at %s not read: %s", *key, uri, err)
         finally:
             with self._lock:
                 self._busy.discard(key)
         changed = False
         with self._lock:
-            if final is not None and ok:
+            if final is not None and ok:  # else the ended RayJob's last read is tried again
                 self._final.setdefault(key, set()).add(final)
-            if value is not None and value != self._latest.get(key):
-                self._latest[key] = value
-                changed = True
+            for value, store in ((progress, self._latest), (summary, self._evaluation)):
+                if value is not None and value != store.get(key):
+                    store[key] = value
+                    changed = True
         if changed:
             self.on_change(key)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _attempt(
+    key: Key, what: str, uri: str, read: Callable[[], dict[str, Any] | None]
+) -> tuple[bool, dict[str, Any] | None]:
+    """(read, value): one file of the run, a failure logged, never raised. A file that is there but is not
+    a JSON object counts as read (reading it again gives the same); an S3 error does not (it is tried again)."""
+    try:
+        return True, read()
+    except ValueError as err:
+        log.warning("%s/%s: %s %s not understood: %s", *key, what, uri, err)
+        return True, None
+    except Exception as err:
+        log.warning("%s/%s: %s %s not read: %s", *key, what, uri, err)
+        return False, None

@@ -28,6 +28,9 @@ RAYCLUSTERS = "rayclusters"
 WORKER_GROUP = "workers"
 CONFIG_ENV = "DISNEY_TRAIN_RUN_CONFIG"
 ENTRYPOINT = f"disney-train train --config-env {CONFIG_ENV}"
+# With an evaluation block: baseline versus fine-tuned once training is done. `train` exits 0 for a run
+# that already finished, so a retried attempt whose training was done goes straight to the evaluation.
+EVAL_ENTRYPOINT = f"{ENTRYPOINT} && disney-train eval --config-env {CONFIG_ENV}"
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -95,8 +98,22 @@ def worker_range(spec: api.VideoFineTuneSpec) -> RayTrainRange:
     return RayTrainRange(per_pod, lo * per_pod, hi * per_pod, lo, w.replicas)
 
 
+def _check_evaluation_uris(spec: api.VideoFineTuneSpec) -> None:
+    """The evaluation runs in the Ray cluster's pods: what it reads has to be on S3, not on someone's disk."""
+    e = spec.evaluation
+    if e is None:
+        return
+    named = [("evaluation.clip_uri", e.clip_uri)] + [(f"evaluation.images[{i}]", u) for i, u in enumerate(e.images)]
+    for field, uri in named:
+        if not uri.startswith("s3://"):
+            raise SpecError(
+                f"{field} {uri!r} is not an s3:// URI: the Ray pods cannot read local paths (copy it to S3)"
+            )
+
+
 def run_config(name: str, spec: api.VideoFineTuneSpec) -> RunConfig:
-    """The run configuration the workers train with: the spec's recipe, its places, its worker range."""
+    """The run configuration the workers train with: the spec's recipe, its places, its worker range, and the
+    evaluation after training (if any)."""
     res = spec.workers.resources
     rng = worker_range(spec)
     cpus = math.floor(cpu_cores(res.cpu) / rng.per_pod)
@@ -112,6 +129,7 @@ def run_config(name: str, spec: api.VideoFineTuneSpec) -> RunConfig:
     }
     if rng.train_min != rng.train_max:
         workers |= {"min_replicas": rng.train_min, "max_replicas": rng.train_max}
+    _check_evaluation_uris(spec)
     recipe = spec.training.model_dump(mode="json")
     data = {**recipe.pop("data"), "uri": spec.dataset.uri}
     train = {**recipe.pop("train"), "workers": workers}
@@ -123,6 +141,8 @@ def run_config(name: str, spec: api.VideoFineTuneSpec) -> RunConfig:
         "output": spec.output.model_dump(mode="json"),
         "train": train,
     }
+    if spec.evaluation is not None:
+        raw["evaluation"] = spec.evaluation.model_dump(mode="json")
     try:
         return config_from_dict(raw, f"VideoFineTune {name}")
     except ConfigError as err:
@@ -251,7 +271,7 @@ def desired_rayjob(
             ],
         },
         "spec": {
-            "entrypoint": ENTRYPOINT,
+            "entrypoint": ENTRYPOINT if cfg.evaluation is None else EVAL_ENTRYPOINT,
             "runtimeEnvYAML": yaml.safe_dump({"env_vars": {CONFIG_ENV: dump_config(cfg)}}, sort_keys=False),
             "submissionMode": "K8sJobMode",
             "shutdownAfterJobFinishes": True,  # also what KubeRay requires to suspend a RayJob

@@ -1,4 +1,5 @@
-"""Reconcile, as a pure function: (VideoFineTune, its RayJobs, the run's progress, now) -> Plan.
+"""Reconcile, as a pure function: (VideoFineTune, its RayJobs, the run's progress and evaluation summary,
+now) -> Plan.
 
 The plan says what to write; `controller.py` writes it. Nothing here talks to the API server or S3,
 so every transition is unit-tested on its own and the same inputs always give the same writes.
@@ -11,6 +12,9 @@ has no conditions array on RayJobs, so ours carry them):
     Suspending, Suspended (spec.suspend)  -> Suspended
     Complete + SUCCEEDED                  -> Succeeded
     Failed, or Complete + FAILED/STOPPED  -> a new attempt (Pending) while backoffLimit allows, else Failed
+
+A VideoFineTune with an evaluation block also has the condition `Evaluated`: True once the summary that
+`disney-train eval` writes at the end of the RayJob has been read (its figures in status.evaluation).
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from pydantic import ValidationError
 from disney_operator import api
 from disney_operator.rayjob import ANNOTATION_TEMPLATE, SpecError, desired_rayjob, is_elastic
 from disney_operator.settings import Settings
+from disney_train.eval.results import SUMMARY_JSON
 
 FINALIZER = f"{api.GROUP}/rayjobs"
 CONDITION_TYPES: tuple[api.Phase, ...] = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
+EVALUATED = "Evaluated"  # a condition of VideoFineTunes with an evaluation block
 FAILED_STATUSES = ("FAILED", "STOPPED")
 ENDED = ("Complete", "Failed", "ValidationFailed")  # KubeRay's deployment states with nothing more to come
 
@@ -85,39 +91,88 @@ def _status_in(vft: dict[str, Any]) -> api.VideoFineTuneStatus:
 
 
 def _dump(status: api.VideoFineTuneStatus) -> dict[str, Any]:
-    return status.model_dump(mode="json", exclude_none=True)
+    return status.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+# What a run's files hold is the trainer's word, not the API's: values of the wrong type, or not finite
+# (a loss gone NaN: JSON cannot carry it to the API server), are left out rather than let one record
+# block every status write.
+
+
+def _number(d: dict[str, Any], key: str) -> float | None:
+    v = d.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _count(d: dict[str, Any], key: str) -> int | None:
+    v = d.get(key)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def _text(d: dict[str, Any], key: str, limit: int = 1024) -> str | None:
+    v = d.get(key)
+    return v[:limit] if isinstance(v, str) and v else None
 
 
 def _progress(p: dict[str, Any]) -> api.Progress:
-    """The status's view of a run's progress record. What the record holds is the trainer's word, not
-    the API's: values of the wrong type, or not finite (a loss gone NaN: JSON cannot carry it to the
-    API server), are left out rather than let one record block every status write."""
-
-    def number(key: str) -> float | None:
-        v = p.get(key)
-        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
-
-    def count(key: str) -> int | None:
-        v = p.get(key)
-        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+    """The status's view of a run's progress record."""
 
     def when(key: str) -> str | None:
-        t = number(key)
+        t = _number(p, key)
         try:
             return rfc3339(datetime.fromtimestamp(t, UTC)) if t is not None else None
         except (OverflowError, OSError, ValueError):
             return None
 
-    checkpoint = p.get("last_checkpoint")
     return api.Progress(
-        step=count("step"),
-        epoch=count("epoch"),
-        loss=number("loss"),
-        worldSize=count("world_size"),
-        lastCheckpoint=checkpoint[:1024] if isinstance(checkpoint, str) else None,
+        step=_count(p, "step"),
+        epoch=_count(p, "epoch"),
+        loss=_number(p, "loss"),
+        worldSize=_count(p, "world_size"),
+        lastCheckpoint=_text(p, "last_checkpoint"),
         lastCheckpointTime=when("last_checkpoint_time"),
         updated=when("updated"),
     )
+
+
+def _figures(summary: dict[str, Any], key: str) -> api.EvaluationFigures | None:
+    f = summary.get(key)
+    if not isinstance(f, dict):
+        return None
+    figures = api.EvaluationFigures(
+        promptFidelity=_number(f, "prompt_fidelity"),
+        temporalConsistency=_number(f, "temporal_consistency"),
+        ssim=_number(f, "ssim"),
+        styleDistance=_number(f, "style_distance"),
+    )
+    return figures if figures.model_dump(exclude_none=True) else None
+
+
+def _utc(text: str | None) -> str | None:
+    """An ISO 8601 time as RFC 3339 in UTC (one without a zone is taken as UTC); None when it is not one."""
+    if text is None:
+        return None
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return rfc3339(t if t.tzinfo is not None else t.replace(tzinfo=UTC))
+    except (ValueError, OverflowError):
+        return None
+
+
+def _evaluation(summary: dict[str, Any]) -> api.EvaluationStatus | None:
+    """The status's view of a run's evaluation summary (`disney_train.eval.results.Summary`); None when
+    nothing in it is usable."""
+    evaluation = api.EvaluationStatus(
+        report=_text(summary, "report"),
+        markdown=_text(summary, "markdown"),
+        json_uri=_text(summary, "json"),
+        baseline=_figures(summary, "baseline"),
+        fineTuned=_figures(summary, "finetuned"),
+        videos=_count(summary, "videos"),
+        truncatedPrompts=_count(summary, "truncated_prompts"),
+        created=_utc(_text(summary, "created", 64)),
+    )
+    return evaluation if evaluation.model_dump(exclude_none=True) else None
 
 
 def _short(text: str, limit: int = 1000) -> str:
@@ -158,6 +213,44 @@ def _conditions(old: list[api.Condition], observed: _Observed, generation: int, 
     return out
 
 
+def _with_evaluated(
+    old: list[api.Condition], new: api.VideoFineTuneStatus, wanted: bool, generation: int, now: str
+) -> list[api.Condition]:
+    """The new conditions with `Evaluated` for a VideoFineTune with an evaluation block (and without it
+    for one without). True once the summary has been read; lastTransitionTime moves only with the status."""
+    conditions = [c for c in new.conditions if c.type != EVALUATED]
+    if not wanted:
+        return conditions
+    status: Literal["True", "False"] = "False"
+    if new.evaluation is not None:
+        status, reason = "True", "Evaluated"
+        message = f"report: {new.evaluation.report}" if new.evaluation.report else "the evaluation summary was read"
+    elif new.phase == "Succeeded":
+        where = f"{new.runUri}/{SUMMARY_JSON}" if new.runUri else SUMMARY_JSON
+        reason, message = "NoSummary", f"training succeeded; no evaluation summary read from {where} (yet)"
+    elif new.phase == "Failed":
+        reason, message = "RunFailed", "the run failed; no evaluation summary was read"
+    else:
+        reason, message = "AfterTraining", "the evaluation runs when training ends"
+    before = next((c for c in old if c.type == EVALUATED), None)
+    since = before.lastTransitionTime if before is not None and before.status == status else now
+    evaluated = api.Condition(
+        type=EVALUATED,
+        status=status,
+        reason=reason,
+        message=message,
+        lastTransitionTime=since,
+        observedGeneration=generation,
+    )
+    return [*conditions, evaluated]
+
+
+def _evaluated_now(old: api.VideoFineTuneStatus, new: api.VideoFineTuneStatus) -> list[Event]:
+    if new.evaluation is None or old.evaluation is not None:
+        return []
+    return [Event("Normal", EVALUATED, f"evaluation summary read; report: {new.evaluation.report or '(none)'}")]
+
+
 def _rayjob_failed(deployment: str, job: str) -> bool:
     return deployment == "Failed" or (deployment == "Complete" and job in FAILED_STATUSES)
 
@@ -173,10 +266,15 @@ def plan(
     progress: dict[str, Any] | None,
     now: datetime,
     settings: Settings,
+    evaluation: dict[str, Any] | None = None,
 ) -> Plan:
+    """`progress` and `evaluation` are the run's last-read progress record and evaluation summary (None:
+    none read; the status keeps what it shows). The summary counts only for a spec with an evaluation block."""
     meta = vft["metadata"]
     out = Plan()
     stamp = rfc3339(now)
+    evaluated = bool((vft.get("spec") or {}).get("evaluation"))
+    summary = _evaluation(evaluation) if evaluated and evaluation is not None else None
     mine = sorted(rayjobs, key=lambda rj: rj["metadata"]["name"])
 
     # Deletion: remove the RayJobs (never anything in S3), then let the object go.
@@ -210,6 +308,10 @@ def plan(
             new.workers = api.WorkersStatus(desired=new.workers.desired, ready=0, summary=f"0/{new.workers.desired}")
         if progress is not None:  # the run's last record may arrive after its end
             new.progress = _progress(progress)
+        if summary is not None:  # and its evaluation's summary too (read as the RayJob ends)
+            new.evaluation = summary
+        new.conditions = _with_evaluated(old.conditions, new, evaluated, generation, stamp)
+        out.events += _evaluated_now(old, new)
         out.status = _dump(new) if _dump(new) != _dump(old) else None
         return out
 
@@ -225,6 +327,7 @@ def plan(
         observed = _Observed("Pending", "InvalidSpec", text)
         new.phase, new.message = "Pending", text
         new.conditions = _conditions(old.conditions, observed, generation, stamp)
+        new.conditions = _with_evaluated(old.conditions, new, evaluated, generation, stamp)
         if old.message != text:
             out.events.append(Event("Warning", "InvalidSpec", text))
         out.status = _dump(new) if _dump(new) != _dump(old) else None
@@ -335,6 +438,10 @@ def plan(
         out.events.append(Event("Normal", "Suspended", observed.message))
     if progress is not None:
         new.progress = _progress(progress)
+    if summary is not None:
+        new.evaluation = summary
+    new.conditions = _with_evaluated(old.conditions, new, evaluated, generation, stamp)
+    out.events += _evaluated_now(old, new)
 
     if _dump(new) != _dump(old):
         out.status = _dump(new)
