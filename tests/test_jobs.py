@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from disney_operator import api
-from disney_operator.rayjob import CONFIG_ENV, WORKER_GROUP, run_config_of
+from disney_operator.rayjob import CONFIG_ENV, ENTRYPOINT, EVAL_ENTRYPOINT, WORKER_GROUP, run_config_of
 from disney_train.config import RunConfig, TrainingSpec
 from disney_train.train.engine import Placement, deepspeed_config, placement
 from tests.support.apiserver import ApiServer
@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 EXAMPLES = {"cogvideox-2b-disney-t2v.yaml", "cogvideox-5b-i2v-disney.yaml", "smoke.yaml"}
 GPU_JOBS = EXAMPLES  # each example is meant for GPU nodes
+EVALUATED = {"cogvideox-2b-disney-t2v.yaml", "cogvideox-5b-i2v-disney.yaml"}  # baseline vs fine-tuned after training
 UID = "00000000-0000-0000-0000-000000000000"
 
 each_job = pytest.mark.parametrize("path", JOBS, ids=[p.name for p in JOBS])
@@ -63,6 +64,8 @@ def dry_run(server: ApiServer, ns: str, manifest: str, check: bool = True) -> su
 
 def test_the_examples_are_there() -> None:
     assert {p.name for p in JOBS} >= EXAMPLES, f"jobs/ holds {[p.name for p in JOBS]}"
+    for name in EVALUATED:
+        assert spec_of(ROOT / "jobs" / name).evaluation is not None, f"{name}: no evaluation after training"
 
 
 # --------------------------------------------------------------------------- the VideoFineTunes
@@ -91,8 +94,17 @@ def test_the_job_is_a_valid_spec(path: Path) -> None:
     token = spec.training.data.id_token
     if token:
         assert all(p.startswith(f"{token} ") for p in v.prompts), v.prompts
+    e = spec.evaluation
+    if e is not None:
+        assert not set(e.prompts) & set(v.prompts), "evaluation prompts are held out, not the validation ones"
+        if spec.model.variant == "i2v":
+            assert len(e.images) == len(e.prompts) and not set(e.images) & set(v.images)
+        assert all(u.startswith("s3://") for u in (e.clip_uri, *e.images)), "pods only see S3"
+        if token:
+            assert all(p.startswith(f"{token} ") for p in e.prompts), e.prompts
     if path.name in EXAMPLES:  # one placeholder bucket and one Secret: one setup serves every example
         uris = [spec.model.uri, spec.dataset.uri, spec.output.uri, *v.images]
+        uris += [e.clip_uri, *e.images] if e is not None else []
         assert {u.split("/")[2] for u in uris} == {"disney-train"}, uris
         assert spec.s3Credentials is not None and spec.s3Credentials.secretName == "disney-train-s3"
 
@@ -197,6 +209,8 @@ def test_the_operator_renders_a_gpu_rayjob(path: Path) -> None:
     assert (cfg.name, cfg.model.uri, cfg.model.variant) == (name, spec.model.uri, spec.model.variant)
     assert (cfg.data.uri, cfg.output.uri) == (spec.dataset.uri, spec.output.uri)
     assert recipe_of(cfg) == spec.training
+    assert cfg.evaluation == spec.evaluation
+    assert rj["spec"]["entrypoint"] == (EVAL_ENTRYPOINT if spec.evaluation is not None else ENTRYPOINT)
     # S3 keys only as references to the Secret, never values
     env = {e["name"]: e for e in worker["env"]}
     creds = spec.s3Credentials
