@@ -283,16 +283,30 @@ def model_tiny(
     console.print(f"wrote a tiny {'image' if i2v else 'text'}-to-video CogVideoX to {out}")
 
 
+@model_app.command("tiny-clip")
+def model_tiny_clip(
+    out: Annotated[Path, typer.Argument(help="Folder to write the model to (transformers layout).")],
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write a tiny CLIP with random weights, loadable like the real ones (evaluation of smoke runs, `make run`)."""
+    from disney_train.model.tiny_clip import write_tiny_clip
+
+    write_tiny_clip(out, seed)
+    console.print(f"wrote a tiny CLIP to {out}")
+
+
 @model_app.command("push")
 def model_push(
-    src: Annotated[Path, typer.Argument(help="Model folder in the diffusers layout.")],
+    src: Annotated[Path, typer.Argument(help="Model folder: CogVideoX (diffusers layout) or CLIP (transformers).")],
     dest: Annotated[str, typer.Argument(help="s3://bucket/prefix (or a folder).")],
     endpoint_url: EndpointOpt = None,
 ) -> None:
     """Upload a model folder, each file with its sha256, skipping files already there."""
-    from disney_train.model.source import push_model
+    from disney_train.eval.metrics import check_clip_layout
+    from disney_train.model.source import check_layout, push_model
 
-    written = _guard(lambda: push_model(src, dest, _s3(endpoint_url)))
+    clip = (src / "config.json").is_file() and not (src / "model_index.json").is_file()
+    written = _guard(lambda: push_model(src, dest, _s3(endpoint_url), check_clip_layout if clip else check_layout))
     console.print(f"{dest}: {len(written)} file(s) uploaded")
 
 

@@ -66,8 +66,12 @@ def write_config(path: Path, s3: S3Options, **evaluation: Any) -> Path:
 def run_setup(
     tmp_path: Path, s3: S3Options, s3_uri: str, tiny_t2v: Path, tiny_clip_dir: Path, packed: Path, tiny_lora: bytes
 ) -> tuple[Path, list[str]]:
-    """A finished run's LoRA on S3, CLIP on S3, the tiny model and the packed sample locally."""
-    upload_folder(tiny_clip_dir, f"{s3_uri}/clip", s3)
+    """A finished run's LoRA on S3, CLIP on S3 (`disney-train model push`), the tiny model and the packed
+    sample locally."""
+    push = CliRunner().invoke(
+        app, ["model", "push", str(tiny_clip_dir), f"{s3_uri}/clip", "--endpoint-url", str(s3.endpoint_url)]
+    )
+    assert push.exit_code == 0 and "7 file(s) uploaded" in " ".join(push.output.split()), push.output
     open_store(f"{s3_uri}/runs/evaluated", s3).write_bytes(FINAL_LORA, tiny_lora)
     config = write_config(tmp_path / "run.yaml", s3)
     where = [
@@ -187,9 +191,13 @@ def test_eval_again_replaces_the_earlier_one_and_bad_input_is_named(
 
 
 def test_image_to_video_evaluation(
-    tmp_path: Path, s3: S3Options, s3_uri: str, tiny_i2v: Path, tiny_clip_dir: Path, packed: Path, tiny_lora: bytes
+    tmp_path: Path, s3: S3Options, tiny_i2v: Path, packed: Path, tiny_lora: bytes
 ) -> None:
-    """I2V: each prompt's image conditions both models' videos, and the report names it."""
+    """I2V: each prompt's image conditions both models' videos, and the report names it. CLIP from
+    `disney-train model tiny-clip`, in a local folder."""
+    tiny_clip_dir = tmp_path / "tiny-clip"
+    made = CliRunner().invoke(app, ["model", "tiny-clip", str(tiny_clip_dir)])
+    assert made.exit_code == 0, made.output
     image = tmp_path / "first-frame.png"
     Image.fromarray(np.linspace(0, 255, 32 * 32 * 3).astype(np.uint8).reshape(32, 32, 3)).save(image)
     open_store(f"{tmp_path}/runs/evaluated").write_bytes(FINAL_LORA, tiny_lora)  # attention shapes as the t2v model's

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 EXAMPLES = {"cogvideox-2b-disney-t2v.yaml", "cogvideox-5b-i2v-disney.yaml", "smoke.yaml"}
 GPU_JOBS = EXAMPLES  # each example is meant for GPU nodes
-EVALUATED = {"cogvideox-2b-disney-t2v.yaml", "cogvideox-5b-i2v-disney.yaml"}  # baseline vs fine-tuned after training
+EVALUATED = EXAMPLES  # baseline versus fine-tuned after training, the smoke job too
 UID = "00000000-0000-0000-0000-000000000000"
 
 each_job = pytest.mark.parametrize("path", JOBS, ids=[p.name for p in JOBS])
@@ -287,4 +287,6 @@ def test_the_smoke_job_is_small() -> None:
     assert t.data.num_frames <= 17 and t.data.height * t.data.width <= 128 * 128
     assert t.train.checkpoint_every < t.optim.max_steps, "a checkpoint is written before the end"
     assert t.validation.steps <= 8 and t.validation.every == 0 and t.validation.at_end
+    assert spec.evaluation is not None and spec.evaluation.seeds == 1 and spec.evaluation.steps <= 8
+    assert len(spec.evaluation.prompts) == 1 and spec.evaluation.clip_uri.endswith("/tiny-clip")
     assert spec.backoffLimit == 0

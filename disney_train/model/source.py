@@ -103,9 +103,12 @@ def _unchanged(dest: Path, store: S3Store, key: str) -> bool:
     return stored is not None and sha256_file(dest) == stored
 
 
-def push_model(src: Path, uri: str, s3: S3Options | None = None) -> list[str]:
-    """Upload a model folder (each file with its sha256 in the object metadata)."""
-    check_layout(src)
+def push_model(
+    src: Path, uri: str, s3: S3Options | None = None, check: Callable[[Path, str | None], Path] = check_layout
+) -> list[str]:
+    """Upload a model folder (each file with its sha256 in the object metadata); `check` refuses a folder
+    that is not the expected model (default: CogVideoX in the diffusers layout)."""
+    check(src, None)
     store = open_store(uri, s3)
     store.check_access(write=True)
     written = []
