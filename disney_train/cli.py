@@ -442,17 +442,32 @@ def train(
     config_env: ConfigEnvOpt = None,
     set_: SetOpt = None,
     ray_address: RayOpt = None,
+    evaluate: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate",
+            help="Then run the configuration's evaluation (`disney-train eval`), also when the run had finished "
+            "already; its inputs (CLIP, images) are checked before training. What the operator's RayJobs run.",
+        ),
+    ] = False,
 ) -> None:
     """Train (or resume) the run of a configuration on a Ray worker group: what cluster workers run."""
     from disney_train.train.launch import RunFinishedError
 
     cfg = _guard(lambda: _run_config(config, config_env, set_))
+    if evaluate:
+        from disney_train.eval.evaluate import check_inputs
+
+        _guard(lambda: check_inputs(cfg))  # a wrong CLIP or image found now, not after hours of training
     try:
         _guard(lambda: _train(cfg, ray_address))
+        _print_outputs(cfg)
     except RunFinishedError as err:
         console.print(f"[bold yellow]{err}[/]", highlight=False)
-        return
-    _print_outputs(cfg)
+    if evaluate:
+        from disney_train.eval.evaluate import run_evaluation
+
+        _print_evaluation(_guard(lambda: run_evaluation(cfg, "auto", ray_address, say=err_console.print)))
 
 
 @app.command("cache")
@@ -531,11 +546,11 @@ def run(
     if not cfg.model.uri.startswith("s3://") and not (model / "model_index.json").is_file():
         write_tiny_model(model, cfg.model.variant)
     console.print(f"{cfg.model.uri}: CogVideoX ({cfg.model.variant}) with tiny random weights")
-    clip = Path(cfg.evaluation.clip_uri) if cfg.evaluation else None
-    if clip is not None and not str(clip).startswith("s3://") and not (clip / "config.json").is_file():
+    clip = cfg.evaluation.clip_uri if cfg.evaluation else None
+    if clip is not None and not clip.startswith("s3://") and not (Path(clip) / "config.json").is_file():
         from disney_train.model.tiny_clip import write_tiny_clip
 
-        write_tiny_clip(clip)
+        write_tiny_clip(Path(clip))
         console.print(f"{clip}: CLIP with tiny random weights (the evaluation's)")
     console.rule("[bold]4. latent cache and training")
     from disney_train.train.launch import RunFinishedError

@@ -207,7 +207,12 @@ class EvaluationConfig(_Section):
     clip_uri: Uri = Field(
         description="CLIP in the transformers layout (e.g. openai/clip-vit-base-patch32 copied to s3://models/clip)."
     )
-    seeds: int = Field(default=2, ge=1, le=64, description="Videos per prompt and model, at seeds seed, seed+1, ...")
+    seeds: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Videos per prompt and model; prompt i of set k is seeded seed + k * prompts + i.",
+    )
     seed: int = Field(default=0, ge=0, le=2**31, description="The first noise seed; both models get the same seeds.")
     steps: int = Field(default=50, ge=1, le=1000, description="Denoising steps.")
     guidance_scale: float = Field(default=6.0, ge=1.0, description="Classifier-free guidance scale.")

@@ -30,6 +30,15 @@ class RenderSpec:
     seed: int
 
 
+def pick_device(requested: str) -> tuple[str, Any]:
+    """(device, dtype) for rendering: `auto` is CUDA when torch sees a GPU; CUDA renders in bf16, the CPU
+    in fp32 (bf16 on CPU is slow)."""
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
+    return device, torch.bfloat16 if device == "cuda" else torch.float32
+
+
 def load_pipeline(model_path: Path, variant: Literal["t2v", "i2v"], device: str, dtype: Any) -> Any:
     from diffusers import CogVideoXImageToVideoPipeline, CogVideoXPipeline
 
@@ -183,8 +192,6 @@ def generate(req: GenerateRequest, s3: Any = None) -> list[str]:
     Returns the videos' URIs."""
     import json
 
-    import torch
-
     from disney_train.model.load import model_variant
     from disney_train.model.source import resolve_model
     from disney_train.storage import open_store, read_uri
@@ -203,8 +210,7 @@ def generate(req: GenerateRequest, s3: Any = None) -> list[str]:
     if variant == "i2v" and len(images) == 1:
         images = images * len(req.prompts)
     loras = [(lora_file(ref, s3), ref.scale) for ref in req.loras]
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if req.device == "auto" else req.device
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    device, dtype = pick_device(req.device)
     pipe = load_pipeline(model_path, variant, device, dtype)
     apply_loras(pipe, loras)
     spec = RenderSpec(

@@ -20,7 +20,15 @@ from typer.testing import CliRunner
 
 from disney_train.cli import app
 from disney_train.config import S3Options, load_config
-from disney_train.eval.results import EVAL_JSON, REPORT_HTML, REPORT_MD, SUMMARY_JSON, EvalResults, Summary
+from disney_train.eval.results import (
+    EVAL_JSON,
+    REPORT_HTML,
+    REPORT_MD,
+    SUMMARY_JSON,
+    EvalResults,
+    ModelName,
+    Summary,
+)
 from disney_train.model.tiny_clip import MAX_TOKENS
 from disney_train.storage import open_store, sha256_file
 from disney_train.train.run_files import FINAL_LORA
@@ -100,7 +108,7 @@ class _Images(HTMLParser):
 
 
 def test_eval_writes_figures_report_plots_and_videos_to_the_run(
-    run_setup: tuple[Path, list[str]], s3: S3Options, s3_uri: str
+    run_setup: tuple[Path, list[str]], s3: S3Options, s3_uri: str, tmp_path: Path
 ) -> None:
     config, sets = run_setup
     code, out = evaluate("--config", str(config), *sets)
@@ -109,7 +117,7 @@ def test_eval_writes_figures_report_plots_and_videos_to_the_run(
 
     results = EvalResults.model_validate_json(store.read_bytes(EVAL_JSON))
     assert results.all_finite()
-    assert results.settings.seeds == [7, 9]  # seed set k starts at seed + k * prompts: every video its own seed
+    assert results.settings.seeds == [7, 8, 9, 10] and results.settings.seed_sets == 2  # set k starts at 7 + 2k
     pairs = {m: sorted((v.prompt, v.seed) for v in results.videos if v.model == m) for m in ("baseline", "finetuned")}
     assert pairs["baseline"] == pairs["finetuned"] == [(0, 7), (0, 9), (1, 8), (1, 10)]
     # CLIP scored the prompts without the id token; the long one was cut to the tiny CLIP's limit
@@ -132,6 +140,18 @@ def test_eval_writes_figures_report_plots_and_videos_to_the_run(
         assert frames.shape == (9, 32, 32, 3)
         if model == "finetuned":
             assert not np.array_equal(frames, video[("baseline", prompt, seed)])
+
+    # each video is the one `disney-train generate` renders at its (prompt, seed), with and without the LoRA
+    runner, common = CliRunner(), ["--frames", "9", "--height", "32", "--width", "32", "--steps", "2", "--fps", "8"]
+    both: list[tuple[ModelName, list[str]]] = [("baseline", []), ("finetuned", ["--lora", f"{s3_uri}/runs/evaluated"])]
+    for model, lora in both:
+        gen = runner.invoke(app, [
+            "generate", "--model", sets[1].removeprefix("model.uri="), "--out", str(tmp_path / model),
+            "--prompt", PROMPTS[1], "--seed", "8", "--device", "cpu", "--endpoint-url", str(s3.endpoint_url),
+            *common, *lora,
+        ])  # fmt: skip
+        assert gen.exit_code == 0, gen.output
+        np.testing.assert_array_equal(decoded((tmp_path / model / "video-00.mp4").read_bytes()), video[(model, 1, 8)])
 
     # the headline figures the operator reads
     head = Summary.model_validate_json(store.read_bytes(SUMMARY_JSON))
@@ -188,6 +208,33 @@ def test_eval_again_replaces_the_earlier_one_and_bad_input_is_named(
     assert code == 1 and "no evaluation section" in out
     code, out = evaluate("--config", str(config), *sets, "--set", "evaluation.images=[a.png]")
     assert code == 1 and "evaluation.images: a text-to-video run takes no images" in " ".join(out.split())
+    code, out = evaluate("--config", str(config), *sets, "--set", f"evaluation.clip_uri={s3_uri}/runs")
+    assert code == 1 and f"evaluation.clip_uri: {s3_uri}/runs: not a CLIP model" in " ".join(out.split())
+
+
+def test_train_with_evaluate_checks_the_evaluations_inputs_before_training(
+    run_setup: tuple[Path, list[str]], s3: S3Options, s3_uri: str, tmp_path: Path, tiny_i2v: Path
+) -> None:
+    """`disney-train train --evaluate` (the operator's entrypoint) refuses a wrong CLIP or a broken image
+    before it trains anything, naming the field."""
+    config, sets = run_setup
+    store = open_store(f"{s3_uri}/runs/evaluated", s3)
+    store.delete([FINAL_LORA])  # a run not trained yet
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["train", "--config", str(config), *sets, "--set", "evaluation.clip_uri=/nowhere", "--evaluate"]
+    )
+    assert res.exit_code == 1 and "evaluation.clip_uri: /nowhere: no such model folder" in " ".join(res.output.split())
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    i2v = ["--set", f"model.uri={tiny_i2v}", "--set", "model.variant=i2v", "--set", f"evaluation.prompts={PROMPTS[:1]}"]
+    res = runner.invoke(
+        app, ["train", "--config", str(config), *sets, *i2v, "--set", f"evaluation.images=[{broken}]", "--evaluate"]
+    )
+    assert res.exit_code == 1 and f"evaluation.images[0] {broken}: not an image that decodes" in " ".join(
+        res.output.split()
+    )
+    assert store.list_keys() == []  # nothing trained, nothing written
 
 
 def test_image_to_video_evaluation(
@@ -285,3 +332,13 @@ def test_a_corrupt_training_clip_is_named_and_left_out_of_the_style_reference(pa
         corrupt(s.key)
     with pytest.raises(EvalError, match=f"{packed}: none of the training clips could be read"):
         reference_frames(cfg, cfg.evaluation, said.append)
+
+
+def test_the_id_token_is_left_out_of_what_clip_scores_only_as_a_word() -> None:
+    from disney_train.eval.evaluate import scored_prompt
+
+    assert scored_prompt("BW_STYLE a mouse", "BW_STYLE") == "a mouse"
+    assert scored_prompt("BW_STYLE, a mouse", "BW_STYLE") == "a mouse"
+    assert scored_prompt("BW_STYLEX a mouse", "BW_STYLE") == "BW_STYLEX a mouse"  # another word
+    assert scored_prompt("a BW_STYLE mouse", "BW_STYLE") == "a BW_STYLE mouse"  # only a leading token
+    assert scored_prompt("BW_STYLE", "BW_STYLE") == "BW_STYLE" and scored_prompt("a mouse", None) == "a mouse"

@@ -15,10 +15,10 @@ import pytest
 from markdown_it import MarkdownIt
 from PIL import Image, ImageSequence
 
+from disney_train.eval.metrics import evenly_spaced
 from disney_train.eval.report import (
     ReportError,
     compare,
-    frame_indices,
     md_escape,
     pca_2d,
     render_html,
@@ -105,17 +105,18 @@ def _metrics(model: ModelName, pair: int, frames: int) -> VideoMetrics:
 
 
 def make_results(prompts: list[PromptInfo], seeds: list[int], frames: int = FRAMES) -> EvalResults:
+    """`seeds`: the first seed of each seed set; prompt p of a set is seeded first + p, as evaluate.py does."""
     videos = [
         VideoResult(
             model=model,
             prompt=p,
-            seed=seed,
-            video=f"videos/{model}-p{p:02d}-s{seed}.mp4",
+            seed=first + p,
+            video=f"videos/{model}-p{p:02d}-s{first + p}.mp4",
             metrics=_metrics(model, (p * len(seeds) + s) % 4, frames),
         )
         for model in MODELS
         for p in range(len(prompts))
-        for s, seed in enumerate(seeds)
+        for s, first in enumerate(seeds)
     ]
     return EvalResults(
         run="s3://runs/disney_2b",
@@ -131,11 +132,18 @@ def make_results(prompts: list[PromptInfo], seeds: list[int], frames: int = FRAM
             fps=8,
             steps=4,
             guidance_scale=6.0,
-            seeds=seeds,
+            seed_sets=len(seeds),
+            seeds=sorted(first + p for first in seeds for p in range(len(prompts))),
             lora_scale=1.0,
             device="cpu",
         ),
-        reference=Reference(dataset="s3://data/disney", clips=3, frames=24, clip_keys=["a", "b", "c"]),
+        reference=Reference(
+            dataset="s3://data/disney",
+            clips=3,
+            frames=24,
+            clip_keys=["a", "b", "c"],
+            skipped=["d (shard-0.tar): does not match its sha256"],
+        ),
         prompts=prompts,
         videos=videos,
         summary={m: ModelSummary(**SUMMARY[m]) for m in MODELS},
@@ -258,7 +266,10 @@ def test_every_key_is_written_and_pictures_open(report: tuple[EvalResults, Path,
     results, root, keys = report
     expected_pictures = {f"eval/plots/{n}.png" for n in ("metrics", "temporal", "style")}
     expected_pictures |= {
-        f"eval/{d}/p{p:02d}-s{s}.{e}" for p in (0, 1) for s in SEEDS for d, e in (("frames", "png"), ("gifs", "gif"))
+        f"eval/{d}/p{p:02d}-s{s}.{e}"
+        for p in (0, 1)
+        for s in (SEEDS[0] + p, SEEDS[1] + p)
+        for d, e in (("frames", "png"), ("gifs", "gif"))
     }
     assert set(keys) == expected_pictures | {"eval/report.md", "eval/report.html"}
     assert keys[-2:] == ["eval/report.md", "eval/report.html"]  # written after what they link
@@ -268,10 +279,10 @@ def test_every_key_is_written_and_pictures_open(report: tuple[EvalResults, Path,
         if key.endswith(".png"):
             with Image.open(root / key) as img:
                 assert img.format == "PNG" and 200 <= img.width <= 4000 and 150 <= img.height <= 3000, key
-    with Image.open(root / "eval/frames/p01-s7.png") as grid:
+    with Image.open(root / "eval/frames/p01-s8.png") as grid:
         # two rows of 8 tiles, the 32 px frames enlarged to 128 px
         assert grid.width >= 8 * 128 and 2 * 128 <= grid.height <= 2 * 200
-    with Image.open(root / "eval/gifs/p01-s7.gif") as gif:
+    with Image.open(root / "eval/gifs/p01-s8.gif") as gif:
         assert gif.format == "GIF" and count_frames(gif) == FRAMES
         assert gif.size == (2 * SIZE, SIZE)  # the two videos side by side, unscaled
         assert gif.info["loop"] == 0 and abs(gif.info["duration"] - 1000 / results.settings.fps) <= 10
@@ -304,6 +315,7 @@ def test_notes_name_the_truncated_prompt(report: tuple[EvalResults, Path, list[s
     assert "Prompt 1 has 91 CLIP tokens; CLIP reads 77, so only its start was scored." in notes
     assert "Prompt 0 has" not in notes and "No prompt exceeded" not in notes
     assert "24 frames of 3 training clips" in notes and "noisy" in notes
+    assert "Left out of the style reference, unreadable: d (shard-0.tar): does not match its sha256" in notes
     assert all(md_escape(m.description) in notes for m in METRICS)
 
 
@@ -318,7 +330,7 @@ def test_html_is_escaped_and_links_only_written_files(report: tuple[EvalResults,
     written = {k.removeprefix("eval/") for k in keys}
     assert page.images and set(page.images) == {k for k in written if k.endswith((".png", ".gif"))}
     assert all((root / "eval" / src).is_file() for src in page.images)
-    assert "videos/baseline-p01-s7.mp4" in text and "videos/finetuned-p00-s0.mp4" in text
+    assert "videos/baseline-p01-s8.mp4" in text and "videos/finetuned-p00-s0.mp4" in text
     flat = " ".join(NASTY.split())
     assert f"Prompt 1: {flat} (truncated for CLIP)" in page.headings  # the prompt's text, literally
     prompt_cells = [row[1] for t in page.tables for row in t[1:] if len(row) > 1 and row[0] == "1"]
@@ -413,11 +425,11 @@ def test_md_escape_random_punctuation() -> None:
         assert _rendered_text("x " + md_escape(text)) == ("x " + flat).strip(), text
 
 
-def test_frame_indices() -> None:
-    assert frame_indices(5) == [0, 1, 2, 3, 4]
-    assert frame_indices(8) == list(range(8))
+def test_evenly_spaced_frames() -> None:
+    assert evenly_spaced(5, 8) == [0, 1, 2, 3, 4]
+    assert evenly_spaced(8, 8) == list(range(8))
     for n in (9, 13, 49):
-        idx = frame_indices(n)
+        idx = evenly_spaced(n, 8)
         assert len(idx) == 8 and idx[0] == 0 and idx[-1] == n - 1 and idx == sorted(set(idx))
 
 

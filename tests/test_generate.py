@@ -9,6 +9,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
+import torch
 from typer.testing import CliRunner
 
 from disney_train.cli import app
@@ -112,3 +114,14 @@ def test_bad_input_is_refused_by_name(tiny_t2v: Path, tiny_i2v: Path, tmp_path: 
         code, out = run(*SMALL, *args)  # the case's own options last: they win
         assert code == 1 and message in " ".join(out.split()), (args, out)
     assert not (tmp_path / "x").exists()  # nothing written by a refused request
+
+
+def test_the_device_and_precision_rendering_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto renders on the GPU in bf16 when torch sees one (generate, validation, eval), else on the CPU in fp32."""
+    from disney_train.generate import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == ("cuda", torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == ("cpu", torch.float32)
+    assert pick_device("cuda") == ("cuda", torch.bfloat16) and pick_device("cpu") == ("cpu", torch.float32)

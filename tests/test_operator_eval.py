@@ -95,19 +95,33 @@ BASELINE = Headline(prompt_fidelity=0.25, temporal_consistency=0.875, ssim=0.5, 
 FINETUNED = Headline(prompt_fidelity=0.3125, temporal_consistency=0.9375, ssim=0.625, style_distance=12.25)
 
 
-def run_entrypoint(rayjob: dict[str, Any], s3: S3Options) -> subprocess.CompletedProcess[str]:
-    """What KubeRay's submitter does with a RayJob: its entrypoint in a shell, with the job's runtime
-    environment variables and the S3 keys the pods get from the Secret. No RAY_ADDRESS: `eval` runs in
-    this process rather than as a Ray task."""
+FAKE_RAY = """#!/usr/bin/env python3
+# `ray job submit ... -- ENTRYPOINT` as KubeRay's submitter calls it: the job gets the runtime environment's
+# variables (the submitter's shell does not) and runs the words after `--`.
+import json, os, sys
+args = sys.argv[sys.argv.index("--") + 1 :]
+os.execvpe(args[0], args, {**os.environ, **json.load(open(os.environ["FAKE_RAY_JOB_ENV"]))})
+"""
+
+
+def run_entrypoint(rayjob: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """What KubeRay's submitter does with a RayJob (K8sJobMode): one `bash -c` line with `ray job submit`
+    and the entrypoint pasted after `--`; the job runs with the runtime environment's variables (the run
+    configuration) beside the pod's (the S3 keys from the Secret: here this process' environment). A fake
+    `ray` runs the job in place; no RAY_ADDRESS, so `eval` runs in the job's process, not as a Ray task."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ray").write_text(FAKE_RAY)
+    (bin_dir / "ray").chmod(0o755)
+    job_env = tmp_path / "job-env.json"
+    job_env.write_text(json.dumps(yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["env_vars"]))
     env = {
         **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-        **yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["env_vars"],
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "FAKE_RAY_JOB_ENV": str(job_env),
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
-    assert env["AWS_ACCESS_KEY_ID"] and s3.endpoint_url  # the `s3` fixture put the keys in the environment
-    return subprocess.run(
-        ["bash", "-c", rayjob["spec"]["entrypoint"]], env=env, capture_output=True, text=True, timeout=300
-    )
+    line = f"ray job submit --address http://127.0.0.1:8265 --no-wait -- {rayjob['spec']['entrypoint']}"
+    return subprocess.run(["bash", "-c", line], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_the_rayjob_evaluates_after_training_and_the_figures_reach_the_status(
@@ -121,9 +135,10 @@ def test_the_rayjob_evaluates_after_training_and_the_figures_reach_the_status(
     tiny_clip_dir: Path,
     packed: Path,
     tiny_lora: bytes,
+    tmp_path: Path,
 ) -> None:
-    """The whole way: the operator's RayJob runs `disney-train train` (the run's training is done: it
-    exits at once) then `disney-train eval` on the tiny models from S3; KubeRay completes the job; the
+    """The whole way: the operator's RayJob runs `disney-train train --evaluate` (the run's training is
+    done: it goes straight to the evaluation) on the tiny models from S3; KubeRay completes the job; the
     figures eval wrote reach status.evaluation, the Evaluated condition and `kubectl get -o wide`."""
     assert s3.endpoint_url is not None
     for folder, where in ((tiny_t2v, "model"), (tiny_clip_dir, "clip"), (packed, "data")):
@@ -152,7 +167,7 @@ def test_the_rayjob_evaluates_after_training_and_the_figures_reach_the_status(
     files = RunFiles(cfg)  # the run's training finished (an attempt retried after it goes straight to eval)
     files.write_final(tiny_lora, dump_config(cfg))
     files.finish(30, {"phase": "finished", "step": 30, "epoch": 15, "loss": 0.25})
-    done = run_entrypoint(rj, s3)
+    done = run_entrypoint(rj, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "already finished at step 30" in " ".join(done.stdout.split())
     summary = Summary.model_validate_json(files.store.read_bytes(SUMMARY_JSON))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -274,8 +275,9 @@ def test_the_evaluation_runs_after_training_with_the_specs_settings(monkeypatch:
 
     block = evaluation(seeds=1, num_frames=17, lora_scale=0.8)
     rj = render(vft(evaluation=block))
-    then = f"disney-train eval --config-env {CONFIG_ENV}"  # once `disney-train train` has exited 0
-    assert rj["spec"]["entrypoint"] == EVAL_ENTRYPOINT == f"disney-train train --config-env {CONFIG_ENV} && {then}"
+    # one command (KubeRay's submitter pastes it into its own shell line: an `&&` would split it there)
+    assert rj["spec"]["entrypoint"] == EVAL_ENTRYPOINT == f"disney-train train --config-env {CONFIG_ENV} --evaluate"
+    assert not {"&&", "||", ";", "|", "&"} & set(shlex.split(EVAL_ENTRYPOINT, posix=True))
     expected = EvaluationConfig.model_validate(block)
     assert run_config_of(rj).evaluation == expected and expected.seeds == 1 and expected.steps == 50
     # what `disney-train eval --config-env` on the head reads back, through the real CLI code

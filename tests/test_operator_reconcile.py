@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from disney_operator.rayjob import CONFIG_ENV
+from disney_operator.rayjob import EVAL_ENTRYPOINT
 from disney_operator.reconcile import FINALIZER, Plan, plan, rfc3339
 from disney_operator.settings import Settings
 from disney_train.eval.results import Headline, Summary
@@ -447,11 +447,14 @@ def test_odd_values_in_a_summary_are_left_out_never_blocking_the_status() -> Non
         finetuned={"prompt_fidelity": float("nan"), "temporal_consistency": "0.9", "ssim": True, "style_distance": 12},
         videos=-1,
         truncated_prompts=1.0,
-        created="yesterday",
         unknown={"a": 1},
     )
     w.step(evaluation=odd)
-    assert w.vft["status"]["evaluation"] == {"json": f"{RUN}/eval/eval.json", "fineTuned": {"styleDistance": 12.0}}
+    assert w.vft["status"]["evaluation"] == {
+        "json": f"{RUN}/eval/eval.json",
+        "fineTuned": {"styleDistance": 12.0},
+        "created": "2026-12-01T12:30:00Z",
+    }
     json.loads(json.dumps(w.vft["status"], allow_nan=False))  # what the API server is sent is JSON
     assert w.cond("Evaluated")["message"] == "the evaluation summary was read"
     # nothing usable at all: as if none had been read
@@ -459,9 +462,27 @@ def test_odd_values_in_a_summary_are_left_out_never_blocking_the_status() -> Non
     fresh.settle()
     fresh.step(evaluation={"report": None, "baseline": {"ssim": float("inf")}, "created": 1_764_590_400})
     assert "evaluation" not in fresh.vft["status"] and fresh.cond("Evaluated")["status"] == "False"
-    # a time without a zone is taken as UTC
+    # a time without a zone is taken as UTC; a summary that does not say when is not taken
     w.step(evaluation=summary(created="2026-12-01T14:30:00"))
     assert w.vft["status"]["evaluation"]["created"] == "2026-12-01T14:30:00Z"
+    undated = World(vft(evaluation=evaluation()))
+    undated.settle()
+    undated.running()
+    undated.step(evaluation=summary(created="yesterday"))
+    assert "evaluation" not in undated.vft["status"]
+
+
+def test_a_summary_from_before_the_run_started_is_an_earlier_evaluations() -> None:
+    """The same name deleted and created again: the old summary on S3 is not this run's figures."""
+    w = World(vft(evaluation=evaluation()))
+    w.settle()
+    w.running()
+    w.step()
+    started = w.vft["status"]["startTime"]
+    w.step(evaluation=summary(created="2020-01-01T00:00:00Z"))
+    assert "evaluation" not in w.vft["status"] and w.cond("Evaluated")["status"] == "False"
+    w.step(evaluation=summary(created=started))  # written at (or after) the start: this run's
+    assert w.vft["status"]["evaluation"]["created"] == started
 
 
 def test_without_an_evaluation_block_there_is_no_evaluated_condition_and_no_summary_is_used() -> None:
@@ -491,6 +512,4 @@ def test_an_evaluation_the_pods_cannot_read_waits_with_the_reason() -> None:
     assert w.cond("Evaluated")["status"] == "False"
     w.spec(evaluation=evaluation(clip_uri="s3://models/clip"))
     p = w.step()
-    assert p.apply is not None and p.apply["spec"]["entrypoint"].endswith(
-        "disney-train eval --config-env " + CONFIG_ENV
-    )
+    assert p.apply is not None and p.apply["spec"]["entrypoint"] == EVAL_ENTRYPOINT

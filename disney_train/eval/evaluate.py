@@ -45,6 +45,7 @@ from disney_train.eval.results import (
     Reference,
     Settings,
     Summary,
+    VideoKey,
     VideoMetrics,
     VideoResult,
     headline,
@@ -53,11 +54,16 @@ from disney_train.eval.results import (
 log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
-VideoKey = tuple[ModelName, int, int]  # (model, prompt index, seed)
 
 
 class EvalError(ValueError):
     """An evaluation that cannot run; the message names the field, file or value."""
+
+
+def first_seeds(ev: EvaluationConfig) -> list[int]:
+    """The first seed of each seed set: prompt i of set k is seeded seed + k * prompts + i, so no two
+    videos of a model share a seed and both models get the same ones."""
+    return [ev.seed + k * len(ev.prompts) for k in range(ev.seeds)]
 
 
 def settings_of(cfg: RunConfig, ev: EvaluationConfig, device: str) -> Settings:
@@ -69,7 +75,8 @@ def settings_of(cfg: RunConfig, ev: EvaluationConfig, device: str) -> Settings:
         fps=cfg.data.fps,
         steps=ev.steps,
         guidance_scale=ev.guidance_scale,
-        seeds=[ev.seed + k * len(ev.prompts) for k in range(ev.seeds)],
+        seed_sets=ev.seeds,
+        seeds=list(range(ev.seed, ev.seed + ev.seeds * len(ev.prompts))),
         lora_scale=ev.lora_scale,
         device=device,
     )
@@ -79,21 +86,15 @@ def scored_prompt(prompt: str, id_token: str | None) -> str:
     """What CLIP scores a prompt against: the prompt without the run's leading id token (a made-up
     word that tells the fine-tuned model the style, and means nothing to CLIP)."""
     if id_token and prompt.startswith(id_token):
-        rest = prompt[len(id_token) :].lstrip(" ,:;")
-        return rest or prompt
+        rest = prompt[len(id_token) :]
+        if rest[:1].isspace() or rest[:1] in (",", ":", ";"):  # the token as a word, not a word's start
+            return rest.lstrip(" \t,:;") or prompt
     return prompt
 
 
 def video_key(model: ModelName, prompt: int, seed: int) -> str:
     """The mp4's key, relative to the eval folder."""
     return f"videos/{model}-p{prompt:02d}-s{seed}.mp4"
-
-
-def spread(n: int, k: int) -> list[int]:
-    """k indices (all when k ≥ n) evenly spread over range(n), first and last included."""
-    if k >= n:
-        return list(range(n))
-    return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
 
 
 # --------------------------------------------------------------------------- the style reference
@@ -110,6 +111,7 @@ def reference_frames(cfg: RunConfig, ev: EvaluationConfig, say: Say) -> Referenc
     decoded is reported and left out; none left is an error."""
     from disney_train.data.pack import load_manifest
     from disney_train.data.reader import ClipDataset, DataError
+    from disney_train.eval.metrics import evenly_spaced
     from disney_train.storage import open_store
 
     store = open_store(cfg.data.uri, cfg.s3)
@@ -118,7 +120,7 @@ def reference_frames(cfg: RunConfig, ev: EvaluationConfig, say: Say) -> Referenc
         raise EvalError(f"{cfg.data.uri}: the packed dataset has no clips to take the style reference from")
     dataset = ClipDataset(store, manifest, cfg.data, seed=cfg.seed, epoch=0, with_image=False)
     parts, keys, skipped = [], [], []
-    for i in spread(len(manifest.samples), ev.reference_clips):
+    for i in evenly_spaced(len(manifest.samples), ev.reference_clips):
         try:
             video = dataset[i]["video"]  # float [F, 3, H, W] in [-1, 1]
         except DataError as err:
@@ -126,7 +128,7 @@ def reference_frames(cfg: RunConfig, ev: EvaluationConfig, say: Say) -> Referenc
             skipped.append(f"{manifest.samples[i].key}: {err}")
             continue
         u8 = ((video.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5 + 0.5).clip(0, 255).astype(np.uint8)
-        parts.append(u8[spread(len(u8), ev.reference_frames)])
+        parts.append(u8[evenly_spaced(len(u8), ev.reference_frames)])
         keys.append(manifest.samples[i].key)
     if not parts:
         raise EvalError(f"{cfg.data.uri}: none of the training clips could be read for the style reference")
@@ -135,28 +137,28 @@ def reference_frames(cfg: RunConfig, ev: EvaluationConfig, say: Say) -> Referenc
 
 # --------------------------------------------------------------------------- rendering
 def _render_both(
-    cfg: RunConfig, ev: EvaluationConfig, settings: Settings, lora: bytes, device: str, say: Say
+    cfg: RunConfig, ev: EvaluationConfig, settings: Settings, lora: bytes, images: list[bytes], say: Say
 ) -> dict[VideoKey, np.ndarray]:
     """Every (model, prompt, seed) video: the base model's first, then the same pipeline with the LoRA."""
     import torch
 
-    from disney_train.generate import RenderSpec, apply_loras, load_pipeline, render
+    from disney_train.generate import RenderSpec, apply_loras, load_pipeline, pick_device, render
     from disney_train.model.load import model_variant
     from disney_train.model.source import resolve_model
-    from disney_train.storage import read_uri
 
     model_path = resolve_model(cfg.model.uri, cfg.s3)
     variant = model_variant(model_path)
     if variant != cfg.model.variant:
         raise EvalError(f"model.variant is {cfg.model.variant!r} but {cfg.model.uri} is a {variant} model")
-    images = [read_uri(u, cfg.s3) for u in ev.images]
-    pipe = load_pipeline(model_path, variant, device, torch.bfloat16 if device == "cuda" else torch.float32)
+    device, dtype = pick_device(settings.device)
+    pipe = load_pipeline(model_path, variant, device, dtype)
     videos: dict[VideoKey, np.ndarray] = {}
+    sets = first_seeds(ev)
     for model in MODELS:
         if model == "finetuned":
             apply_loras(pipe, [(lora, ev.lora_scale)])
-        for k, first in enumerate(settings.seeds):
-            say(f"rendering {model}: seed set {k + 1} of {len(settings.seeds)}, {len(ev.prompts)} prompt(s)")
+        for k, first in enumerate(sets):
+            say(f"rendering {model}: seed set {k + 1} of {len(sets)}, {len(ev.prompts)} prompt(s)")
             spec = RenderSpec(
                 prompts=ev.prompts,
                 images=images,
@@ -222,23 +224,54 @@ def _measure(
 
 
 # --------------------------------------------------------------------------- the whole evaluation
-def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info, ran_on: str | None = None) -> EvalResults:
-    """Evaluate the run of `cfg` (its evaluation section) and write everything under `<run>/eval/`.
-    `ran_on` says where (default: this process and host)."""
-    import torch
+def check_inputs(cfg: RunConfig) -> list[bytes]:
+    """What the evaluation reads besides the models it renders with, checked before anything heavy (and by
+    `disney-train train --evaluate` before training): CLIP's layout (a listing and config.json, not its
+    weights), and every image decoding. Returns the images' bytes; an error names the field and URI."""
+    import io
 
-    from disney_train.eval.metrics import count_tokens, embed_frames, embed_text, load_clip
-    from disney_train.eval.report import write_report
-    from disney_train.generate import mp4_bytes
-    from disney_train.train.run_files import FINAL_LORA, RunFiles
+    from PIL import Image, UnidentifiedImageError
 
-    t0 = time.perf_counter()
+    from disney_train.eval.metrics import check_clip_source
+    from disney_train.model.source import ModelError
+    from disney_train.storage import StorageError, read_uri
+
     ev = cfg.evaluation
     if ev is None:
         raise EvalError(f"run {cfg.name!r}: the configuration has no evaluation section (prompts, clip_uri, ...)")
+    try:
+        check_clip_source(ev.clip_uri, cfg.s3)
+    except (ModelError, StorageError) as err:
+        raise EvalError(f"evaluation.clip_uri: {err}") from None
+    images = []
+    for i, uri in enumerate(ev.images):
+        try:
+            data = read_uri(uri, cfg.s3)
+            with Image.open(io.BytesIO(data)) as im:
+                im.convert("RGB")  # decodes it all, not just the header
+        except StorageError as err:
+            raise EvalError(f"evaluation.images[{i}]: {err}") from None
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise EvalError(f"evaluation.images[{i}] {uri}: not an image that decodes ({err})") from None
+        images.append(data)
+    return images
+
+
+def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info, ran_on: str | None = None) -> EvalResults:
+    """Evaluate the run of `cfg` (its evaluation section) and write everything under `<run>/eval/`.
+    `ran_on` says where (default: this process and host)."""
+    from disney_train.eval.metrics import count_tokens, embed_frames, embed_text, load_clip
+    from disney_train.eval.report import write_report
+    from disney_train.generate import mp4_bytes, pick_device
+    from disney_train.train.run_files import FINAL_LORA, RunFiles
+
+    t0 = time.perf_counter()
     if device not in ("auto", "cpu", "cuda"):
         raise EvalError(f"--device {device!r}: auto, cpu or cuda")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    images = check_inputs(cfg)
+    ev = cfg.evaluation
+    assert ev is not None  # check_inputs refuses a configuration without one
+    device = pick_device(device)[0]
     files = RunFiles(cfg)
     if not files.store.exists(FINAL_LORA):
         raise EvalError(
@@ -267,7 +300,7 @@ def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info, ran_on: 
     ref = reference_frames(cfg, ev, say)
     reference = embed_frames(clip, ref.frames)
 
-    videos = _render_both(cfg, ev, settings, lora, device, say)
+    videos = _render_both(cfg, ev, settings, lora, images, say)
     say(f"measuring {len(videos)} videos")
     measured, embeddings = _measure(clip, videos, texts, prompts)
     sets = {m: np.concatenate([e for k, e in embeddings.items() if k[0] == m]) for m in MODELS}
@@ -280,7 +313,9 @@ def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info, ran_on: 
         clip=ev.clip_uri,
         clip_max_tokens=clip.max_tokens,
         settings=settings,
-        reference=Reference(dataset=cfg.data.uri, clips=len(ref.keys), frames=len(ref.frames), clip_keys=ref.keys),
+        reference=Reference(
+            dataset=cfg.data.uri, clips=len(ref.keys), frames=len(ref.frames), clip_keys=ref.keys, skipped=ref.skipped
+        ),
         prompts=prompts,
         videos=measured,
         summary=summary,
@@ -288,9 +323,6 @@ def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info, ran_on: 
         seconds=round(time.perf_counter() - t0, 1),
         ran_on=ran_on or f"process {os.getpid()} on {socket.gethostname()}",
     )
-    if not results.all_finite():
-        raise EvalError(f"run {cfg.name!r}: the evaluation gave a non-finite figure: {results.summary}")
-
     store = files.store
     earlier = set(store.list_keys(f"{EVAL_DIR}/"))
     if SUMMARY_JSON in earlier:
@@ -304,6 +336,12 @@ def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info, ran_on: 
     written += write_report(results, videos, embedding_sets, store)
     store.write_bytes(EVAL_JSON, (results.model_dump_json(indent=1) + "\n").encode())
     written.append(EVAL_JSON)
+    if not results.all_finite():  # kept (videos, report, eval.json), but no headline figures to show
+        _delete_stale(store, earlier, written)
+        raise EvalError(
+            f"run {cfg.name!r}: the evaluation gave figures that are not finite (see {store.url(REPORT_MD)}); "
+            "no summary.json written"
+        )
     head = Summary(
         report=store.url(REPORT_HTML),
         markdown=store.url(REPORT_MD),
@@ -316,10 +354,15 @@ def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info, ran_on: 
     )
     store.write_bytes(SUMMARY_JSON, (head.model_dump_json(by_alias=True, indent=1) + "\n").encode())
     written.append(SUMMARY_JSON)
+    _delete_stale(store, earlier, written)
+    return results
+
+
+def _delete_stale(store: Any, earlier: set[str], written: list[str]) -> None:
+    """The files of an earlier evaluation that this one did not write: gone, so the folder is one evaluation."""
     stale = sorted(earlier - set(written))
     if stale:
         store.delete(stale)
-    return results
 
 
 def eval_resources(cfg: RunConfig, cluster_gpus: float) -> dict[str, float]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,32 +62,65 @@ class PromptScore:
     truncated: bool
 
 
+def clip_layout_problems(has: Callable[[str], bool], config_json: bytes | None) -> list[str]:
+    """What keeps a folder (`has(name)`: is that file there; its config.json's bytes, None when absent)
+    from being a CLIP model in the transformers layout; empty when nothing does."""
+    problems = []
+    if config_json is None:
+        problems.append("missing config.json")
+    else:
+        try:
+            loaded = json.loads(config_json)
+        except ValueError as err:
+            raise ModelError(f"config.json is not readable JSON: {err}") from None
+        model_type = loaded.get("model_type") if isinstance(loaded, dict) else None
+        if model_type != "clip":
+            problems.append(f"config.json has model_type {model_type!r}, not 'clip'")
+    if not any(has(w) for w in WEIGHTS):
+        problems.append("missing the weights (model.safetensors or pytorch_model.bin)")
+    if not any(all(has(f) for f in files) for files in TOKENIZER_FILES):
+        problems.append("missing the tokenizer files (tokenizer.json, or vocab.json and merges.txt)")
+    if not any(has(f) for f in IMAGE_PROCESSOR_FILES):
+        problems.append(f"missing the image processor config ({' or '.join(IMAGE_PROCESSOR_FILES)})")
+    return problems
+
+
 def check_clip_layout(path: Path, where: str | None = None) -> Path:
     """`path` if it holds a CLIP model in the transformers layout, else ModelError naming what is wrong."""
     where = where or str(path)
     if not path.is_dir():
         raise ModelError(f"{where}: no such model folder")
-    problems = []
     config = path / "config.json"
-    if not config.is_file():
-        problems.append("missing config.json")
-    else:
-        try:
-            loaded = json.loads(config.read_text())
-        except (OSError, ValueError) as err:
-            raise ModelError(f"{where}: config.json is not readable JSON: {err}") from None
-        model_type = loaded.get("model_type") if isinstance(loaded, dict) else None
-        if model_type != "clip":
-            problems.append(f"config.json has model_type {model_type!r}, not 'clip'")
-    if not any((path / w).is_file() for w in WEIGHTS):
-        problems.append("missing the weights (model.safetensors or pytorch_model.bin)")
-    if not any(all((path / f).is_file() for f in files) for files in TOKENIZER_FILES):
-        problems.append("missing the tokenizer files (tokenizer.json, or vocab.json and merges.txt)")
-    if not any((path / f).is_file() for f in IMAGE_PROCESSOR_FILES):
-        problems.append(f"missing the image processor config ({' or '.join(IMAGE_PROCESSOR_FILES)})")
+    try:
+        problems = clip_layout_problems(
+            lambda name: (path / name).is_file(), config.read_bytes() if config.is_file() else None
+        )
+    except ModelError as err:
+        raise ModelError(f"{where}: {err}") from None
     if problems:
         raise ModelError(f"{where}: not a CLIP model in the transformers layout: {'; '.join(problems)}")
     return path
+
+
+def check_clip_source(uri: str, s3: S3Options | None = None) -> None:
+    """The checks of `check_clip_layout` on a folder or an s3:// prefix, without downloading the weights
+    (a listing and config.json): a run can find out before training that its evaluation's CLIP is wrong."""
+    from disney_train.storage import StorageError, is_s3, open_store
+
+    if not is_s3(uri):
+        check_clip_layout(Path(uri))
+        return
+    store = open_store(uri, s3)
+    keys = set(store.list_keys(""))
+    if not keys:
+        raise ModelError(f"{uri}: no such model folder (nothing under that prefix)")
+    try:
+        config = store.read_bytes("config.json") if "config.json" in keys else None
+        problems = clip_layout_problems(keys.__contains__, config)
+    except (ModelError, StorageError) as err:
+        raise ModelError(f"{uri}: {err}") from None
+    if problems:
+        raise ModelError(f"{uri}: not a CLIP model in the transformers layout: {'; '.join(problems)}")
 
 
 def load_clip(uri: str, s3: S3Options | None = None, device: str = "cpu", cache_dir: Path | None = None) -> Clip:
@@ -96,6 +130,13 @@ def load_clip(uri: str, s3: S3Options | None = None, device: str = "cpu", cache_
     path = resolve_model(uri, s3, cache_dir, check=check_clip_layout)
     model = CLIPModel.from_pretrained(str(path)).to(device).eval()
     return Clip(model=model, processor=CLIPProcessor.from_pretrained(str(path)), device=device, path=path)
+
+
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """k indices evenly spread over range(n), the first and the last included; all of them when k ≥ n."""
+    if k >= n:
+        return list(range(n))
+    return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
 
 
 def _check_video(frames: np.ndarray, min_frames: int = 1) -> None:

@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from disney_train.eval.metrics import evenly_spaced
 from disney_train.eval.results import (
     EVAL_DIR,
     LABELS,
@@ -47,6 +48,7 @@ from disney_train.eval.results import (
     Metric,
     ModelName,
     ModelSummary,
+    VideoKey,
     VideoResult,
 )
 from disney_train.storage import Store
@@ -57,7 +59,6 @@ if TYPE_CHECKING:
     from PIL import Image as PILImage
     from PIL import ImageFont
 
-VideoKey = tuple[ModelName, int, int]  # (model, prompt index, seed)
 
 PLOTS_DIR = "plots"
 FRAMES_DIR = "frames"
@@ -263,7 +264,7 @@ def _settings_paragraph(results: EvalResults) -> str:
         f"against the same model without it; scored with the CLIP model {e(results.clip)}. "
         f"Videos of {s.num_frames}×{s.height}×{s.width} (frames×height×width) at {s.fps:g} fps, "
         f"{s.steps} steps, guidance {s.guidance_scale:g}, seeds {seeds}, on {e(s.device)} ({e(results.ran_on)}): "
-        f"{len(results.videos)} videos ({len(results.prompts)} prompts × {len(s.seeds)} seeds × 2 models). "
+        f"{len(results.videos)} videos ({len(results.prompts)} prompts × {s.seed_sets} seeds × 2 models). "
         f"Reference: {ref.frames} frames of {ref.clips} training clips from {e(ref.dataset)}. "
         f"Evaluated {e(_date(results.created))} in {_duration(results.seconds)}."
     )
@@ -306,6 +307,7 @@ def _notes(results: EvalResults, comparisons: Sequence[Comparison]) -> list[str]
         f"{ref.clips} training clips from {md_escape(ref.dataset)}. With this few samples the Fréchet "
         "distance is noisy (its covariance term is poorly estimated): read it beside the mean-embedding "
         "cosine distance, which is steadier.",
+        *(f"- Left out of the style reference, unreadable: {md_escape(why)}" for why in ref.skipped),
         *(f"- {md_escape(n)}" for n in _not_finite_notes(comparisons)),
     ]
     return lines
@@ -554,13 +556,6 @@ def style_plot(embeddings: dict[str, np.ndarray]) -> bytes:
 # --------------------------------------------------------------------------- frame grids and GIFs (PIL)
 
 
-def frame_indices(num_frames: int, count: int = GRID_FRAMES) -> list[int]:
-    """Up to `count` evenly spaced frame indices, the first and the last included; all frames if fewer."""
-    if num_frames <= count:
-        return list(range(num_frames))
-    return [round(x) for x in np.linspace(0, num_frames - 1, count)]
-
-
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     from PIL import ImageFont
 
@@ -585,7 +580,7 @@ def frame_grid(rows: Sequence[tuple[str, np.ndarray]]) -> bytes:
 
     first = rows[0][1]
     tile_h = min(max(first.shape[1], TILE_MIN_HEIGHT), TILE_MAX_HEIGHT)
-    tiles = [[(i, _resize(video[i], tile_h)) for i in frame_indices(len(video))] for _, video in rows]
+    tiles = [[(i, _resize(video[i], tile_h)) for i in evenly_spaced(len(video), GRID_FRAMES)] for _, video in rows]
     label_w, caption_h, gap = 110, 20, 4
     width = label_w + max(sum(t.width + gap for _, t in row) for row in tiles)
     height = len(rows) * (caption_h + tile_h + gap)
@@ -611,7 +606,7 @@ def side_by_side_gif(videos: Sequence[np.ndarray], fps: float) -> bytes:
     from PIL import Image
 
     longest = max(len(v) for v in videos)
-    indices = frame_indices(longest, GIF_MAX_FRAMES)
+    indices = evenly_spaced(longest, GIF_MAX_FRAMES)
     height = min(max(v.shape[1] for v in videos), GIF_MAX_HEIGHT)
     frames = []
     for i in indices:
@@ -674,7 +669,7 @@ def _pictures(
 
 def write_report(
     results: EvalResults,
-    videos: dict[tuple[ModelName, int, int], np.ndarray],
+    videos: dict[VideoKey, np.ndarray],
     embeddings: dict[str, np.ndarray],
     store: Store,
 ) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 ModelName = Literal["baseline", "finetuned"]
+VideoKey = tuple[ModelName, int, int]  # (model, prompt index, seed)
 MODELS: tuple[ModelName, ModelName] = ("baseline", "finetuned")
 LABELS: dict[ModelName, str] = {"baseline": "Baseline", "finetuned": "Fine-tuned"}
 
@@ -135,7 +136,8 @@ class Settings(_Model):
     fps: float
     steps: int
     guidance_scale: float
-    seeds: list[int]
+    seed_sets: int  # videos per prompt and model
+    seeds: list[int]  # every seed used: prompt i of seed set k gets seed + k * prompts + i
     lora_scale: float
     device: str
 
@@ -145,6 +147,7 @@ class Reference(_Model):
     clips: int
     frames: int  # frames embedded, over all clips
     clip_keys: list[str]
+    skipped: list[str] = Field(default_factory=list)  # clips that could not be read: why, each
 
 
 class EvalResults(_Model):

@@ -28,9 +28,10 @@ RAYCLUSTERS = "rayclusters"
 WORKER_GROUP = "workers"
 CONFIG_ENV = "DISNEY_TRAIN_RUN_CONFIG"
 ENTRYPOINT = f"disney-train train --config-env {CONFIG_ENV}"
-# With an evaluation block: baseline versus fine-tuned once training is done. `train` exits 0 for a run
-# that already finished, so a retried attempt whose training was done goes straight to the evaluation.
-EVAL_ENTRYPOINT = f"{ENTRYPOINT} && disney-train eval --config-env {CONFIG_ENV}"
+# With an evaluation block: baseline versus fine-tuned once training is done (also when a retried attempt
+# finds the training done). One command, no shell operators: KubeRay's submitter pastes the entrypoint
+# into its own `bash -c` line after `ray job submit ... --`, where a `&&` would split it.
+EVAL_ENTRYPOINT = f"{ENTRYPOINT} --evaluate"
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

@@ -213,6 +213,19 @@ def _conditions(old: list[api.Condition], observed: _Observed, generation: int, 
     return out
 
 
+def _of_this_run(summary: api.EvaluationStatus | None, started: str | None) -> api.EvaluationStatus | None:
+    """The summary, if this VideoFineTune's run wrote it: one written before the run started is an earlier
+    evaluation's (a VideoFineTune of the same name deleted and created again; its new evaluation deletes
+    that summary first), and one that says not when is not taken either."""
+    if summary is None or started is None or summary.created is None:
+        return None
+    return summary if _parsed(summary.created) >= _parsed(started) else None
+
+
+def _parsed(t: str) -> datetime:
+    return datetime.fromisoformat(t.replace("Z", "+00:00"))
+
+
 def _with_evaluated(
     old: list[api.Condition], new: api.VideoFineTuneStatus, wanted: bool, generation: int, now: str
 ) -> list[api.Condition]:
@@ -308,8 +321,8 @@ def plan(
             new.workers = api.WorkersStatus(desired=new.workers.desired, ready=0, summary=f"0/{new.workers.desired}")
         if progress is not None:  # the run's last record may arrive after its end
             new.progress = _progress(progress)
-        if summary is not None:  # and its evaluation's summary too (read as the RayJob ends)
-            new.evaluation = summary
+        if (fresh := _of_this_run(summary, new.startTime)) is not None:  # and its evaluation's summary too
+            new.evaluation = fresh
         new.conditions = _with_evaluated(old.conditions, new, evaluated, generation, stamp)
         out.events += _evaluated_now(old, new)
         out.status = _dump(new) if _dump(new) != _dump(old) else None
@@ -438,8 +451,8 @@ def plan(
         out.events.append(Event("Normal", "Suspended", observed.message))
     if progress is not None:
         new.progress = _progress(progress)
-    if summary is not None:
-        new.evaluation = summary
+    if (fresh := _of_this_run(summary, new.startTime)) is not None:
+        new.evaluation = fresh
     new.conditions = _with_evaluated(old.conditions, new, evaluated, generation, stamp)
     out.events += _evaluated_now(old, new)
 
