@@ -19,6 +19,7 @@ than on the pod that submitted the job.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -154,22 +155,14 @@ def _render_both(
     pipe = load_pipeline(model_path, variant, device, dtype)
     videos: dict[VideoKey, np.ndarray] = {}
     sets = first_seeds(ev)
+    s = settings
+    spec = RenderSpec(ev.prompts, images, s.num_frames, s.height, s.width, s.fps, s.steps, s.guidance_scale, 0)
     for model in MODELS:
         if model == "finetuned":
             apply_loras(pipe, [(lora, ev.lora_scale)])
         for k, first in enumerate(sets):
             say(f"rendering {model}: seed set {k + 1} of {len(sets)}, {len(ev.prompts)} prompt(s)")
-            spec = RenderSpec(
-                prompts=ev.prompts,
-                images=images,
-                num_frames=settings.num_frames,
-                height=settings.height,
-                width=settings.width,
-                fps=settings.fps,
-                steps=settings.steps,
-                guidance_scale=settings.guidance_scale,
-                seed=first,
-            )
+            spec = dataclasses.replace(spec, seed=first)
             for i, frames in enumerate(render(pipe, spec, variant)):
                 videos[(model, i, first + i)] = frames
     del pipe

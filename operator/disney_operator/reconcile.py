@@ -189,27 +189,35 @@ class _Observed:
     message: str
 
 
+def _condition(
+    old: list[api.Condition],
+    ctype: str,
+    status: Literal["True", "False"],
+    reason: str,
+    message: str,
+    generation: int,
+    now: str,
+) -> api.Condition:
+    """A condition whose lastTransitionTime moves only with its status."""
+    before = next((c for c in old if c.type == ctype), None)
+    since = before.lastTransitionTime if before is not None and before.status == status else now
+    return api.Condition(
+        type=ctype,
+        status=status,
+        reason=reason,
+        message=message,
+        lastTransitionTime=since,
+        observedGeneration=generation,
+    )
+
+
 def _conditions(old: list[api.Condition], observed: _Observed, generation: int, now: str) -> list[api.Condition]:
-    """One condition per type, True for the current phase; lastTransitionTime moves only with the status."""
-    previous = {c.type: c for c in old}
+    """One condition per type, True for the current phase."""
     out = []
     for ctype in CONDITION_TYPES:
         on = observed.phase == ctype
-        status: Literal["True", "False"] = "True" if on else "False"
-        reason = observed.reason if on else f"Not{ctype}"
-        message = observed.message if on else ""
-        before = previous.get(ctype)
-        since = before.lastTransitionTime if before is not None and before.status == status else now
-        out.append(
-            api.Condition(
-                type=ctype,
-                status=status,
-                reason=reason,
-                message=message,
-                lastTransitionTime=since,
-                observedGeneration=generation,
-            )
-        )
+        reason, message = (observed.reason, observed.message) if on else (f"Not{ctype}", "")
+        out.append(_condition(old, ctype, "True" if on else "False", reason, message, generation, now))
     return out
 
 
@@ -245,17 +253,7 @@ def _with_evaluated(
         reason, message = "RunFailed", "the run failed; no evaluation summary was read"
     else:
         reason, message = "AfterTraining", "the evaluation runs when training ends"
-    before = next((c for c in old if c.type == EVALUATED), None)
-    since = before.lastTransitionTime if before is not None and before.status == status else now
-    evaluated = api.Condition(
-        type=EVALUATED,
-        status=status,
-        reason=reason,
-        message=message,
-        lastTransitionTime=since,
-        observedGeneration=generation,
-    )
-    return [*conditions, evaluated]
+    return [*conditions, _condition(old, EVALUATED, status, reason, message, generation, now)]
 
 
 def _evaluated_now(old: api.VideoFineTuneStatus, new: api.VideoFineTuneStatus) -> list[Event]:
