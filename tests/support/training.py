@@ -15,6 +15,7 @@ def train_config(model: Path | str, data: Path | str, output: Path | str, **over
         "output.uri": str(output),
         "data.decode_workers": 0,
         "validation.prompts": [],
+        "evaluation": None,  # the training tests train; the evaluation's are tests/test_eval*.py
     }
     base.update(overrides)
     return load_config(embedded_default(), base)
