@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|[^:]+)$"
 Uri = Annotated[str, Field(min_length=1, pattern=URI_PATTERN)]
@@ -51,50 +51,50 @@ _FRAMES_MSG = "must be 8N+1 (CogVideoX's VAE compresses time by 4 and its latent
 _SIXTEEN_MSG = "must be a multiple of 16 (VAE factor 8 times patch size 2)"
 
 
+def _eight_n_plus_one(v: int) -> int:
+    if (v - 1) % 8 != 0:
+        raise ValueError(_FRAMES_MSG)
+    return v
+
+
+def _multiple_of_16(v: int) -> int:
+    if v % 16 != 0:
+        raise ValueError(_SIXTEEN_MSG)
+    return v
+
+
+# A frame count (1..1025, 8N+1) and a height or width (16..4096, a multiple of 16), as pydantic checks them;
+# `_frames_field` and `_size_field` add the CRD's CEL rule for the same checks.
+Frames = Annotated[int, Field(ge=1, le=1025), AfterValidator(_eight_n_plus_one)]
+Sixteen = Annotated[int, Field(ge=16, le=4096), AfterValidator(_multiple_of_16)]
+
+
+def _frames_field(default: int | None, description: str) -> Any:
+    return Field(
+        default=default,
+        description=description,
+        json_schema_extra=_cel("(self - 1) % 8 == 0", f"num_frames {_FRAMES_MSG}"),
+    )
+
+
+def _size_field(name: str, default: int | None, description: str) -> Any:
+    return Field(
+        default=default, description=description, json_schema_extra=_cel("self % 16 == 0", f"{name} {_SIXTEEN_MSG}")
+    )
+
+
 class DataOptions(_Section):
     """How clips are sampled: everything about the data but where it is."""
 
-    num_frames: int = Field(
-        default=49,
-        ge=1,
-        le=1025,
-        description="Frames per training clip; 8N+1.",
-        json_schema_extra=_cel("(self - 1) % 8 == 0", f"num_frames {_FRAMES_MSG}"),
-    )
-    height: int = Field(
-        default=480,
-        ge=16,
-        le=4096,
-        description="Training height in pixels; multiple of 16.",
-        json_schema_extra=_cel("self % 16 == 0", f"height {_SIXTEEN_MSG}"),
-    )
-    width: int = Field(
-        default=720,
-        ge=16,
-        le=4096,
-        description="Training width in pixels; multiple of 16.",
-        json_schema_extra=_cel("self % 16 == 0", f"width {_SIXTEEN_MSG}"),
-    )
+    num_frames: Frames = _frames_field(49, "Frames per training clip; 8N+1.")
+    height: Sixteen = _size_field("height", 480, "Training height in pixels; multiple of 16.")
+    width: Sixteen = _size_field("width", 720, "Training width in pixels; multiple of 16.")
     fps: float = Field(default=8.0, gt=0, le=120, description="Frame rate the clips are sampled at.")
     decode_workers: int = Field(default=2, ge=0, le=64, description="Worker processes decoding clips.")
     shuffle: bool = Field(default=True, description="Shuffle clips each epoch (deterministic per seed, epoch).")
     id_token: str | None = Field(
         default=None, description="Optional token put before every prompt, joined with a space."
     )
-
-    @field_validator("num_frames")
-    @classmethod
-    def _eight_n_plus_one(cls, v: int) -> int:
-        if (v - 1) % 8 != 0:
-            raise ValueError(_FRAMES_MSG)
-        return v
-
-    @field_validator("height", "width")
-    @classmethod
-    def _multiple_of_16(cls, v: int) -> int:
-        if v % 16 != 0:
-            raise ValueError(_SIXTEEN_MSG)
-        return v
 
 
 class DataConfig(DataOptions):
@@ -216,27 +216,9 @@ class EvaluationConfig(_Section):
     seed: int = Field(default=0, ge=0, le=2**31, description="The first noise seed; both models get the same seeds.")
     steps: int = Field(default=50, ge=1, le=1000, description="Denoising steps.")
     guidance_scale: float = Field(default=6.0, ge=1.0, description="Classifier-free guidance scale.")
-    num_frames: int | None = Field(
-        default=None,
-        ge=1,
-        le=1025,
-        description="Frames (default: data.num_frames); 8N+1.",
-        json_schema_extra=_cel("(self - 1) % 8 == 0", f"num_frames {_FRAMES_MSG}"),
-    )
-    height: int | None = Field(
-        default=None,
-        ge=16,
-        le=4096,
-        description="Height (default: data.height); a multiple of 16.",
-        json_schema_extra=_cel("self % 16 == 0", f"height {_SIXTEEN_MSG}"),
-    )
-    width: int | None = Field(
-        default=None,
-        ge=16,
-        le=4096,
-        description="Width (default: data.width); a multiple of 16.",
-        json_schema_extra=_cel("self % 16 == 0", f"width {_SIXTEEN_MSG}"),
-    )
+    num_frames: Frames | None = _frames_field(None, "Frames (default: data.num_frames); 8N+1.")
+    height: Sixteen | None = _size_field("height", None, "Height (default: data.height); a multiple of 16.")
+    width: Sixteen | None = _size_field("width", None, "Width (default: data.width); a multiple of 16.")
     lora_scale: float = Field(default=1.0, gt=0, le=10, description="Scale of the run's LoRA in the fine-tuned videos.")
     reference_clips: int = Field(
         default=32,
@@ -245,20 +227,6 @@ class EvaluationConfig(_Section):
         description="Training clips (spread over the dataset) that make the style reference.",
     )
     reference_frames: int = Field(default=8, ge=2, le=1025, description="Frames taken from each reference clip.")
-
-    @field_validator("num_frames")
-    @classmethod
-    def _eight_n_plus_one(cls, v: int | None) -> int | None:
-        if v is not None and (v - 1) % 8 != 0:
-            raise ValueError(_FRAMES_MSG)
-        return v
-
-    @field_validator("height", "width")
-    @classmethod
-    def _multiple_of_16(cls, v: int | None) -> int | None:
-        if v is not None and v % 16 != 0:
-            raise ValueError(_SIXTEEN_MSG)
-        return v
 
 
 class OutputConfig(_Section):
