@@ -150,13 +150,11 @@ def _figures(summary: dict[str, Any], key: str) -> api.EvaluationFigures | None:
 
 def _utc(text: str | None) -> str | None:
     """An ISO 8601 time as RFC 3339 in UTC (one without a zone is taken as UTC); None when it is not one."""
-    if text is None:
-        return None
     try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return rfc3339(t if t.tzinfo is not None else t.replace(tzinfo=UTC))
+        t = parse_time(text)
     except (ValueError, OverflowError):
         return None
+    return None if t is None else rfc3339(t if t.tzinfo is not None else t.replace(tzinfo=UTC))
 
 
 def _evaluation(summary: dict[str, Any]) -> api.EvaluationStatus | None:
@@ -225,13 +223,8 @@ def _of_this_run(summary: api.EvaluationStatus | None, started: str | None) -> a
     """The summary, if this VideoFineTune's run wrote it: one written before the run started is an earlier
     evaluation's (a VideoFineTune of the same name deleted and created again; its new evaluation deletes
     that summary first), and one that says not when is not taken either."""
-    if summary is None or started is None or summary.created is None:
-        return None
-    return summary if _parsed(summary.created) >= _parsed(started) else None
-
-
-def _parsed(t: str) -> datetime:
-    return datetime.fromisoformat(t.replace("Z", "+00:00"))
+    created, start = parse_time(summary.created if summary else None), parse_time(started)
+    return summary if created is not None and start is not None and created >= start else None
 
 
 def _with_evaluated(
