@@ -69,8 +69,11 @@ def summary_of(files: RunFiles, baseline: Headline, finetuned: Headline, videos:
 
 
 def write_summary(files: RunFiles, summary: Summary | bytes) -> None:
-    body = summary if isinstance(summary, bytes) else summary.model_dump_json(by_alias=True).encode()
-    files.store.write_bytes(SUMMARY_JSON, body)
+    """As `disney-train eval` writes it, or bytes as they are (garbage)."""
+    if isinstance(summary, bytes):
+        files.store.write_bytes(SUMMARY_JSON, summary)
+    else:
+        files.write_eval_summary(summary.model_dump_json(by_alias=True))
 
 
 def figures(h: Headline) -> dict[str, float]:

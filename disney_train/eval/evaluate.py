@@ -27,7 +27,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +51,9 @@ from disney_train.eval.results import (
     VideoResult,
     headline,
 )
+
+if TYPE_CHECKING:
+    from disney_train.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -345,13 +348,13 @@ def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info, ran_on: 
         truncated_prompts=len(results.truncated_prompts()),
         created=results.created,
     )
-    store.write_bytes(SUMMARY_JSON, (head.model_dump_json(by_alias=True, indent=1) + "\n").encode())
+    files.write_eval_summary(head.model_dump_json(by_alias=True, indent=1))
     written.append(SUMMARY_JSON)
     _delete_stale(store, earlier, written)
     return results
 
 
-def _delete_stale(store: Any, earlier: set[str], written: list[str]) -> None:
+def _delete_stale(store: Store, earlier: set[str], written: list[str]) -> None:
     """The files of an earlier evaluation that this one did not write: gone, so the folder is one evaluation."""
     stale = sorted(earlier - set(written))
     if stale:

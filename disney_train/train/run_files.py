@@ -85,6 +85,10 @@ class RunFiles:
     def read_progress(self) -> dict[str, Any] | None:
         return self._read_object(PROGRESS)
 
+    def write_eval_summary(self, summary_json: str) -> None:
+        """`eval/summary.json`, the evaluation's last file (`disney_train.eval.results.Summary` as JSON)."""
+        self.store.write_bytes(SUMMARY_JSON, (summary_json + "\n").encode())
+
     def read_eval_summary(self) -> dict[str, Any] | None:
         """`eval/summary.json` as written (`disney_train.eval.results.Summary`), None while there is none.
         Its fields are not checked here: the operator takes what it can use from them."""
