@@ -29,6 +29,7 @@ class ListenWatch:
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._names: dict[int, str] = {}
 
     def _sample(self) -> None:
         try:
@@ -37,7 +38,11 @@ class ListenWatch:
             return
         for proc in procs:
             try:
-                name = " ".join(proc.cmdline())[:120]
+                # a worker that is retitling itself (setproctitle) can show an empty cmdline for a moment:
+                # its short name, then the name seen on any other sample of that pid, stand in
+                name = " ".join(proc.cmdline())[:120] or proc.name() or self._names.get(proc.pid, "")
+                if name:
+                    self._names[proc.pid] = name
                 for c in proc.net_connections(kind="tcp"):
                     if c.status == psutil.CONN_LISTEN:
                         self.seen[(proc.pid, c.laddr.ip, c.laddr.port)] = Listener(
@@ -59,4 +64,8 @@ class ListenWatch:
         self._thread.join(timeout=5)
 
     def beyond_loopback(self) -> list[Listener]:
-        return [v for v in self.seen.values() if v.address not in LOOPBACK]
+        return [
+            Listener(v.pid, v.name or self._names.get(v.pid, ""), v.address, v.port)
+            for v in self.seen.values()
+            if v.address not in LOOPBACK
+        ]
