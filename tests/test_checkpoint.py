@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from disney_train.config import LoraConfig, S3Options
 from disney_train.storage import Store, open_store
@@ -91,3 +93,34 @@ def test_lora_file_loads_into_the_diffusers_pipeline(tiny_t2v: Path) -> None:
     scale = pipe.transformer.transformer_blocks[0].attn1.to_q.scaling
     assert list(scale.values()) == [2.0]  # alpha / rank from the file's metadata
     assert all(torch.equal(before[k], v) for k, v in pipe.transformer.state_dict().items() if k in before)
+
+
+def test_a_checkpoint_of_another_run_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    """The same run name with another LoRA shape: `launch` refuses on the driver, naming the
+    checkpoint and the field, before it starts Ray; the workers' own check says the same."""
+    import ray
+
+    from disney_train.config import dump_config
+    from disney_train.train.launch import TrainingError, _resume_refusal, launch
+    from disney_train.train.run_files import RunFiles
+    from disney_train.train.worker import _latest_usable
+    from tests.support.training import train_config
+
+    saved = train_config(tmp_path / "model", tmp_path / "data", tmp_path / "out", name="shape")
+    ckpts = CheckpointStore(RunFiles(saved).store, 3)
+    ckpts.save(dataclasses.replace(_ckpt(4), config_yaml=dump_config(saved)))
+    ckpts.save(_ckpt(8))  # the newest, saved with an unreadable configuration: the one before it decides
+    RunFiles(saved).store.write_bytes(f"{step_prefix(8)}/config.yaml", b"model: [unclosed\n")
+    assert ckpts.saved_config(8) is None and ckpts.saved_config(4) == yaml.safe_load(dump_config(saved))
+
+    other = saved.model_copy(deep=True)
+    other.lora.rank = saved.lora.rank * 2
+    assert not ray.is_initialized()
+    with pytest.raises(TrainingError, match=r"'shape' cannot resume: checkpoint .*step-000000004 belongs to another "):
+        launch(other, storage_path=tmp_path / "ray")
+    assert not ray.is_initialized()  # refused before Ray (and any GPU) was asked for anything
+    with pytest.raises(CheckpointError, match=r"step-000000004 belongs to another run \(lora was"):
+        _latest_usable(CheckpointStore(RunFiles(other).store, 3), other)
+    same = saved.model_copy(deep=True)
+    same.train.zero_stage = 3  # how it trains is no part of which run it is
+    assert _resume_refusal(RunFiles(same), same) is None

@@ -107,6 +107,17 @@ class CheckpointStore:
             # the commit goes first: a half-deleted checkpoint must never look committed
             self.store.delete(sorted(keys, key=lambda k: not k.endswith(COMMIT)))
 
+    def saved_config(self, step: int) -> dict[str, Any] | None:
+        """The run configuration saved with checkpoint `step`, without reading the rest of it;
+        None when it cannot be read (`load` then says why)."""
+        import yaml
+
+        try:
+            saved = yaml.safe_load(self.store.read_bytes(f"{step_prefix(step)}/{CONFIG}"))
+        except (StorageError, yaml.YAMLError, UnicodeDecodeError):
+            return None
+        return saved if isinstance(saved, dict) else None
+
     def load(self, step: int) -> Checkpoint:
         from safetensors.torch import load
 

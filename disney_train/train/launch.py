@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from disney_train.config import RunConfig
-from disney_train.train.run_files import RunFiles, identity_mismatch
+from disney_train.train.run_files import RunFiles, checkpoint_identity_error, identity_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,10 @@ def launch(
             f"run {cfg.name!r} already finished at step {done['step']} ({files.uri}; LoRA {done['lora']}). "
             "Nothing to do: pick another run name to train again."
         )
+    if not cache_only:
+        refusal = _resume_refusal(files, cfg)
+        if refusal is not None:  # before any worker (or GPU) is started for it
+            raise TrainingError(f"run {cfg.name!r} cannot resume: {refusal}")
     started = ensure_ray(address, num_cpus)
     try:
         plan = launch_plan(cfg, float(ray.cluster_resources().get("GPU", 0)))  # type: ignore[no-untyped-call]
@@ -184,6 +188,19 @@ def launch(
     finally:
         if started:
             ray.shutdown()
+
+
+def _resume_refusal(files: RunFiles, cfg: RunConfig) -> str | None:
+    """Why the run's newest checkpoint (whose configuration reads) cannot resume `cfg`, if it cannot.
+    The workers check again when they load it."""
+    from disney_train.train.checkpoint import CheckpointStore
+
+    ckpts = CheckpointStore(files.store, cfg.train.keep_checkpoints)
+    for step in reversed(ckpts.committed()):
+        saved = ckpts.saved_config(step)
+        if saved is not None:
+            return checkpoint_identity_error(ckpts.url(step), saved, cfg)
+    return None
 
 
 @contextlib.contextmanager

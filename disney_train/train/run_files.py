@@ -51,6 +51,17 @@ def identity_mismatch(saved: dict[str, Any], cfg: RunConfig) -> str | None:
     return None
 
 
+def checkpoint_identity_error(url: str, saved: dict[str, Any], cfg: RunConfig) -> str | None:
+    """Why the checkpoint at `url`, saved with the configuration `saved`, cannot resume `cfg`, if it cannot."""
+    mismatch = identity_mismatch(saved, cfg)
+    if mismatch is None:
+        return None
+    return (
+        f"checkpoint {url} belongs to another run ({mismatch}): a run cannot change its "
+        "model, dataset or LoRA shape; use a new run name"
+    )
+
+
 def run_uri(cfg: RunConfig) -> str:
     return f"{cfg.output.uri.rstrip('/')}/{cfg.name}"
 

@@ -34,7 +34,7 @@ from disney_train.train.engine import (
     set_accelerator_env,
     steps_per_epoch,
 )
-from disney_train.train.run_files import RunFiles, identity_mismatch
+from disney_train.train.run_files import RunFiles, checkpoint_identity_error
 from disney_train.train.zero_state import skip_shm_comm
 
 log = logging.getLogger("disney_train.worker")
@@ -449,12 +449,9 @@ def _latest_usable(ckpts: CheckpointStore, cfg: RunConfig) -> Checkpoint | None:
         except CheckpointError as err:
             log.warning("skipping checkpoint: %s", err)
             continue
-        mismatch = identity_mismatch(yaml.safe_load(ckpt.config_yaml) or {}, cfg)
-        if mismatch is not None:
-            raise CheckpointError(
-                f"checkpoint {ckpts.url(step)} belongs to another run ({mismatch}): a run cannot change its "
-                "model, dataset or LoRA shape; use a new run name"
-            )
+        refusal = checkpoint_identity_error(ckpts.url(step), yaml.safe_load(ckpt.config_yaml) or {}, cfg)
+        if refusal is not None:
+            raise CheckpointError(refusal)
         return ckpt
     return None
 
