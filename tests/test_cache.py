@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from disney_train.config import RunConfig, S3Options
+from disney_train.config import S3Options
 from disney_train.data.pack import PackOptions, load_manifest, pack
 from disney_train.data.reader import ClipDataset, DataError, TrainingClips
 from disney_train.model.encode import encode_prompts, encode_video_dist
 from disney_train.model.load import load_encoders
 from disney_train.storage import open_store
-from disney_train.train.cache import CachedClipDataset, build_entries, cache_set, missing_entries, model_revision
-from tests.support.training import train_config
-
-
-def _build(cfg: RunConfig, model: Path) -> int:
-    manifest = load_manifest(cfg.data.uri, s3=cfg.s3)
-    cs = cache_set(cfg, model, 226)
-    missing = missing_entries(cs, manifest, cfg)
-    vae, te, tok = load_encoders(model)
-    comps = SimpleNamespace(vae=vae, text_encoder=te, tokenizer=tok)
-    return build_entries(cs, cfg, manifest, open_store(cfg.data.uri, cfg.s3), comps, missing, torch.device("cpu"))
+from disney_train.train.cache import CachedClipDataset, cache_set, missing_entries, model_revision
+from tests.support.training import build_cache, train_config
 
 
 def test_entries_hold_the_encoders_outputs_and_are_reused(tiny_t2v: Path, packed: Path, tmp_path: Path) -> None:
     cfg = train_config(tiny_t2v, packed, tmp_path / "out")
-    assert _build(cfg, tiny_t2v) == 4
-    assert _build(cfg, tiny_t2v) == 0  # a second run finds every entry
+    assert build_cache(cfg, tiny_t2v) == 4
+    assert build_cache(cfg, tiny_t2v) == 0  # a second run finds every entry
     manifest = load_manifest(cfg.data.uri)
     cs = cache_set(cfg, tiny_t2v, 226)
     entry = CachedClipDataset(cs, manifest, cfg)[2]
@@ -60,14 +50,14 @@ def test_keys_follow_model_shape_and_prompt(tiny_t2v: Path, tiny_i2v: Path, pack
     rec = manifest.samples[0]
     assert base.entry_key(rec, rec.prompt) != base.entry_key(rec, "sks " + rec.prompt)
 
-    _build(cfg, tiny_t2v)
+    build_cache(cfg, tiny_t2v)
     with_token = train_config(tiny_t2v, packed, tmp_path / "out", **{"data.id_token": "sks"})
     assert len(missing_entries(cache_set(with_token, tiny_t2v, 226), manifest, with_token)) == 4
 
 
 def test_corrupt_entry_is_named(tiny_t2v: Path, packed: Path, tmp_path: Path) -> None:
     cfg = train_config(tiny_t2v, packed, tmp_path / "out")
-    _build(cfg, tiny_t2v)
+    build_cache(cfg, tiny_t2v)
     manifest = load_manifest(cfg.data.uri)
     cs = cache_set(cfg, tiny_t2v, 226)
     ds = CachedClipDataset(cs, manifest, cfg)
@@ -80,8 +70,8 @@ def test_corrupt_entry_is_named(tiny_t2v: Path, packed: Path, tmp_path: Path) ->
 def test_cache_on_s3(tiny_t2v: Path, sample_src: Path, s3: S3Options, s3_uri: str, tmp_path: Path) -> None:
     pack(sample_src, s3_uri, PackOptions(min_frames=17, shard_bytes=512 * 1024), s3, None)
     cfg = train_config(tiny_t2v, s3_uri, tmp_path / "out", **{"s3.endpoint_url": s3.endpoint_url})
-    assert _build(cfg, tiny_t2v) == 4
+    assert build_cache(cfg, tiny_t2v) == 4
     store = open_store(s3_uri, s3)
     keys = store.list_keys("cache/")
     assert sum(k.endswith(".safetensors") for k in keys) == 4 and any(k.endswith("info.json") for k in keys)
-    assert _build(cfg, tiny_t2v) == 0
+    assert build_cache(cfg, tiny_t2v) == 0

@@ -19,6 +19,10 @@ from tests.support.training import train_config
 
 pytestmark = pytest.mark.timeout(400)
 
+# Paced at 0.2 s a step until the shrink (step ~50 here: each resize goes back to a checkpoint),
+# then the rest at full speed; enough that the run cannot end before the test has resized it.
+STEPS = 150
+
 
 @pytest.fixture
 def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
@@ -61,7 +65,7 @@ def test_workers_follow_the_nodes_and_resume_from_checkpoints(
         tmp_path / "out",
         **{
             "name": "elastic",
-            "optim.max_steps": 300,
+            "optim.max_steps": STEPS,
             "train.workers.replicas": 1,
             "train.workers.min_replicas": 1,
             "train.workers.max_replicas": 2,
@@ -105,10 +109,10 @@ def test_workers_follow_the_nodes_and_resume_from_checkpoints(
 
     store = CheckpointStore(files.store, 10)
     latest = store.latest()
-    assert latest == 300
+    assert latest == STEPS
     history = store.load(latest).state["metrics"]
     steps = [h["step"] for h in history]
-    assert steps == list(range(5, 301, 5)), steps  # every step trained once, none lost or repeated
+    assert steps == list(range(5, STEPS + 1, 5)), steps  # every step trained once, none lost or repeated
     sizes = [h["world_size"] for h in history]
     changes = [s for i, s in enumerate(sizes) if i == 0 or s != sizes[i - 1]]
     assert changes == [1, 2, 1], sizes
