@@ -40,8 +40,10 @@ run: $(STAMP)
 monitor: $(STAMP)
 	$(VENV)/bin/disney-train monitor --workdir .run
 
+# Two xdist workers: one runs the training modules one after another (they load both cores and
+# bind the workers' metrics ports), the other everything else beside it (tests/conftest.py).
 test: setup
-	bash tools/netns-run $(PY) -m pytest $(PYTEST_ARGS)
+	bash tools/netns-run $(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,48 @@ from tests.support.apiserver import KUBERAY_SCHEMAS, VFT_CRD, ApiServer, kuberay
 from tests.support.faultproxy import FaultProxy
 from tests.support.kuberay import Cluster, OperatorProcess, start_operator
 from tests.support.seaweed import BUCKET, RW, SeaweedS3, start_seaweed
+
+# The tests that start Ray and train or evaluate on it: they load both cores and bind the workers'
+# metrics ports (9500+). Under `make test` (pytest -n 2 --dist loadgroup) they run one after another
+# on one xdist worker while the other takes the rest (API servers, S3, charts, data, in-process
+# rendering). Module paths, or module::test for the one or two such tests of a module.
+ON_RAY = (
+    "tests/test_train.py",
+    "tests/test_elastic.py",
+    "tests/test_prometheus.py",
+    "tests/test_operator_eval.py",
+    "tests/test_cli.py::test_run_on_the_embedded_default",
+    "tests/test_cli.py::test_cache_command_builds_the_latent_cache",
+    "tests/test_eval.py::test_eval_on_ray_runs_as_one_task_with_a_workers_resources",
+)
+
+
+def xdist_scope(nodeid: str) -> str:
+    """One scope for every test on Ray; each other test is its own."""
+    return "on-ray" if nodeid.split("[", 1)[0].startswith(ON_RAY) else nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadgroup, grouped by `xdist_scope`. (xdist's own grouping by the xdist_group mark
+    edits `item._nodeid`, which pytest 9 no longer reads: every test would be its own group.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OnRayTogether(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return OnRayTogether(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A renamed test must not leave ON_RAY and run beside the others: every entry must name tests."""
+    if config.args not in (["tests"], []) or config.option.keyword or config.option.markexpr:
+        return  # a chosen subset need not hold them all
+    stale = [p for p in ON_RAY if not any(i.nodeid.split("[", 1)[0].startswith(p) for i in items)]
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py ON_RAY names no collected test: {', '.join(stale)}")
 
 
 @pytest.fixture(scope="session", autouse=True)
