@@ -34,6 +34,7 @@ def xdist_scope(nodeid: str) -> str:
     return "on-ray" if nodeid.split("[", 1)[0].startswith(ON_RAY) else nodeid
 
 
+@pytest.hookimpl(optionalhook=True)  # without xdist (-p no:xdist) pytest would call it an unknown hook
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """--dist loadgroup, grouped by `xdist_scope`. (xdist's own grouping by the xdist_group mark
     edits `item._nodeid`, which pytest 9 no longer reads: every test would be its own group.)"""
