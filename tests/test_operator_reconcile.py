@@ -485,6 +485,23 @@ def test_a_summary_from_before_the_run_started_is_an_earlier_evaluations() -> No
     assert w.vft["status"]["evaluation"]["created"] == started
 
 
+def test_a_run_never_seen_running_takes_its_summary_from_its_creation_on() -> None:
+    """The operator was down while the RayJob ran (or it ran between two reconciles): no startTime.
+    The VideoFineTune's creation bounds its run: a summary written after it is this run's."""
+    body = vft(evaluation=evaluation())
+    body["metadata"]["creationTimestamp"] = "2026-12-01T10:00:00Z"
+    w = World(body)
+    w.settle()
+    w.kuberay(jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", endTime="2026-12-01T13:00:00Z")
+    w.settle()
+    assert w.vft["status"]["phase"] == "Succeeded" and w.vft["status"].get("startTime") is None
+    w.step(evaluation=summary(created="2026-12-01T09:59:59Z"))  # before it was created: a namesake's
+    assert "evaluation" not in w.vft["status"] and w.cond("Evaluated")["reason"] == "NoSummary"
+    w.step(evaluation=summary())  # 12:30 UTC
+    assert w.vft["status"]["evaluation"]["created"] == "2026-12-01T12:30:00Z"
+    assert w.cond("Evaluated")["status"] == "True"
+
+
 def test_without_an_evaluation_block_there_is_no_evaluated_condition_and_no_summary_is_used() -> None:
     w = World(vft())
     w.settle()

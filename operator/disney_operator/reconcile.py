@@ -227,6 +227,24 @@ def _of_this_run(summary: api.EvaluationStatus | None, started: str | None) -> a
     return summary if created is not None and start is not None and created >= start else None
 
 
+def _take_evaluation(
+    out: Plan,
+    old: api.VideoFineTuneStatus,
+    new: api.VideoFineTuneStatus,
+    summary: api.EvaluationStatus | None,
+    meta: dict[str, Any],
+    evaluated: bool,
+    stamp: str,
+) -> None:
+    """The summary into the status if it is this run's, the Evaluated condition, and its event. A run
+    the operator never saw Running (down meanwhile, or a short RayJob between two reconciles) has no
+    startTime: the VideoFineTune's creation is then where this run begins."""
+    if (fresh := _of_this_run(summary, new.startTime or meta.get("creationTimestamp"))) is not None:
+        new.evaluation = fresh
+    new.conditions = _with_evaluated(old.conditions, new, evaluated, new.observedGeneration or 0, stamp)
+    out.events += _evaluated_now(old, new)
+
+
 def _with_evaluated(
     old: list[api.Condition], new: api.VideoFineTuneStatus, wanted: bool, generation: int, now: str
 ) -> list[api.Condition]:
@@ -312,10 +330,7 @@ def plan(
             new.workers = api.WorkersStatus(desired=new.workers.desired, ready=0, summary=f"0/{new.workers.desired}")
         if progress is not None:  # the run's last record may arrive after its end
             new.progress = _progress(progress)
-        if (fresh := _of_this_run(summary, new.startTime)) is not None:  # and its evaluation's summary too
-            new.evaluation = fresh
-        new.conditions = _with_evaluated(old.conditions, new, evaluated, generation, stamp)
-        out.events += _evaluated_now(old, new)
+        _take_evaluation(out, old, new, summary, meta, evaluated, stamp)  # and its evaluation's summary too
         out.status = _dump(new) if _dump(new) != _dump(old) else None
         return out
 
@@ -442,10 +457,7 @@ def plan(
         out.events.append(Event("Normal", "Suspended", observed.message))
     if progress is not None:
         new.progress = _progress(progress)
-    if (fresh := _of_this_run(summary, new.startTime)) is not None:
-        new.evaluation = fresh
-    new.conditions = _with_evaluated(old.conditions, new, evaluated, generation, stamp)
-    out.events += _evaluated_now(old, new)
+    _take_evaluation(out, old, new, summary, meta, evaluated, stamp)
 
     if _dump(new) != _dump(old):
         out.status = _dump(new)
