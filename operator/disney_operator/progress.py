@@ -110,7 +110,9 @@ class ProgressReader:
                 self._runs[key] = (where, RunFiles.at(uri, s3))
             files = self._runs[key][1]
             ok, progress = _attempt(key, "progress", f"{uri}/{PROGRESS}", files.read_progress)
-            if evaluated and ok:  # (S3 failed the progress read: the summary waits for the next read)
+            # the summary is written at the RayJob's end: read by the read after it ended, not all through
+            # training (S3 failed the progress read: it waits for the next read)
+            if evaluated and ok and final is not None:
                 ok, summary = _attempt(key, "evaluation summary", f"{uri}/{SUMMARY_JSON}", files.read_eval_summary)
         except Exception as err:  # progress is a nicety: never a reason to stop reconciling
             log.warning("%s/%s: run files at %s not read: %s", *key, uri, err)
