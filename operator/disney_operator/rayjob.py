@@ -20,6 +20,7 @@ import yaml
 from disney_operator import api
 from disney_operator.settings import Settings
 from disney_train.config import ConfigError, RunConfig, config_from_dict, dump_config
+from disney_train.storage import is_s3
 
 RAY_GROUP = "ray.io"
 RAY_VERSION = "v1"
@@ -106,7 +107,7 @@ def _check_evaluation_uris(spec: api.VideoFineTuneSpec) -> None:
         return
     named = [("evaluation.clip_uri", e.clip_uri)] + [(f"evaluation.images[{i}]", u) for i, u in enumerate(e.images)]
     for field, uri in named:
-        if not uri.startswith("s3://"):
+        if not is_s3(uri):
             raise SpecError(
                 f"{field} {uri!r} is not an s3:// URI: the Ray pods cannot read local paths (copy it to S3)"
             )
