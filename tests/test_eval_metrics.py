@@ -154,6 +154,19 @@ def test_a_folder_that_is_not_clip_is_refused(tiny_clip_dir: Path, tmp_path: Pat
         load_clip(str(tmp_path / "nope"))
 
 
+def test_an_unreadable_clip_config_is_named(tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = Path.read_bytes
+
+    def read_bytes(path: Path) -> bytes:
+        if path.name == "config.json":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(ModelError, match=rf"{tiny_clip_dir}: config.json cannot be read: Permission denied"):
+        load_clip(str(tiny_clip_dir))
+
+
 def test_loads_from_s3(clip: Clip, tiny_clip_dir: Path, tmp_path: Path, s3: S3Options, s3_uri: str) -> None:
     store = open_store(s3_uri, s3)
     for path in sorted(tiny_clip_dir.iterdir()):

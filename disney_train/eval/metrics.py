@@ -97,6 +97,8 @@ def check_clip_layout(path: Path, where: str | None = None) -> Path:
         )
     except ModelError as err:
         raise ModelError(f"{where}: {err}") from None
+    except OSError as err:
+        raise ModelError(f"{where}: config.json cannot be read: {err.strerror or err}") from None
     if problems:
         raise ModelError(f"{where}: not a CLIP model in the transformers layout: {'; '.join(problems)}")
     return path
