@@ -12,7 +12,14 @@ import yaml
 
 from disney_train.config import LoraConfig, S3Options
 from disney_train.storage import Store, open_store
-from disney_train.train.checkpoint import COMMIT, Checkpoint, CheckpointError, CheckpointStore, step_prefix
+from disney_train.train.checkpoint import (
+    COMMIT,
+    Checkpoint,
+    CheckpointError,
+    CheckpointStore,
+    config_of,
+    step_prefix,
+)
 from disney_train.train.lora import lora_file_bytes, read_lora_file
 
 
@@ -95,11 +102,11 @@ def test_lora_file_loads_into_the_diffusers_pipeline(tiny_t2v: Path) -> None:
     assert all(torch.equal(before[k], v) for k, v in pipe.transformer.state_dict().items() if k in before)
 
 
-def test_a_checkpoint_of_another_run_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+def test_a_checkpoint_of_another_run_is_refused_before_any_worker_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same run name with another LoRA shape: `launch` refuses on the driver, naming the
     checkpoint and the field, before it starts Ray; the workers' own check says the same."""
-    import ray
-
     from disney_train.config import dump_config
     from disney_train.train.launch import TrainingError, _resume_refusal, launch
     from disney_train.train.run_files import RunFiles
@@ -112,13 +119,17 @@ def test_a_checkpoint_of_another_run_is_refused_before_any_worker_starts(tmp_pat
     ckpts.save(_ckpt(8))  # the newest, saved with an unreadable configuration: the one before it decides
     RunFiles(saved).store.write_bytes(f"{step_prefix(8)}/config.yaml", b"model: [unclosed\n")
     assert ckpts.saved_config(8) is None and ckpts.saved_config(4) == yaml.safe_load(dump_config(saved))
+    assert config_of("") == {} and config_of("- a list\n") == {}  # no mapping: another run, on both sides
 
     other = saved.model_copy(deep=True)
     other.lora.rank = saved.lora.rank * 2
-    assert not ray.is_initialized()
+
+    def no_ray(*_: object) -> bool:
+        pytest.fail("launch started Ray for a run it must refuse")
+
+    monkeypatch.setattr("disney_train.train.launch.ensure_ray", no_ray)  # refused before Ray (and any GPU)
     with pytest.raises(TrainingError, match=r"'shape' cannot resume: checkpoint .*step-000000004 belongs to another "):
         launch(other, storage_path=tmp_path / "ray")
-    assert not ray.is_initialized()  # refused before Ray (and any GPU) was asked for anything
     with pytest.raises(CheckpointError, match=r"step-000000004 belongs to another run \(lora was"):
         _latest_usable(CheckpointStore(RunFiles(other).store, 3), other)
     same = saved.model_copy(deep=True)

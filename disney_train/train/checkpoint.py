@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import yaml
 
 from disney_train.storage import StorageError, Store
 
@@ -39,6 +40,13 @@ class CheckpointError(RuntimeError):
 
 def step_prefix(step: int) -> str:
     return f"checkpoints/step-{step:09d}"
+
+
+def config_of(config_yaml: str) -> dict[str, Any]:
+    """A checkpoint's saved run configuration as a mapping ({} when it holds none), read the same way
+    by the driver's check before a resume and by the workers that load it."""
+    saved = yaml.safe_load(config_yaml)
+    return saved if isinstance(saved, dict) else {}
 
 
 @dataclass
@@ -110,13 +118,10 @@ class CheckpointStore:
     def saved_config(self, step: int) -> dict[str, Any] | None:
         """The run configuration saved with checkpoint `step`, without reading the rest of it;
         None when it cannot be read (`load` then says why)."""
-        import yaml
-
         try:
-            saved = yaml.safe_load(self.store.read_bytes(f"{step_prefix(step)}/{CONFIG}"))
+            return config_of(self.store.read_bytes(f"{step_prefix(step)}/{CONFIG}").decode())
         except (StorageError, yaml.YAMLError, UnicodeDecodeError):
             return None
-        return saved if isinstance(saved, dict) else None
 
     def load(self, step: int) -> Checkpoint:
         from safetensors.torch import load

@@ -17,7 +17,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import yaml
 
 from disney_train.config import RunConfig, dump_config
 from disney_train.metrics.worker import WorkerMetrics, cuda_reading
@@ -441,7 +440,7 @@ def _best_effort(write: Callable[[dict[str, Any]], None], value: dict[str, Any],
 def _latest_usable(ckpts: CheckpointStore, cfg: RunConfig) -> Checkpoint | None:
     """The newest committed checkpoint that loads and fits this run; a damaged one is skipped
     (with a warning) for the one before it, rather than failing every restart."""
-    from disney_train.train.checkpoint import CheckpointError
+    from disney_train.train.checkpoint import CheckpointError, config_of
 
     for step in reversed(ckpts.committed()):
         try:
@@ -449,7 +448,7 @@ def _latest_usable(ckpts: CheckpointStore, cfg: RunConfig) -> Checkpoint | None:
         except CheckpointError as err:
             log.warning("skipping checkpoint: %s", err)
             continue
-        refusal = checkpoint_identity_error(ckpts.url(step), yaml.safe_load(ckpt.config_yaml) or {}, cfg)
+        refusal = checkpoint_identity_error(ckpts.url(step), config_of(ckpt.config_yaml), cfg)
         if refusal is not None:
             raise CheckpointError(refusal)
         return ckpt
