@@ -80,7 +80,7 @@ def settings_of(cfg: RunConfig, ev: EvaluationConfig, device: str) -> Settings:
         steps=ev.steps,
         guidance_scale=ev.guidance_scale,
         seed_sets=ev.seeds,
-        seeds=list(range(ev.seed, ev.seed + ev.seeds * len(ev.prompts))),
+        seeds=[first + i for first in first_seeds(ev) for i in range(len(ev.prompts))],
         lora_scale=ev.lora_scale,
         device=device,
     )
@@ -147,13 +147,12 @@ def _render_both(
     import torch
 
     from disney_train.generate import RenderSpec, apply_loras, load_pipeline, pick_device, render
-    from disney_train.model.load import model_variant
+    from disney_train.model.load import check_variant
     from disney_train.model.source import resolve_model
 
     model_path = resolve_model(cfg.model.uri, cfg.s3)
-    variant = model_variant(model_path)
-    if variant != cfg.model.variant:
-        raise EvalError(f"model.variant is {cfg.model.variant!r} but {cfg.model.uri} is a {variant} model")
+    check_variant(model_path, cfg.model.variant)  # as training checks it
+    variant = cfg.model.variant
     device, dtype = pick_device(settings.device)
     pipe = load_pipeline(model_path, variant, device, dtype)
     videos: dict[VideoKey, np.ndarray] = {}
