@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -277,9 +276,8 @@ def test_the_evaluation_runs_after_training_with_the_specs_settings(monkeypatch:
     rj = render(vft(evaluation=block))
     # one command (KubeRay's submitter pastes it into its own shell line: an `&&` would split it there)
     assert rj["spec"]["entrypoint"] == EVAL_ENTRYPOINT == f"disney-train train --config-env {CONFIG_ENV} --evaluate"
-    assert not {"&&", "||", ";", "|", "&"} & set(shlex.split(EVAL_ENTRYPOINT, posix=True))
     expected = EvaluationConfig.model_validate(block)
-    assert run_config_of(rj).evaluation == expected and expected.seeds == 1 and expected.steps == 50
+    assert run_config_of(rj).evaluation == expected
     # what `disney-train eval --config-env` on the head reads back, through the real CLI code
     env = yaml.safe_load(rj["spec"]["runtimeEnvYAML"])["env_vars"]
     monkeypatch.setenv(CONFIG_ENV, env[CONFIG_ENV])
