@@ -39,10 +39,11 @@ class ListenWatch:
         for proc in procs:
             try:
                 # a worker that is retitling itself (setproctitle) can show an empty cmdline for a moment:
-                # its short name, then the name seen on any other sample of that pid, stand in
-                name = " ".join(proc.cmdline())[:120] or proc.name() or self._names.get(proc.pid, "")
-                if name:
-                    self._names[proc.pid] = name
+                # its short name stands in, and any sample's full cmdline of that pid replaces it (below)
+                cmdline = " ".join(proc.cmdline())[:120]
+                if cmdline:
+                    self._names[proc.pid] = cmdline
+                name = cmdline or proc.name()
                 for c in proc.net_connections(kind="tcp"):
                     if c.status == psutil.CONN_LISTEN:
                         self.seen[(proc.pid, c.laddr.ip, c.laddr.port)] = Listener(
@@ -65,7 +66,7 @@ class ListenWatch:
 
     def beyond_loopback(self) -> list[Listener]:
         return [
-            Listener(v.pid, v.name or self._names.get(v.pid, ""), v.address, v.port)
+            Listener(v.pid, self._names.get(v.pid) or v.name, v.address, v.port)
             for v in self.seen.values()
             if v.address not in LOOPBACK
         ]
