@@ -22,16 +22,19 @@ ON_RAY = (
     "tests/test_train.py",
     "tests/test_elastic.py",
     "tests/test_prometheus.py",
-    "tests/test_operator_eval.py",
     "tests/test_cli.py::test_run_on_the_embedded_default",
     "tests/test_cli.py::test_cache_command_builds_the_latent_cache",
     "tests/test_eval.py::test_eval_on_ray_runs_as_one_task_with_a_workers_resources",
 )
 
 
+def on_ray(nodeid: str) -> bool:
+    return nodeid.split("[", 1)[0].startswith(ON_RAY)
+
+
 def xdist_scope(nodeid: str) -> str:
     """One scope for every test on Ray; each other test is its own."""
-    return "on-ray" if nodeid.split("[", 1)[0].startswith(ON_RAY) else nodeid
+    return "on-ray" if on_ray(nodeid) else nodeid
 
 
 @pytest.hookimpl(optionalhook=True)  # without xdist (-p no:xdist) pytest would call it an unknown hook
@@ -50,7 +53,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A renamed test must not leave ON_RAY and run beside the others: every entry must name tests."""
+    """No test on Ray may run beside the others: one that takes the `ray_local` fixture must be in
+    ON_RAY, and every entry must name tests (a renamed test would leave it)."""
+    unlisted = [i.nodeid for i in items if "ray_local" in getattr(i, "fixturenames", ()) and not on_ray(i.nodeid)]
+    if unlisted:
+        raise pytest.UsageError(f"tests/conftest.py ON_RAY does not name these tests on Ray: {', '.join(unlisted)}")
     if config.args not in (["tests"], []) or config.option.keyword or config.option.markexpr:
         return  # a chosen subset need not hold them all
     stale = [p for p in ON_RAY if not any(i.nodeid.split("[", 1)[0].startswith(p) for i in items)]
