@@ -20,8 +20,9 @@ from tests.support.training import train_config
 pytestmark = pytest.mark.timeout(400)
 
 # Paced at 0.2 s a step until the shrink (step ~50 here: each resize goes back to a checkpoint),
-# then the rest at full speed; enough that the run cannot end before the test has resized it.
-STEPS = 150
+# then the rest at full speed; four times that, so that the run cannot end before the test has
+# resized it (if it does, the wait says so at once).
+STEPS = 200
 
 
 @pytest.fixture
@@ -85,7 +86,11 @@ def test_workers_follow_the_nodes_and_resume_from_checkpoints(
             error.append(err)
 
     def failed() -> BaseException | None:
-        return error[0] if error else None
+        if error:
+            return error[0]
+        if progress().get("phase") == "finished":  # before the resizes: STEPS too few for this machine
+            return AssertionError(f"the run reached its last step ({STEPS}) before the test resized it")
+        return None
 
     def progress() -> dict[str, Any]:
         return files.read_progress() or {}

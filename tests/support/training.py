@@ -28,12 +28,12 @@ def build_cache(cfg: RunConfig, model: Path) -> int:
     import torch
 
     from disney_train.data.pack import load_manifest
-    from disney_train.model.load import load_encoders
+    from disney_train.model.load import load_encoders, max_text_length
     from disney_train.storage import open_store
     from disney_train.train.cache import build_entries, cache_set, missing_entries
 
     manifest = load_manifest(cfg.data.uri, s3=cfg.s3)
-    cs = cache_set(cfg, model, 226)
+    cs = cache_set(cfg, model, max_text_length(model))  # as the workers key it
     missing = missing_entries(cs, manifest, cfg)
     vae, te, tok = load_encoders(model)
     comps = SimpleNamespace(vae=vae, text_encoder=te, tokenizer=tok)
