@@ -19,7 +19,7 @@ from kubernetes_validate.utils import latest_version
 
 from disney_operator import api
 from disney_operator.settings import GPU_TOLERATIONS, ON_DEMAND_AFFINITY, settings_from_env
-from tests.support.chart import CHART, chart_copy, find, helm, one, render
+from tests.support.chart import CHART, PROMETHEUS_OPERATOR, chart_copy, find, helm, offline_env, one, render
 
 KUBE_VERSIONS = ["1.30.0", latest_version()]
 MONITORING: dict[str, Any] = {
@@ -59,7 +59,6 @@ CASES: dict[str, dict[str, Any]] = {
         "operator": {"progressEndpoints": ["aws", "https://minio.example:9000"], "verbose": True},
         "s3Credentials": {"secretName": "operator-s3"},
     },
-    "kuberay": {"kuberay-operator": {"enabled": True, "watchNamespace": ["team-a"]}},
     "existing-serviceaccount": {"serviceAccount": {"create": False, "name": "ops"}, "rbac": {"create": False}},
     "pinned-digest": {"image": {"repository": "registry.example/op", "digest": "sha256:" + "a" * 64}},
     "everything": {
@@ -91,7 +90,9 @@ def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def rendered(chart: Path) -> dict[str, list[dict[str, Any]]]:
-    return {name: render(chart, values) for name, values in CASES.items()}
+    """Every case as on a cluster with the Prometheus Operator (kube-prometheus-stack): the monitoring objects
+    render where enabled. Without its CRDs they do not (test_monitoring_needs_the_prometheus_operators_crds)."""
+    return {name: render(chart, values, api_versions=PROMETHEUS_OPERATOR) for name, values in CASES.items()}
 
 
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -115,10 +116,34 @@ def test_helm_lint_strict(chart: Path, case: str) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_the_chart_as_committed_asks_for_its_dependency_by_name() -> None:
-    """Without `helm dependency build` (or --dependency-update) helm says what is missing."""
-    out = helm("template", "dt", str(CHART), check=False)
-    assert out.returncode != 0 and "kuberay-operator" in out.stderr and "dependency" in out.stderr
+def test_the_chart_as_committed_needs_no_charts_folder_and_no_network(tmp_path: Path) -> None:
+    """KubeRay is installed on its own, not by this chart: lint and template work on the chart as committed
+    with no `helm dependency build`, no charts/ folder and no chart repository in reach (an air-gapped
+    cluster's case). A declared dependency, even one turned off, would fail both."""
+    chart = tmp_path / "disney-train"
+    shutil.copytree(CHART, chart, ignore=lambda d, names: [n for n in names if Path(d) == CHART and n == "charts"])
+    offline = offline_env(tmp_path / "helm-home")
+    # the environment does cut helm off: a chart repository is out of its reach
+    pull = helm(
+        "pull", "kuberay-operator", "--repo", "https://ray-project.github.io/kuberay-helm/", env=offline, check=False
+    )
+    assert pull.returncode != 0 and "proxyconnect" in pull.stderr, pull.stderr
+
+    lint = helm("lint", "--strict", str(chart), env=offline, check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    out = helm("template", "dt", str(chart), "--namespace", "disney-train", env=offline, check=False)
+    assert out.returncode == 0, out.stderr
+    assert one([d for d in yaml.safe_load_all(out.stdout) if d], "Deployment")
+    assert not (chart / "charts").exists()
+
+
+def test_the_chart_has_no_kuberay_values(chart: Path) -> None:
+    """`kuberay-operator` is no key of this chart's values: the schema refuses it like a misspelt key,
+    instead of taking it silently for an install of KubeRay that would not happen."""
+    for command in (("template", "dt"), ("lint", "--strict")):
+        out = helm(*command, str(chart), "--set", "kuberay-operator.enabled=true", check=False)
+        assert out.returncode != 0, out.stdout
+        assert "Additional property kuberay-operator is not allowed" in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
@@ -350,13 +375,6 @@ def test_gpu_pool_and_operator_settings_reach_the_operator(rendered: dict[str, l
     assert "AWS_SECRET_ACCESS_KEY" not in env_of(objects)  # never a value in the manifest
 
 
-def test_kuberay_dependency_follows_its_condition(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    standin = [o for o in rendered["kuberay"] if o["metadata"]["name"].endswith("kuberay-standin")]
-    assert len(standin) == 1
-    assert json.loads(standin[0]["data"]["values"])["watchNamespace"] == ["team-a"]  # values pass through
-    assert not [o for o in rendered["defaults"] if o["metadata"]["name"].endswith("kuberay-standin")]
-
-
 def test_existing_service_account_and_no_rbac(rendered: dict[str, list[dict[str, Any]]], chart: Path) -> None:
     objects = rendered["existing-serviceaccount"]
     assert not find(objects, "ServiceAccount") and not find(objects, "ClusterRole", "dt-disney-train")
@@ -414,24 +432,30 @@ def test_bad_values_are_refused_by_path(chart: Path, values: dict[str, Any], mes
         render(chart, values)
 
 
-def test_notes_tell_what_to_do_next(chart: Path) -> None:
-    """NOTES.txt rendered through helm's own template engine (helm template skips NOTES): a copy of it is
-    rendered with `tpl` inside a ConfigMap of a chart copy."""
-    (chart.parent / "notes").mkdir(exist_ok=True)
+@pytest.fixture(scope="module")
+def notes_chart(chart: Path) -> Path:
+    """NOTES.txt rendered through helm's own template engine (helm template skips NOTES, and helm install
+    --dry-run=client still wants a cluster): a copy of it is rendered with `tpl`, with the release's values
+    and Capabilities, inside a ConfigMap of a chart copy."""
     copy = chart.parent / "notes" / chart.name
-    if not copy.exists():
-        shutil.copytree(chart, copy)
-        (copy / "notes-under-test.txt").write_text((copy / "templates" / "NOTES.txt").read_text())
-        (copy / "templates" / "notes-under-test.yaml").write_text(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes-under-test\n"
-            'data:\n  notes: {{ tpl (.Files.Get "notes-under-test.txt") . | quote }}\n'
-        )
+    shutil.copytree(chart, copy)
+    (copy / "notes-under-test.txt").write_text((copy / "templates" / "NOTES.txt").read_text())
+    (copy / "templates" / "notes-under-test.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes-under-test\n"
+        'data:\n  notes: {{ tpl (.Files.Get "notes-under-test.txt") . | quote }}\n'
+    )
+    return copy
 
-    def notes(values: dict[str, Any]) -> str:
-        out: str = one(render(copy, values), "ConfigMap", "notes-under-test")["data"]["notes"]
-        return out
 
-    default = notes({})
+def notes(notes_chart: Path, values: dict[str, Any], api_versions: tuple[str, ...] = PROMETHEUS_OPERATOR) -> str:
+    """The NOTES helm would print, on a cluster serving `api_versions` (default: with the Prometheus Operator)."""
+    objects = render(notes_chart, values, api_versions=api_versions)
+    out: str = one(objects, "ConfigMap", "notes-under-test")["data"]["notes"]
+    return out
+
+
+def test_notes_tell_what_to_do_next(notes_chart: Path) -> None:
+    default = notes(notes_chart, {})
     for expected in (
         "all namespaces",
         "kubectl get clusterkopfpeering disney-train",
@@ -439,17 +463,68 @@ def test_notes_tell_what_to_do_next(chart: Path) -> None:
         "kubectl apply -n <ns> -f jobs/smoke.yaml",
         "kubectl get vft -n <ns> -w",
         "kubectl scale vft/<name> -n <ns> --replicas=4",
-        "It needs KubeRay",
+        "It needs KubeRay (>= 1.1), installed on its own",
         "disney-train / training",
         "tolerating nvidia.com/gpu",
     ):
         assert expected in default, f"{expected!r} not in NOTES:\n{default}"
-    named = notes(
-        {
-            "watchNamespaces": ["team-a"],
-            "kuberay-operator": {"enabled": True},
-            "metrics": {"dashboards": {"enabled": False}},
-        }
-    )
+    named = notes(notes_chart, {"watchNamespaces": ["team-a"], "metrics": {"dashboards": {"enabled": False}}})
     assert "team-a" in named and "kopfpeering -n team-a" in named
-    assert "It needs KubeRay" not in named and "disney-train / training" not in named
+    assert "It needs KubeRay" in named and "disney-train / training" not in named
+
+
+# --------------------------------------------------------------------------- monitoring needs the Prometheus Operator
+# The three Prometheus Operator kinds, each with its values key; asked for explicitly (the defaults too).
+MONITORS = {"ServiceMonitor": "serviceMonitor", "PodMonitor": "podMonitor", "PrometheusRule": "prometheusRule"}
+ASKED: dict[str, Any] = {"metrics": {key: {"enabled": True} for key in MONITORS.values()}}
+LEFT_OUT = "left out: this cluster lacks\nmonitoring.coreos.com/v1 (the Prometheus Operator's CRDs)"
+
+
+def kinds(objects: list[dict[str, Any]]) -> set[str]:
+    return {o["kind"] for o in objects}
+
+
+@pytest.mark.parametrize("values", [{}, ASKED], ids=["defaults", "enabled"])
+def test_monitoring_needs_the_prometheus_operators_crds(chart: Path, notes_chart: Path, values: dict[str, Any]) -> None:
+    """A cluster without monitoring.coreos.com/v1 (what `helm install` found on a real one failed with "no
+    matches for kind PodMonitor ... ensure CRDs are installed first"): the three are left out although
+    enabled, the rest installs, and the NOTES say what was left out, why, and how to add it."""
+    objects = render(chart, values)  # no --api-versions: Kubernetes' own kinds only
+    assert not kinds(objects) & set(MONITORS), sorted(kinds(objects))
+    assert {"Deployment", "Service", "ConfigMap"} <= kinds(objects)  # the operator, its /metrics, the dashboards
+    said = notes(notes_chart, values, api_versions=())
+    assert f"the ServiceMonitor, PodMonitor, PrometheusRule asked for (metrics.*.enabled) were {LEFT_OUT}" in said, said
+    assert "install the Prometheus Operator" in said
+    assert "helm upgrade dt charts/disney-train -n disney-train --reuse-values" in said
+    assert "Prometheus scrapes" not in said and "Alerts:" not in said  # nothing claims what is not there
+
+
+def test_monitoring_follows_each_kind_the_cluster_serves(chart: Path, notes_chart: Path) -> None:
+    """Each kind is checked on its own: a cluster serving ServiceMonitor only gets the ServiceMonitor."""
+    served = ("monitoring.coreos.com/v1/ServiceMonitor",)
+    assert kinds(render(chart, ASKED, api_versions=served)) & set(MONITORS) == {"ServiceMonitor"}
+    said = notes(notes_chart, ASKED, api_versions=served)
+    assert "Prometheus scrapes the operator (ServiceMonitor); if your Prometheus" in said, said
+    assert f"the PodMonitor, PrometheusRule asked for (metrics.*.enabled) were {LEFT_OUT}" in said, said
+
+
+def test_with_the_prometheus_operator_all_three_render(chart: Path, notes_chart: Path) -> None:
+    objects = render(chart, ASKED, api_versions=PROMETHEUS_OPERATOR)
+    for kind in MONITORS:
+        assert one(objects, kind)["apiVersion"] == "monitoring.coreos.com/v1"
+    said = notes(notes_chart, ASKED)
+    assert "Prometheus scrapes the operator (ServiceMonitor) and every training worker (PodMonitor)" in said
+    assert "Alerts: PrometheusRule dt-disney-train" in said
+    assert "left out" not in said, said
+
+
+@pytest.mark.parametrize("off", sorted(MONITORS))
+def test_with_the_prometheus_operator_a_disabled_one_stays_out(chart: Path, notes_chart: Path, off: str) -> None:
+    values = {"metrics": {key: {"enabled": kind != off} for kind, key in MONITORS.items()}}
+    objects = render(chart, values, api_versions=PROMETHEUS_OPERATOR)
+    assert kinds(objects) & set(MONITORS) == set(MONITORS) - {off}
+    said = notes(notes_chart, values)
+    assert "left out" not in said, said  # turned off, not missing: nothing to tell
+    assert ("Alerts:" in said) == (off != "PrometheusRule")
+    scraped = {kind for kind in ("ServiceMonitor", "PodMonitor") if f"({kind})" in said}  # the Monitoring line
+    assert scraped == {"ServiceMonitor", "PodMonitor"} - {off}, said

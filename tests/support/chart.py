@@ -17,7 +17,13 @@ from disney_train.storage import cache_root
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "disney-train"
-KUBERAY_CHART = "kuberay-operator"
+# The kinds the chart's monitoring objects need, as .Capabilities.APIVersions names them: served where the
+# Prometheus Operator's CRDs are installed (kube-prometheus-stack), absent on a bare cluster.
+PROMETHEUS_OPERATOR = (
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PodMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+)
 
 
 def helm_path() -> str:
@@ -28,49 +34,56 @@ def helm_path() -> str:
     return path
 
 
-def kuberay_dependency() -> dict[str, Any]:
-    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    deps: list[dict[str, Any]] = chart.get("dependencies") or []
-    return next(d for d in deps if d["name"] == KUBERAY_CHART)
-
-
 def chart_copy(dest: Path) -> Path:
-    """The chart with its KubeRay dependency present, as `helm dependency build` leaves it.
-
-    KubeRay's chart repository is not reachable here, so charts/kuberay-operator is a stand-in of the same
-    name and version: one ConfigMap that echoes its values. It shows what the chart decides (whether the
-    dependency renders, which values reach it), not what KubeRay's own chart contains.
-    """
+    """A copy of the chart in a test's own folder (a test adding files to it leaves the checkout alone)."""
     out = dest / "disney-train"
     shutil.copytree(CHART, out)
-    dep = kuberay_dependency()
-    standin = out / "charts" / KUBERAY_CHART
-    (standin / "templates").mkdir(parents=True)
-    (standin / "Chart.yaml").write_text(
-        yaml.safe_dump({"apiVersion": "v2", "name": KUBERAY_CHART, "version": dep["version"], "type": "application"})
-    )
-    (standin / "values.yaml").write_text("enabled: true\n")
-    (standin / "templates" / "standin.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-kuberay-standin\n"
-        "  namespace: {{ .Release.Namespace }}\ndata:\n  values: {{ toJson .Values | quote }}\n"
-    )
     return out
 
 
-def helm(*args: str, check: bool = True, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
-    """helm ARGS; `values` go to its stdin as YAML (for `-f -`)."""
+def offline_env(home: Path) -> dict[str, str]:
+    """Environment for a helm that reaches no network: every HTTP(S) request goes to a proxy on the discard
+    port, which refuses it, and helm's cache, config and data are new empty folders (no repository index
+    or chart fetched before)."""
+    dead = "http://127.0.0.1:9"
+    env = {f"HELM_{kind}_HOME": str(home / kind.lower()) for kind in ("CACHE", "CONFIG", "DATA")}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        env[name] = env[name.lower()] = dead
+    env["NO_PROXY"] = env["no_proxy"] = ""
+    return env
+
+
+def helm(
+    *args: str, check: bool = True, values: dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """helm ARGS; `values` go to its stdin as YAML (for `-f -`); `env` is added to this process's."""
     stdin = yaml.safe_dump(values or {})
-    proc = subprocess.run([helm_path(), *args], input=stdin, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [helm_path(), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env} if env else None,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
 
 
 def render(
-    chart: Path, values: dict[str, Any] | None = None, namespace: str = "disney-train", release: str = "dt"
+    chart: Path,
+    values: dict[str, Any] | None = None,
+    namespace: str = "disney-train",
+    release: str = "dt",
+    api_versions: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
-    """`helm template` with values (given on stdin) and the CRDs: the objects, in order."""
-    args = ("template", release, str(chart), "--namespace", namespace, "--include-crds", "-f", "-")
+    """`helm template` with values (given on stdin) and the CRDs: the objects, in order. `api_versions`
+    (group/version/Kind) are what the cluster would serve besides Kubernetes' own (`--api-versions`;
+    helm install asks the cluster): PROMETHEUS_OPERATOR for a cluster with the Prometheus Operator."""
+    args = ["template", release, str(chart), "--namespace", namespace, "--include-crds", "-f", "-"]
+    for api in api_versions:
+        args += ["--api-versions", api]
     out = helm(*args, values=values)
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
