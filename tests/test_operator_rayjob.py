@@ -109,6 +109,11 @@ def test_gpu_workers_head_and_the_run_configuration() -> None:
 
     head_pod = h["template"]["spec"]
     assert "nvidia.com/gpu" not in str(head_pod["containers"][0]["resources"])
+    # the head trains nothing (num-cpus 0), so a CPU limit would only throttle the GCS and the dashboard:
+    # on a real cluster a head held to its request missed its own start-up timeouts and KubeRay replaced it
+    # again and again. Its CPU is a request; its memory is capped as asked.
+    head_res = head_pod["containers"][0]["resources"]
+    assert head_res == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "16Gi"}}
     assert head_pod["affinity"] == ON_DEMAND_AFFINITY  # not on spot nodes: losing the head loses the job
     assert "tolerations" not in head_pod and "restartPolicy" not in head_pod
     assert h["rayStartParams"]["num-cpus"] == "0"  # nothing trains on the head

@@ -234,13 +234,19 @@ def desired_rayjob(
             None,
         ),
     }
-    head_res = {"cpu": spec.head.resources.cpu, "memory": spec.head.resources.memory}
+    # The head trains nothing (num-cpus 0): its CPU is a request, not a limit, since a limit only throttles
+    # the GCS, the dashboard and the job's driver (a head held to a small request misses Ray's own start-up
+    # timeouts, and KubeRay replaces it again and again). Its memory is capped as asked.
+    head_res = {
+        "requests": {"cpu": spec.head.resources.cpu, "memory": spec.head.resources.memory},
+        "limits": {"memory": spec.head.resources.memory},
+    }
     head_pod: dict[str, Any] = {
         "containers": [
             {
                 "name": "ray-head",
                 "image": image,
-                "resources": {"requests": head_res, "limits": head_res},
+                "resources": head_res,
                 "env": env,
                 "ports": [
                     {"name": "gcs", "containerPort": 6379},
