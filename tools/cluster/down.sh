@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# down.sh - stop the test cluster and remove all of it: every process it started, every container, its
+# mounts, its network namespace and veth pair, its state and the kubeconfig. The builds stay in the
+# cache. Safe to run when nothing (or half of it) is up.
+set -uo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=common.sh
+. "$HERE/common.sh"
+[ "$(id -u)" = 0 ] || die "needs root, as up.sh did"
+
+stop() { # NAME: TERM, then KILL after 10 s
+  local f=$RUN/$1.pid
+  [ -f "$f" ] || return 0
+  local pid; pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null
+  fi
+  rm -f "$f"
+}
+
+# the kubelets first (they would restart what we stop), then every container and its shim
+stop kube-proxy
+for i in 0 1; do stop "kubelet-$i"; done
+for i in 0 1; do
+  sock=$RUN/containerd-$i.sock
+  if [ -S "$sock" ]; then
+    ctr_() { ctr --address "$sock" -n k8s.io "$@"; }
+    for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$t" >/dev/null 2>&1; done
+    sleep 1
+    for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks delete -f "$t" >/dev/null 2>&1; done
+    for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$c" >/dev/null 2>&1; done
+  fi
+  stop "containerd-$i"
+  # shims whose containerd is gone (they outlive it by design)
+  pkill -9 -f "containerd-shim-runc-v2 .*-address $sock" 2>/dev/null
+done
+for d in seaweedfs kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$d"; done
+
+# mounts under the state (pods' volumes, overlay snapshots, shm) and the pods' network namespaces
+if [ -d "$STATE" ]; then
+  findmnt -rn -o TARGET | grep -F "$STATE/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+fi
+if [ -d "$RUN" ]; then
+  findmnt -rn -o TARGET | grep -F "$RUN/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+fi
+if ip netns list 2>/dev/null | grep -qw "$NETNS"; then
+  ip netns delete "$NETNS"
+fi
+ip link delete "$VETH_HOST" 2>/dev/null
+# the pods' namespaces containerd made under /run/netns
+for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$ns" 2>/dev/null; done
+
+# the kubelets' cgroup roots (empty now: directories only, deepest first)
+for i in 0 1; do
+  for h in /sys/fs/cgroup/*/disney-train-$i; do
+    [ -d "$h" ] && find "$h" -depth -type d -exec rmdir {} + 2>/dev/null
+  done
+done
+if findmnt -rn -o TARGET | grep -qF "$STATE/"; then
+  die "mounts remain under $STATE (findmnt); not removing it"
+fi
+rm -rf "$STATE" "$RUN" "$KUBECONFIG_OUT"
+log "down: nothing of the cluster runs or remains (builds stay in the cache)"

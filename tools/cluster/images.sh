@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# images.sh base|project - build the test cluster's images and import them into its containerd.
+#
+#   base     pause (the sandbox), CoreDNS and KubeRay's operator: each a static binary on an empty root,
+#            from build.sh's folder
+#   debian-root  only the Debian root layer of `project`, into the cache
+#   project  the trainer and the operator images under the names the chart and the operator use by
+#            default (ghcr.io/disney-train/{trainer,operator}:<version>). No registry and no Docker engine
+#            here, so not from images/*.Dockerfile (the recipes for real clusters): a Debian root from
+#            debootstrap with the libraries Python needs and the users those Dockerfiles make (ray 1000,
+#            operator 65532), this machine's Python and the project's .venv at the paths they have here
+#            (their scripts name those paths), and the project's source where .venv's editable install
+#            looks for it. Layers are cached under $CLUSTER_CACHE by what they hold; the source layer is
+#            made each time.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=common.sh
+. "$HERE/common.sh"
+: "${CLUSTER_BIN:?CLUSTER_BIN is not set}" "${CLUSTER_CACHE:?CLUSTER_CACHE is not set}"
+PY=${PY:-$REPO/.venv/bin/python}
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml")
+IMAGES=$CLUSTER_CACHE/images
+mkdir -p "$IMAGES"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+
+# snapshots: the committed snapshots this containerd holds (mkimage.py leaves their layers out)
+snapshots() { ctr --address "$CONTAINERD_SOCK" -n k8s.io snapshots ls | awk '$3 == "Committed" {print $1}'; }
+
+# import SPEC.json: the images into this node's containerd; then, as containerd's discard_unpacked_layers
+# does for pulls, the layer blobs are dropped: the unpacked snapshots are what runs, so each node keeps one
+# copy of the project's gigabytes, not two
+import() {
+  local spec=$1
+  python3 - "$spec" "$(snapshots)" >"$spec.with" <<'EOF'
+import json, sys
+spec = json.load(open(sys.argv[1]))
+spec["snapshots"] = sys.argv[2].split()
+print(json.dumps(spec))
+EOF
+  python3 "$HERE/mkimage.py" "$spec.with" | ctr --address "$CONTAINERD_SOCK" -n k8s.io images import - >/dev/null ||
+    die "importing $(python3 -c 'import json,sys; print(" ".join(i["ref"] for i in json.load(open(sys.argv[1]))["images"]))' "$spec") failed"
+  local l
+  for l in $(python3 -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["layers"]))' "$spec"); do
+    [ -f "$l.sha256" ] && ctr --address "$CONTAINERD_SOCK" -n k8s.io content rm "sha256:$(cat "$l.sha256")" >/dev/null 2>&1
+  done
+  return 0
+}
+
+# static IMAGE BINARY PATH_IN_IMAGE USER [ARGS...]: one binary on an empty root
+static() {
+  local ref=$1 bin=$2 path=$3 user=$4; shift 4
+  local root=$scratch/root-$(basename "$path")
+  mkdir -p "$root$(dirname "$path")" && cp "$bin" "$root$path"
+  tar --numeric-owner --owner=0 --group=0 -C "$root" -cf "$root.tar" .
+  python3 - "$ref" "$root.tar" "$path" "$user" "$@" >"$scratch/spec.json" <<'EOF'
+import json, sys
+ref, layer, path, user, *args = sys.argv[1:]
+print(json.dumps({"layers": [layer], "images": [{"ref": ref, "entrypoint": [path], "cmd": args or None, "user": user}]}))
+EOF
+  import "$scratch/spec.json"
+}
+
+base() {
+  static "registry.k8s.io/pause:$PAUSE_VERSION" "$CLUSTER_BIN/pause" /pause 65535:65535
+  static "registry.k8s.io/coredns/coredns:$COREDNS_VERSION" "$CLUSTER_BIN/coredns" /coredns 65532:65532
+  static "quay.io/kuberay/operator:$KUBERAY_VERSION" "$CLUSTER_BIN/ray-operator" /manager 65532:65532
+}
+
+# the Debian root: minbase plus what this machine's Python and the wheels in .venv load, bash (KubeRay
+# starts Ray with `bash -lc`), ps/kill (Ray), and the image users
+debian_root() {
+  local out=$IMAGES/debian-bookworm-1.tar
+  [ -f "$out" ] && { echo "$out"; return; }
+  command -v debootstrap >/dev/null || die "debootstrap is missing: tools/cluster/system-deps.sh installs it"
+  local mirror
+  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+  local root=$scratch/debian
+  log "debootstrap bookworm from $mirror (once per machine)"
+  debootstrap --variant=minbase \
+    --include=ca-certificates,procps,libssl3,libffi8,libsqlite3-0,libbz2-1.0,liblzma5,libncursesw6,libreadline8,libuuid1,libgdbm6,zlib1g,libgomp1,libstdc++6 \
+    bookworm "$root" "$mirror" >"$scratch/debootstrap.log" 2>&1 || { tail -20 "$scratch/debootstrap.log" >&2; die "debootstrap failed"; }
+  chroot "$root" groupadd --gid 1000 ray
+  chroot "$root" useradd --uid 1000 --gid 1000 --create-home --home-dir /home/ray --shell /bin/bash ray
+  chroot "$root" groupadd --gid 65532 nonroot
+  chroot "$root" useradd --uid 65532 --gid 65532 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin nonroot
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  tar --numeric-owner -C "$root" -cf "$out.tmp" . && mv "$out.tmp" "$out"
+  echo "$out"
+}
+
+# parents PATH...: the folders above each path (relative to /), so a layer carries them traversable by
+# all (the Debian root's /root is 0700; the image users are not root)
+parents() {
+  local p d
+  for p in "$@"; do
+    d=$(dirname "${p#/}")
+    while [ "$d" != . ]; do echo "$d"; d=$(dirname "$d"); done
+  done | sort -u
+}
+
+# tree_layer NAME KEY PATH...: the paths (absolute) at the same places in the image, readable by all
+tree_layer() {
+  local name=$1 key=$2; shift 2
+  local out=$IMAGES/$name-$key.tar
+  if [ ! -f "$out" ]; then
+    rm -f "$IMAGES/$name"-*
+    log "layer $name: $* (once per content)"
+    tar --numeric-owner --owner=0 --group=0 --mode=a+rX --exclude=__pycache__ -C / -cf "$out.tmp" \
+      --no-recursion $(parents "$@") --recursion "${@#/}" && mv "$out.tmp" "$out"
+  fi
+  echo "$out"
+}
+
+project() {
+  [ -x "$PY" ] || die "no $PY: make setup first"
+  local prefix venv base py venvl app
+  prefix=$("$PY" -c 'import sys; print(sys.base_prefix)')
+  venv=$("$PY" -c 'import sys; print(sys.prefix)')
+  base=$(debian_root)
+  py=$(tree_layer python "$(echo "$prefix" | sha256sum | cut -c1-12)" "$prefix")
+  venvl=$(tree_layer venv "$(cat "$REPO/pyproject.toml" "$REPO/constraints.txt" <(echo "$venv") | sha256sum | cut -c1-12)" "$venv")
+  app=$scratch/app.tar
+  local src=("$REPO/disney_train" "$REPO/operator/disney_operator" "$REPO/pyproject.toml")
+  tar --numeric-owner --owner=0 --group=0 --mode=a+rX --exclude=__pycache__ -C / -cf "$app" \
+    --no-recursion $(parents "${src[@]}") --recursion "${src[@]#/}"
+  python3 - "$base" "$py" "$venvl" "$app" "$venv" "$VERSION" >"$scratch/spec.json" <<'EOF'
+import json, sys
+base, py, venv_layer, app, venv, version = sys.argv[1:]
+path = f"PATH={venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+print(json.dumps({"layers": [base, py, venv_layer, app], "images": [
+    {"ref": f"ghcr.io/disney-train/trainer:{version}", "user": "1000:1000", "workdir": "/home/ray",
+     "env": [path, f"VIRTUAL_ENV={venv}", "HOME=/home/ray", "PYTHONUNBUFFERED=1", "DS_BUILD_OPS=0"]},
+    {"ref": f"ghcr.io/disney-train/operator:{version}", "user": "65532:65532", "workdir": "/tmp",
+     "env": [path, f"VIRTUAL_ENV={venv}", "HOME=/tmp", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"],
+     "entrypoint": ["disney-train-operator"], "cmd": ["run", "--all-namespaces"]},
+]}))
+EOF
+  import "$scratch/spec.json"
+}
+
+case "${1:-}" in
+  base) base ;;
+  project) project ;;
+  debian-root) debian_root ;;  # the cached Debian root alone (no containerd needed)
+  *) die "usage: images.sh base|project" ;;
+esac
