@@ -116,7 +116,7 @@ def installed(kube: Kube, s3: dict[str, str]) -> Iterator[None]:
 
 def smoke_job(s3: dict[str, str], name: str = SMOKE, **training: Any) -> dict[str, Any]:
     """jobs/smoke.yaml as a CPU cluster runs it (what differs is said in the module's docstring)."""
-    job = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
+    job: dict[str, Any] = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
     job = copy.deepcopy(job)
     job["metadata"]["name"] = name
     spec = job["spec"]
@@ -124,8 +124,8 @@ def smoke_job(s3: dict[str, str], name: str = SMOKE, **training: Any) -> dict[st
     spec["training"]["train"]["precision"] = "fp32"
     for section, values in training.items():
         spec["training"][section] |= values
-    spec["workers"]["resources"] = {"gpus": 0, "cpu": "1", "memory": "3Gi", "sharedMemory": "512Mi"}
-    spec["head"]["resources"] = {"cpu": "500m", "memory": "2Gi"}
+    spec["workers"]["resources"] = {"gpus": 0, "cpu": "1", "memory": "6Gi", "sharedMemory": "1Gi"}
+    spec["head"]["resources"] = {"cpu": "500m", "memory": "4Gi"}
     # the GPU pool's node, by the user's own placement (the chart's default tolerations are for GPU workers)
     spec["placement"] = {
         "nodeSelector": {"disneytrain.dev/pool": "gpu"},

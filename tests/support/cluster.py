@@ -31,7 +31,9 @@ class Kube:
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
-    def run(self, tool: str, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, tool: str, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         exe = helm_path() if tool == "helm" else str(ROOT / ".venv" / "bin" / "kubectl")
         proc = subprocess.run([exe, *args], input=stdin, capture_output=True, text=True, env=self.env, timeout=300)
         if check and proc.returncode != 0:
@@ -59,7 +61,9 @@ def connect() -> Kube:
     """The cluster in $KUBECONFIG (make e2e sets it), else `.cluster/kubeconfig`; it must answer."""
     path = Path(os.environ.get("KUBECONFIG") or STATE / "kubeconfig")
     if not path.is_file():
-        raise ClusterMissing(f"no kubeconfig at {path}: bring the test cluster up with `make cluster` (or run `make e2e`)")
+        raise ClusterMissing(
+            f"no kubeconfig at {path}: bring the test cluster up with `make cluster` (or run `make e2e`)"
+        )
     kube = Kube(path)
     ready = kube.kubectl("get", "--raw", "/readyz", check=False)
     if ready.returncode != 0:

@@ -10,8 +10,8 @@ The test cluster has no registry, so its images are written here and imported in
 
 Every image of a SPEC shares its layers (each blob is written once). A layer whose snapshot containerd
 already holds (its chain ID among SPEC's `snapshots`) is left out of the archive: the import unpacks only
-what it lacks, so re-importing an image whose source changed streams only the changed layer. Layers are uncompressed, so a layer's
-diff ID is its digest. The layout follows the OCI image-layout spec with containerd's
+what it lacks, so re-importing an image whose source changed streams only the changed layer. Layers are
+uncompressed, so a layer's diff ID is its digest. The layout follows the OCI image-layout spec with containerd's
 `io.containerd.image.name` annotation, which `ctr images import` names the image by (checked with
 Debian's containerd 1.6).
 """
@@ -95,7 +95,10 @@ def main() -> None:
         desc = blob(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
         ref = normalized(image["ref"])
         desc["platform"] = {"architecture": "amd64", "os": "linux"}
-        desc["annotations"] = {"io.containerd.image.name": ref, "org.opencontainers.image.ref.name": ref.rsplit(":")[-1]}
+        desc["annotations"] = {
+            "io.containerd.image.name": ref,
+            "org.opencontainers.image.ref.name": ref.rsplit(":")[-1],
+        }
         manifests.append(desc)
     index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}
 
