@@ -201,7 +201,7 @@ evictionHard: {memory.available: 200Mi, nodefs.available: 512Mi, nodefs.inodesFr
 maxPods: 60
 serializeImagePulls: false
 # each kubelet removes the log folders of pods it does not know: the two keep theirs apart
-podLogsDirectory: $STATE/pod-logs-$i
+podLogsDir: $STATE/pod-logs-$i
 registerWithTaints: [$taint]
 EOF
   start "kubelet-$i" "$CLUSTER_BIN/kubelet" --config="$STATE/kubelet-$i.yaml" \
