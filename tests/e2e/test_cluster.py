@@ -13,10 +13,11 @@ The tests run in order and share the install: each one's name says what it shows
 
 from __future__ import annotations
 
-import copy
+import os
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,16 @@ def s3() -> dict[str, str]:
     return s3_env()
 
 
-def bucket(s3: dict[str, str]) -> Any:
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3["AWS_ENDPOINT_URL"],
-        aws_access_key_id=s3["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3["AWS_SECRET_ACCESS_KEY"],
-        region_name="us-east-1",
+@cache
+def _client(endpoint: str, key: str, secret: str) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret, region_name="us-east-1"
     )
-    return client
+
+
+def bucket(s3: dict[str, str]) -> Any:
+    """One S3 client for the cluster's keys, made once."""
+    return _client(s3["AWS_ENDPOINT_URL"], s3["AWS_ACCESS_KEY_ID"], s3["AWS_SECRET_ACCESS_KEY"])
 
 
 def keys(s3: dict[str, str], prefix: str) -> list[str]:
@@ -63,8 +65,6 @@ def keys(s3: dict[str, str], prefix: str) -> list[str]:
 
 def cli(s3: dict[str, str], *args: str) -> str:
     """The disney-train CLI on this host, with the cluster's S3 in its environment as a user sets it."""
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | s3
     proc = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, f"disney-train {' '.join(args)} failed: {proc.stderr[-2000:]}"
@@ -114,16 +114,13 @@ def installed(kube: Kube, s3: dict[str, str]) -> Iterator[None]:
     yield
 
 
-def smoke_job(s3: dict[str, str], name: str = SMOKE, **training: Any) -> dict[str, Any]:
+def smoke_job(s3: dict[str, str], name: str = SMOKE) -> dict[str, Any]:
     """jobs/smoke.yaml as a CPU cluster runs it (what differs is said in the module's docstring)."""
     job: dict[str, Any] = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
-    job = copy.deepcopy(job)
     job["metadata"]["name"] = name
     spec = job["spec"]
     spec["training"]["s3"] = {"endpoint_url": s3["AWS_ENDPOINT_URL"]}
     spec["training"]["train"]["precision"] = "fp32"
-    for section, values in training.items():
-        spec["training"][section] |= values
     spec["workers"]["resources"] = {"gpus": 0, "cpu": "1", "memory": "6Gi", "sharedMemory": "1Gi"}
     spec["head"]["resources"] = {"cpu": "500m", "memory": "4Gi"}
     # the GPU pool's node, by the user's own placement (the chart's default tolerations are for GPU workers)
@@ -151,8 +148,9 @@ def test_smoke_job_trains_to_succeeded_with_its_lora_in_s3(
     kube: Kube, s3: dict[str, str], installed: None, inputs: Path, tmp_path: Path
 ) -> None:
     kube.kubectl("-n", JOBS_NS, "delete", "vft", SMOKE, "--ignore-not-found", "--wait")
+    client = bucket(s3)
     for key in keys(s3, f"smoke/{SMOKE}/"):
-        bucket(s3).delete_object(Bucket=BUCKET, Key=key)
+        client.delete_object(Bucket=BUCKET, Key=key)
     started = time.monotonic()
     kube.kubectl("-n", JOBS_NS, "apply", "-f", "-", stdin=yaml.safe_dump(smoke_job(s3)))
     done = wait_until(f"{SMOKE} Succeeded", lambda: phase_is(kube, SMOKE, "Succeeded"), timeout=600)
