@@ -16,6 +16,7 @@ from disney_operator.rayjob import (
     ENTRYPOINT,
     EVAL_ENTRYPOINT,
     LABEL_VFT,
+    RESIZE_CHECK_SECONDS,
     SpecError,
     desired_rayjob,
     rayjob_name,
@@ -161,6 +162,7 @@ def test_elastic_range() -> None:
     assert (g["replicas"], g["minReplicas"], g["maxReplicas"]) == (4, 2, 4)
     w = run_config_of(rj).train.workers
     assert (w.min_replicas, w.max_replicas, w.replicas, w.cpus_per_worker) == (4, 16, 16, 8)
+    assert w.resize_check_seconds == RESIZE_CHECK_SECONDS < 60  # a scale's new pod is used within seconds
     # scaling an elastic run changes the group, not the run configuration
     scaled = render(
         vft(workers={"replicas": 6, "minReplicas": 2, "maxReplicas": 8, "resources": {"gpus": 2, "cpu": "16"}})

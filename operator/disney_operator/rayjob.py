@@ -33,6 +33,9 @@ ENTRYPOINT = f"disney-train train --config-env {CONFIG_ENV}"
 # finds the training done). One command, no shell operators: KubeRay's submitter pastes the entrypoint
 # into its own `bash -c` line after `ray job submit ... --`, where a `&&` would split it.
 EVAL_ENTRYPOINT = f"{ENTRYPOINT} --evaluate"
+# How often Ray Train looks for room to grow an elastic run's group (a read of the cluster's resources):
+# Ray's 60 s would be most of a `kubectl scale`'s latency once the new pod is up.
+RESIZE_CHECK_SECONDS = 10
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -130,7 +133,11 @@ def run_config(name: str, spec: api.VideoFineTuneSpec) -> RunConfig:
         "max_failures": spec.workers.maxFailures,
     }
     if rng.train_min != rng.train_max:
-        workers |= {"min_replicas": rng.train_min, "max_replicas": rng.train_max}
+        workers |= {
+            "min_replicas": rng.train_min,
+            "max_replicas": rng.train_max,
+            "resize_check_seconds": RESIZE_CHECK_SECONDS,
+        }
     _check_evaluation_uris(spec)
     recipe = spec.training.model_dump(mode="json")
     data = {**recipe.pop("data"), "uri": spec.dataset.uri}
