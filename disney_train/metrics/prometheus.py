@@ -60,14 +60,18 @@ class ScrapeJob:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-def prometheus_config(jobs: list[ScrapeJob], interval: float, rule_files: list[Path]) -> dict[str, Any]:
+def prometheus_config(
+    jobs: list[ScrapeJob], interval: float, rule_files: list[Path], scrape_configs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Static jobs, then any scrape configurations given whole (Kubernetes discovery, say)."""
     every = f"{max(1, round(interval * 1000))}ms"
     return {
         "global": {"scrape_interval": every, "scrape_timeout": every, "evaluation_interval": every},
         "rule_files": [str(p.resolve()) for p in rule_files],
         "scrape_configs": [
             {"job_name": j.name, "static_configs": [{"targets": j.targets, "labels": j.labels}]} for j in jobs
-        ],
+        ]
+        + list(scrape_configs or []),
     }
 
 
@@ -80,22 +84,30 @@ class LocalPrometheus:
         port: int,
         interval: float = 1.0,
         rule_files: list[Path] | None = None,
+        scrape_configs: list[dict[str, Any]] | None = None,
+        binary: str | None = None,
     ) -> None:
         self.folder, self.jobs, self.port, self.interval = folder, jobs, port, interval
         self.rule_files = list(rule_files or [])
+        self.scrape_configs = list(scrape_configs or [])
+        self.binary = binary  # default: Debian's, from PATH
         self.url = f"http://{HOST}:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = folder / "prometheus.log"
 
     def start(self, timeout: float = 30.0) -> LocalPrometheus:
-        binary = prometheus_binary()
+        binary = self.binary or prometheus_binary()
         _check_free(self.port)
         for rules in self.rule_files:
             if not rules.is_file():
                 raise PrometheusError(f"rule file {rules} does not exist")
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self.folder / "prometheus.yml"
-        config.write_text(yaml.safe_dump(prometheus_config(self.jobs, self.interval, self.rule_files), sort_keys=False))
+        config.write_text(
+            yaml.safe_dump(
+                prometheus_config(self.jobs, self.interval, self.rule_files, self.scrape_configs), sort_keys=False
+            )
+        )
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [

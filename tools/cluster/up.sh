@@ -4,7 +4,8 @@
 #   etcd, kube-apiserver (Node,RBAC authorization), kube-controller-manager, kube-scheduler; two nodes,
 #   each a kubelet on its own containerd with runc: $NODE (the system pool) and $GPU_NODE (the GPU
 #   pool: NVIDIA's taint and fake nvidia.com/gpu); the bridge CNI, kube-proxy (iptables), CoreDNS,
-#   KubeRay's operator, the images (images.sh), and SeaweedFS as the cluster's S3.
+#   KubeRay's operator, the Prometheus Operator's CRDs, the images (images.sh), and SeaweedFS as the
+#   cluster's S3.
 #
 # Everything runs inside the network namespace $NETNS: the node is $NODE_IP, this host reaches it over
 # a veth pair from $HOST_IP, and nothing in it has a route further than this host. Idempotent: a healthy
@@ -39,6 +40,8 @@ network() {
     # no default route: an address beyond this host and the namespace (say, the host's resolver in
     # /etc/resolv.conf) is unreachable at once, and no packet heads for it
   fi
+  # the pod network is reachable from this host, as from a node (a Prometheus here scrapes pods by their IPs)
+  ip route replace "$POD_CIDR" via "$NODE_IP" dev "$VETH_HOST"
   inns sysctl -qw net.ipv4.ip_forward=1
   inns sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null ||
     log "note: net.bridge.bridge-nf-call-iptables is not settable in the namespace (host value kept)"
@@ -139,10 +142,10 @@ node() {
   local name=$1 i=$2 taint=${3:-}
   local sock=$RUN/containerd-$i.sock cg=disney-train-$i pool=system
   [ -z "$taint" ] || pool=gpu
-  mkdir -p "$STATE/containerd-$i" "$STATE/kubelet-$i"
+  mkdir -p "$NODE_STORES/containerd-$i" "$STATE/kubelet-$i"
   cat >"$STATE/containerd-$i.toml" <<EOF
 version = 2
-root = "$STATE/containerd-$i"
+root = "$NODE_STORES/containerd-$i"
 state = "$RUN/containerd-$i"
 [grpc]
   address = "$sock"
@@ -167,6 +170,7 @@ state = "$RUN/containerd-$i"
 EOF
   start "containerd-$i" containerd --config "$STATE/containerd-$i.toml"
   wait_for "containerd of $name" 30 ctr --address "$sock" version
+  clear_containers "$sock" # a store a cluster left without make cluster-down: its pods are not this one's
   CONTAINERD_SOCK=$sock bash "$HERE/images.sh" base
   # the kubelet's cgroup root, in every cgroup v1 hierarchy (cpuset's values are not inherited in v1)
   local h
@@ -265,6 +269,8 @@ addons() {
   # KubeRay as its own docs install it (config/default: CRDs, RBAC, the operator in `default`); server-side
   # because the CRDs are too large for kubectl's last-applied annotation
   kc apply --server-side --force-conflicts -k "$CLUSTER_BIN/kuberay-config/default" >/dev/null
+  # the Prometheus Operator's CRDs: the chart's PodMonitor, ServiceMonitor and PrometheusRule are created
+  KUBECONFIG=$ADMIN_KUBECONFIG bash "$HERE/monitoring-crds.sh"
   wait_for "CoreDNS" 120 kc -n kube-system rollout status deploy/coredns --timeout=5s
   wait_for "KubeRay's operator" 120 kc -n default rollout status deploy/kuberay-operator --timeout=5s
 }

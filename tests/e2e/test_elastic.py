@@ -1,0 +1,194 @@
+"""What a user does to a running job, on one elastic run (workers 1..2), in order: `kubectl scale` up (the
+real Ray autoscaler in the head pod adds the worker pod, Ray Train grows into it from its checkpoint),
+a worker pod deleted, the head pod deleted, suspend and resume; then the run ends Succeeded and its last
+checkpoint's history shows every step trained once, none lost or repeated, at the sizes it went through.
+
+The tests share the run and depend on the one before. Each resize or restart goes back to the latest
+checkpoint, so the run is long enough (STEPS) to outlast them all; if it ends first, the waits say so.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from disney_train.config import config_from_dict
+from disney_train.metrics.prometheus import LocalPrometheus
+from disney_train.train.checkpoint import CheckpointStore
+from disney_train.train.run_files import RunFiles
+from tests.e2e.jobs import (
+    JOBS_NS,
+    RELEASE_NS,
+    apply,
+    clear,
+    dump,
+    phase_is,
+    progress,
+    ray_pods,
+    rayjob_config,
+    smoke_job,
+    vft,
+)
+from tests.e2e.monitoring import PODMONITOR, cluster_prometheus
+from tests.support.cluster import Kube, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+
+NAME = "disney-train-elastic"
+STEPS = 600
+EVERY = 2  # steps between reports and between checkpoints
+
+
+def elastic_job(s3: dict[str, str]) -> dict[str, Any]:
+    """The smoke job made elastic (1..2 worker pods), long, without validation or evaluation."""
+    job = smoke_job(s3, NAME)
+    spec = job["spec"]
+    spec["workers"] |= {"replicas": 1, "minReplicas": 1, "maxReplicas": 2, "maxFailures": 5}
+    spec["training"]["optim"]["max_steps"] = STEPS
+    spec["training"]["train"] |= {"report_every": EVERY, "checkpoint_every": EVERY, "keep_checkpoints": 2}
+    spec["training"]["validation"] = {"every": 0, "at_end": False}
+    del spec["evaluation"]
+    spec["backoffLimit"] = 2  # the lost head is a failed attempt: the next resumes
+    return job
+
+
+def training(kube: Kube, what: str, check: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+    """Wait for status.progress to pass `check`; fail if the run ends first, saying where it was."""
+
+    def probe() -> dict[str, Any] | None:
+        p = progress(kube, NAME)
+        if p.get("step") == STEPS:
+            raise AssertionError(f"the run reached its last step ({STEPS}) while waiting for {what}")
+        return p if p and check(p) else None
+
+    try:
+        return wait_until(what, probe, timeout)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{dump(kube, NAME)}") from None
+
+
+def running_workers(kube: Kube) -> list[str]:
+    pods = ray_pods(kube, NAME, "worker")
+    return sorted(p["metadata"]["name"] for p in pods if p["status"].get("phase") == "Running")
+
+
+@pytest.fixture(scope="module")
+def run(kube: Kube, s3: dict[str, str], installed: None) -> dict[str, Any]:
+    """The run applied and training on one worker."""
+    kube.kubectl("-n", JOBS_NS, "delete", "vft", NAME, "--ignore-not-found", "--wait")
+    clear(s3, f"smoke/{NAME}/")
+    apply(kube, elastic_job(s3))
+    return training(kube, "training on 1 worker", lambda p: p.get("step", 0) >= 2 * EVERY, 600)
+
+
+def test_scale_up_adds_a_worker_pod_that_training_grows_into(kube: Kube, run: dict[str, Any]) -> None:
+    assert run["worldSize"] == 1, run
+    assert len(running_workers(kube)) == 1, dump(kube, NAME)
+    started = time.monotonic()
+    kube.kubectl("-n", JOBS_NS, "scale", f"vft/{NAME}", "--replicas=2")
+    wait_until("a second worker pod running", lambda: True if len(running_workers(kube)) == 2 else None, 300)
+    pod_at = time.monotonic() - started
+    grown = training(kube, "training on 2 workers", lambda p: p.get("worldSize") == 2, 300)
+    took = time.monotonic() - started
+    training(kube, "steps on 2 workers", lambda p: p["step"] >= grown["step"] + 2 * EVERY, 300)
+    assert vft(kube, NAME)["status"]["workers"]["desired"] == 2
+    print(f"kubectl scale -> worker pod running in {pod_at:.0f} s, training on 2 workers in {took:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def prometheus(kube: Kube, installed: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPrometheus]:
+    with cluster_prometheus(kube, tmp_path_factory.mktemp("prometheus"), port=19090) as prom:
+        yield prom
+
+
+def test_prometheus_scrapes_every_worker_pod_by_the_charts_podmonitor(
+    kube: Kube, run: dict[str, Any], prometheus: LocalPrometheus
+) -> None:
+    workers = set(running_workers(kube))
+    assert len(workers) == 2, dump(kube, NAME)
+
+    def scraped() -> list[dict[str, Any]] | None:
+        series = prometheus.query(f'disney_train_loss{{videofinetune="{NAME}"}}')
+        return series if {s["metric"].get("pod") for s in series} >= workers else None
+
+    series = wait_until(f"the loss of worker pods {sorted(workers)} in Prometheus", scraped, 120)
+    for s in series:
+        m = s["metric"]
+        assert (m["namespace"], m["job"], m["endpoint"]) == (JOBS_NS, f"{RELEASE_NS}/{PODMONITOR}", "metrics-0"), m
+    scraped_pods = {t["labels"].get("pod") for t in prometheus.targets()}
+    heads = {p["metadata"]["name"] for p in ray_pods(kube, NAME, "head")}
+    assert scraped_pods >= workers and not scraped_pods & heads, scraped_pods  # the workers, not the head
+
+
+def test_a_deleted_worker_pod_is_replaced_and_training_goes_on(kube: Kube, run: dict[str, Any]) -> None:
+    before = running_workers(kube)
+    assert len(before) == 2, dump(kube, NAME)
+    at = progress(kube, NAME)["step"]
+    kube.kubectl("-n", JOBS_NS, "delete", "pod", before[-1], "--wait=false")
+    started = time.monotonic()
+
+    def replaced() -> list[str] | None:
+        now = running_workers(kube)
+        return now if len(now) == 2 and before[-1] not in now else None
+
+    wait_until("the deleted worker pod replaced", replaced, 300)
+    training(kube, "training on 2 workers again", lambda p: p.get("worldSize") == 2 and p["step"] > at + EVERY, 300)
+    print(f"worker pod deleted -> 2 workers training again in {time.monotonic() - started:.0f} s")
+
+
+def test_a_deleted_head_pod_the_run_goes_on_from_its_checkpoint(kube: Kube, run: dict[str, Any]) -> None:
+    (head,) = ray_pods(kube, NAME, "head")
+    at = progress(kube, NAME)["step"]
+    attempt = vft(kube, NAME)["status"].get("attempt", 1)
+    kube.kubectl("-n", JOBS_NS, "delete", "pod", head["metadata"]["name"], "--wait=false")
+    started = time.monotonic()
+    training(kube, "training after the head's loss", lambda p: p["step"] > at + 2 * EVERY, 600)
+    status = vft(kube, NAME)["status"]
+    print(
+        f"head pod deleted at step {at} -> training again in {time.monotonic() - started:.0f} s "
+        f"(attempt {attempt} -> {status.get('attempt', 1)}, lastFailure: {status.get('lastFailure')})"
+    )
+
+
+def test_suspend_stops_the_ray_cluster_keeps_the_checkpoints_and_resume_goes_on(
+    kube: Kube, s3: dict[str, str], run: dict[str, Any]
+) -> None:
+    training(kube, "training before the suspend", lambda p: p.get("worldSize", 0) >= 1, 300)
+    started = time.monotonic()
+    kube.kubectl("-n", JOBS_NS, "patch", "vft", NAME, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    wait_until("Suspended", lambda: phase_is(kube, NAME, "Suspended"), 300)
+    wait_until("no Ray pods left", lambda: True if not ray_pods(kube, NAME) else None, 300)
+    suspended = time.monotonic() - started
+    kept = progress(kube, NAME)
+    assert kept.get("lastCheckpoint"), kept
+    at = kept["step"]
+    started = time.monotonic()
+    kube.kubectl("-n", JOBS_NS, "patch", "vft", NAME, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    training(kube, "training after the resume", lambda p: p["step"] > at + EVERY, 600)
+    print(
+        f"suspend -> no Ray pods in {suspended:.0f} s; resume -> training again in {time.monotonic() - started:.0f} s"
+    )
+
+
+def test_the_run_succeeds_with_every_step_trained_once(
+    kube: Kube, s3: dict[str, str], run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wait_until(f"{NAME} Succeeded", lambda: phase_is(kube, NAME, "Succeeded"), 900)
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(var, s3[var])
+    cfg = config_from_dict(rayjob_config(kube, NAME), f"RayJob of {NAME}")
+    store = CheckpointStore(RunFiles(cfg).store, cfg.train.keep_checkpoints)
+    assert store.latest() == STEPS
+    history = store.load(STEPS).state["metrics"]
+    steps = [h["step"] for h in history]
+    assert steps == list(range(EVERY, STEPS + 1, EVERY)), steps  # every step trained once: none lost or repeated
+    sizes = [h["world_size"] for h in history]
+    changes = [s for i, s in enumerate(sizes) if i == 0 or s != sizes[i - 1]]
+    assert changes[:2] == [1, 2], sizes  # it grew when scaled
+    assert max(h["restarts"] for h in history) >= 4, history[-1]  # scale, worker, head, resume
+    attempt = vft(kube, NAME)["status"].get("attempt", 1)
+    print(f"sizes along the run: {changes}; last record {json.dumps(history[-1])}; attempt {attempt}")

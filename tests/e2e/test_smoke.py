@@ -1,0 +1,42 @@
+"""The smoke job (jobs/smoke.yaml, as this CPU cluster runs it: `jobs.smoke_job`) from `kubectl apply` to
+Succeeded, its LoRA in S3 loading into the tiny pipeline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.jobs import BUCKET, JOBS_NS, SMOKE, apply, clear, cli, keys, phase_is, smoke_job
+from tests.support.cluster import Kube, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+
+
+def test_smoke_job_trains_to_succeeded_with_its_lora_in_s3(
+    kube: Kube, s3: dict[str, str], installed: None, inputs: Path, tmp_path: Path
+) -> None:
+    kube.kubectl("-n", JOBS_NS, "delete", "vft", SMOKE, "--ignore-not-found", "--wait")
+    clear(s3, f"smoke/{SMOKE}/")
+    started = time.monotonic()
+    apply(kube, smoke_job(s3))
+    done = wait_until(f"{SMOKE} Succeeded", lambda: phase_is(kube, SMOKE, "Succeeded"), timeout=600)
+    took = time.monotonic() - started
+    status = done["status"]
+    assert status["progress"]["step"] == 12, status
+    assert status["progress"]["loss"] > 0, status
+    assert status["progress"].get("lastCheckpointTime"), status
+    row = kube.kubectl("-n", JOBS_NS, "get", "vft", SMOKE, "--no-headers").stdout.split()
+    assert row[1] == "Succeeded" and "12" in row, row
+    saved = keys(s3, f"smoke/{SMOKE}/")
+    assert any(k.startswith(f"smoke/{SMOKE}/final/") for k in saved), saved
+    assert f"smoke/{SMOKE}/finished.json" in saved, saved
+    # the final LoRA loads into the tiny pipeline and renders
+    cli(
+        s3, "generate", "--model", str(inputs), "--out", str(tmp_path / "gen"),
+        "--lora", f"s3://{BUCKET}/smoke/{SMOKE}", "--prompt", "a cartoon mouse",
+        "--frames", "9", "--height", "32", "--width", "32", "--steps", "2", "--device", "cpu",
+    )  # fmt: skip
+    assert (tmp_path / "gen" / "video-00.mp4").stat().st_size > 0
+    print(f"smoke job: apply -> Succeeded in {took:.0f} s")
