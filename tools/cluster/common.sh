@@ -21,6 +21,9 @@ S3_PORT=8333
 FAKE_GPUS=4
 STATE=${CLUSTER_STATE:-/var/lib/disney-train/cluster}
 RUN=/run/disney-train
+# The nodes' image stores (each containerd's root: its images, unpacked): kept across make cluster-down,
+# like the builds, so a cluster comes up again without importing gigabytes. Nothing in them runs.
+NODE_STORES=${CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/disney-train/cluster}/node-stores
 CONTAINERD_SOCK=${CONTAINERD_SOCK:-$RUN/containerd-0.sock}
 KUBECONFIG_OUT=${KUBECONFIG_OUT:-$REPO/.cluster/kubeconfig}
 ADMIN_KUBECONFIG=$STATE/pki/admin.kubeconfig
@@ -76,4 +79,22 @@ healthy() {
     alive "$d" || return 1
   done
   kc get --raw /readyz >/dev/null 2>&1
+}
+
+# clear_containers SOCK: every container of that containerd killed and deleted (the pods of a cluster
+# gone; its images stay). containerd's garbage collection then drops their snapshots.
+clear_containers() {
+  local sock=$1 t c
+  [ -S "$sock" ] || return 0
+  for t in $(ctr --address "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
+    ctr --address "$sock" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1
+  done
+  sleep 1
+  for t in $(ctr --address "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
+    ctr --address "$sock" -n k8s.io tasks delete -f "$t" >/dev/null 2>&1
+  done
+  for c in $(ctr --address "$sock" -n k8s.io containers ls -q 2>/dev/null); do
+    ctr --address "$sock" -n k8s.io containers delete "$c" >/dev/null 2>&1
+  done
+  return 0
 }

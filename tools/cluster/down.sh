@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # down.sh - stop the test cluster and remove all of it: every process it started, every container, its
-# mounts, its network namespace and veth pair, its state and the kubeconfig. The builds stay in the
-# cache. Safe to run when nothing (or half of it) is up.
+# mounts, its network namespace and veth pair, its state and the kubeconfig. The builds and the nodes'
+# image stores (images only, nothing running) stay in the cache. Safe to run when nothing (or half of
+# it) is up.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh
@@ -25,26 +26,19 @@ stop kube-proxy
 for i in 0 1; do stop "kubelet-$i"; done
 for i in 0 1; do
   sock=$RUN/containerd-$i.sock
-  if [ -S "$sock" ]; then
-    ctr_() { ctr --address "$sock" -n k8s.io "$@"; }
-    for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$t" >/dev/null 2>&1; done
-    sleep 1
-    for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks delete -f "$t" >/dev/null 2>&1; done
-    for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$c" >/dev/null 2>&1; done
-  fi
+  clear_containers "$sock"
   stop "containerd-$i"
   # shims whose containerd is gone (they outlive it by design)
   pkill -9 -f "containerd-shim-runc-v2 .*-address $sock" 2>/dev/null
 done
 for d in seaweedfs kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$d"; done
 
-# mounts under the state (pods' volumes, overlay snapshots, shm) and the pods' network namespaces
-if [ -d "$STATE" ]; then
-  findmnt -rn -o TARGET | grep -F "$STATE/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
-fi
-if [ -d "$RUN" ]; then
-  findmnt -rn -o TARGET | grep -F "$RUN/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
-fi
+# mounts under the state, the runtime folders and the nodes' stores (pods' volumes, overlay snapshots,
+# shm), and the pods' network namespaces
+for d in "$STATE" "$RUN" "$NODE_STORES"; do
+  [ -d "$d" ] || continue
+  findmnt -rn -o TARGET | grep -F "$d/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+done
 if ip netns list 2>/dev/null | grep -qw "$NETNS"; then
   ip netns delete "$NETNS"
 fi
@@ -62,4 +56,8 @@ if findmnt -rn -o TARGET | grep -qF "$STATE/"; then
   die "mounts remain under $STATE (findmnt); not removing it"
 fi
 rm -rf "$STATE" "$RUN" "$KUBECONFIG_OUT"
-log "down: nothing of the cluster runs or remains (builds stay in the cache)"
+# the stores keep images only: the pods' folders go (containerd would drop them as orphans anyway)
+for d in "$NODE_STORES"/containerd-*/io.containerd.grpc.v1.cri; do
+  [ -d "$d" ] && rm -rf "$d/sandboxes" "$d/containers"
+done
+log "down: nothing of the cluster runs or remains (builds and the nodes' image stores stay in $(dirname "$NODE_STORES"))"
