@@ -17,7 +17,7 @@ from disney_train.train.launch import LOCAL_ENV, launch
 from disney_train.train.run_files import RunFiles
 from tests.support.training import train_config
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = pytest.mark.timeout(600)
 
 # Paced at 0.2 s a step until the shrink (step ~50 here: each resize goes back to a checkpoint),
 # then the rest at full speed; four times that, so that the run cannot end before the test has
@@ -97,7 +97,7 @@ def test_workers_follow_the_nodes_and_resume_from_checkpoints(
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    _wait("training on 1 worker", lambda: progress().get("step", 0) >= 10, 120, failed)
+    _wait("training on 1 worker", lambda: progress().get("step", 0) >= 10, 240, failed)  # Ray and torch start
     assert progress()["world_size"] == 1
 
     node = cluster.add_node(num_cpus=1)  # Cluster wants the main thread
