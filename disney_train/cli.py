@@ -422,7 +422,8 @@ ConfigEnvOpt = Annotated[
 
 
 def _run_config(config: Path | None, config_env: str | None, set_: list[str] | None) -> RunConfig:
-    """--config FILE or --config-env VAR (what the operator's RayJobs use), with --set on top."""
+    """--config FILE (the operator's RayJobs: the run's ConfigMap, mounted on the head) or --config-env VAR,
+    with --set on top."""
     if (config is None) == (config_env is None):
         raise ConfigError("give the run configuration as --config FILE or --config-env VARIABLE (one of them)")
     if config_env is not None:

@@ -8,14 +8,43 @@ Kubernetes Secret mounted as environment variables).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# Control characters (terminal escapes among them) and what YAML must escape: never in a prompt, a token
+# or a URI (prompts may hold tabs and line breaks).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+_BREAK = re.compile("[\t\n\r]")
+
+
+def _text(v: str) -> str:
+    bad = _CONTROL.search(v)
+    if bad:
+        raise ValueError(f"control character U+{ord(bad.group()):04X} at position {bad.start()}: text only")
+    return v
+
+
+def _one_line(v: str) -> str:
+    bad = _BREAK.search(_text(v))
+    if bad:
+        raise ValueError(f"tab or line break at position {bad.start()}: one line only")
+    return v
+
+
 URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|[^:]+)$"
-Uri = Annotated[str, Field(min_length=1, pattern=URI_PATTERN)]
+Uri = Annotated[str, Field(min_length=1, max_length=1024, pattern=URI_PATTERN), AfterValidator(_one_line)]
+# Bounds on what a run configuration may hold, so that the largest valid one (every list full, every
+# text at its longest, in the characters that take the most bytes) fits in the ConfigMap the operator
+# hands a run's head (1 MiB): tests/test_security.py builds it. T5 reads 226 tokens of a prompt, about
+# 1000 characters of English; longer text is cut there anyway.
+PROMPT_CHARS = 1500
+VALIDATION_PROMPTS = 16
+EVALUATION_PROMPTS = 64
+Prompt = Annotated[str, Field(max_length=PROMPT_CHARS), AfterValidator(_text)]
 
 
 class _Section(BaseModel):
@@ -27,9 +56,10 @@ class S3Options(_Section):
 
     endpoint_url: str | None = Field(
         default=None,
+        max_length=1024,
         description="S3 endpoint, e.g. http://seaweedfs:8333; empty means AWS_ENDPOINT_URL or AWS.",
     )
-    region: str = Field(default="us-east-1", description="S3 region name used for signing.")
+    region: str = Field(default="us-east-1", max_length=64, description="S3 region name used for signing.")
     max_attempts: int = Field(default=8, ge=1, le=50, description="Attempts per S3 request on transient errors.")
 
 
@@ -92,8 +122,8 @@ class DataOptions(_Section):
     fps: float = Field(default=8.0, gt=0, le=120, description="Frame rate the clips are sampled at.")
     decode_workers: int = Field(default=2, ge=0, le=64, description="Worker processes decoding clips.")
     shuffle: bool = Field(default=True, description="Shuffle clips each epoch (deterministic per seed, epoch).")
-    id_token: str | None = Field(
-        default=None, description="Optional token put before every prompt, joined with a space."
+    id_token: Annotated[str, AfterValidator(_one_line)] | None = Field(
+        default=None, max_length=64, description="Optional token put before every prompt, joined with a space."
     )
 
 
@@ -104,9 +134,10 @@ class DataConfig(DataOptions):
 class LoraConfig(_Section):
     rank: int = Field(default=128, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(default=64, gt=0, description="LoRA alpha (scale = alpha / rank).")
-    target_modules: list[str] = Field(
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_one_line)]] = Field(
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
         min_length=1,
+        max_length=64,
         description="Transformer modules that get LoRA adapters.",
     )
 
@@ -185,8 +216,12 @@ class ValidationConfig(_Section):
 
     every: int = Field(default=0, ge=0, description="Steps between validation videos (0: only at the end).")
     at_end: bool = Field(default=True, description="Render the validation videos after the last step.")
-    prompts: list[str] = Field(default_factory=list, description="Prompts (empty: no validation videos).")
-    images: list[Uri] = Field(default_factory=list, description="i2v: one conditioning image per prompt.")
+    prompts: list[Prompt] = Field(
+        default_factory=list, max_length=VALIDATION_PROMPTS, description="Prompts (empty: no validation videos)."
+    )
+    images: list[Uri] = Field(
+        default_factory=list, max_length=VALIDATION_PROMPTS, description="i2v: one conditioning image per prompt."
+    )
     steps: int = Field(default=50, ge=1, le=1000, description="Denoising steps.")
     guidance_scale: float = Field(default=6.0, ge=1.0, description="Classifier-free guidance scale.")
     num_frames: int | None = Field(default=None, ge=1, description="Frames (default: data.num_frames).")
@@ -198,12 +233,14 @@ class EvaluationConfig(_Section):
     images for i2v) rendered with the base model and with the run's LoRA at the same seeds, then scored for
     prompt fidelity, temporal consistency and closeness to the training clips' style (CLIP and SSIM)."""
 
-    prompts: list[str] = Field(
+    prompts: list[Prompt] = Field(
         min_length=1,
-        max_length=256,
+        max_length=EVALUATION_PROMPTS,
         description="Held-out prompts, used as written (add the id token if trained with one).",
     )
-    images: list[Uri] = Field(default_factory=list, description="i2v: one conditioning image per prompt.")
+    images: list[Uri] = Field(
+        default_factory=list, max_length=EVALUATION_PROMPTS, description="i2v: one conditioning image per prompt."
+    )
     clip_uri: Uri = Field(
         description="CLIP in the transformers layout (e.g. openai/clip-vit-base-patch32 copied to s3://models/clip)."
     )
@@ -404,7 +441,7 @@ def dump_config(cfg: RunConfig) -> str:
     data["data"] = {"uri": data["data"].pop("uri"), **data["data"]}
     data["train"] = {"workers": data["train"].pop("workers"), **data["train"]}
     ordered = {k: data.pop(k) for k in _DUMP_ORDER} | data
-    return yaml.safe_dump(ordered, sort_keys=False)
+    return yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True)
 
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"

@@ -29,7 +29,11 @@ from tests.support.seaweed import free_ports
 # authorized as `create` (the API server's create-on-update check), while the log records only the
 # patch; setting blockOwnerDeletion on the RayJobs' ownerReference needs `update` on the owner's
 # finalizers where the OwnerReferencesPermissionEnforcement admission plugin runs (not on this server).
-NOT_IN_AUDIT = {("create", "ray.io", "rayjobs"), ("update", "disneytrain.dev", "videofinetunes/finalizers")}
+NOT_IN_AUDIT = {
+    ("create", "ray.io", "rayjobs"),
+    ("create", "", "configmaps"),
+    ("update", "disneytrain.dev", "videofinetunes/finalizers"),
+}
 RELEASE_NS = "disney-train"
 USER = f"system:serviceaccount:{RELEASE_NS}:dt-disney-train"  # the chart's ServiceAccount, release "dt"
 

@@ -105,8 +105,9 @@ def test_cache_command_builds_the_latent_cache(tiny_t2v: Path, packed: Path, tmp
     assert bad.returncode == 1 and "expected FIELD=VALUE" in bad.stderr
 
 
-def test_the_configuration_from_an_environment_variable_as_the_operators_rayjobs_give_it(tmp_path: Path) -> None:
-    """`disney-train train --config-env VAR`: the operator's RayJob entrypoint. Its errors name the variable."""
+def test_the_configuration_from_an_environment_variable(tmp_path: Path) -> None:
+    """`disney-train train --config-env VAR`, for launchers that hand over the configuration that way. Its
+    errors name the variable."""
     env = {**os.environ, "COLUMNS": "160", "RUN_CFG": "name: [unclosed\n"}
     res = subprocess.run([str(BIN), "train", "--config-env", "RUN_CFG"], capture_output=True, text=True, env=env)
     assert res.returncode == 1 and "error: $RUN_CFG: not valid YAML at line 2" in res.stderr, res.stderr

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from disney_operator import api
-from disney_operator.rayjob import CONFIG_ENV, ENTRYPOINT, EVAL_ENTRYPOINT, WORKER_GROUP, run_config_of
+from disney_operator.rayjob import ENTRYPOINT, EVAL_ENTRYPOINT, WORKER_GROUP, desired_config_map, run_config_of
 from disney_train.config import RunConfig, TrainingSpec
 from disney_train.train.engine import Placement, deepspeed_config, placement
 from tests.support.apiserver import ApiServer
@@ -51,6 +51,13 @@ def render(path: Path, namespace: str = "team-a") -> dict[str, Any]:
     body = load(path)
     body["metadata"] |= {"namespace": namespace, "uid": UID}
     return render_body(body)
+
+
+def config_map(path: Path, namespace: str = "team-a") -> dict[str, Any]:
+    """The ConfigMap the operator writes beside the RayJob: the run configuration its head mounts."""
+    body = load(path)
+    body["metadata"] |= {"namespace": namespace, "uid": UID}
+    return desired_config_map(body, api.VideoFineTuneSpec.model_validate(body["spec"]), 1)
 
 
 def worker_group(rj: dict[str, Any]) -> dict[str, Any]:
@@ -184,8 +191,7 @@ def test_the_operator_renders_a_gpu_rayjob(path: Path) -> None:
     assert group["replicas"] == spec.workers.replicas
     pod = group["template"]["spec"]
     (worker,) = pod["containers"]
-    cfg = run_config_of(rj)  # the run configuration the workers get (the job's runtime environment)
-    assert CONFIG_ENV in rj["spec"]["runtimeEnvYAML"]
+    cfg = run_config_of(config_map(path))  # the run configuration the head reads (the run's ConfigMap)
     lo, hi = cfg.train.workers.bounds
     per_pod = max(res.gpus, 1)
     assert lo <= spec.workers.replicas * per_pod <= hi == (spec.workers.maxReplicas or spec.workers.replicas) * per_pod

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client.rest import ApiException
 
 from disney_operator.controller import Controller
 from disney_operator.kube import Kube
-from disney_operator.rayjob import LABEL_VFT
+from disney_operator.rayjob import LABEL_VFT, run_config_of
 from disney_operator.reconcile import FINALIZER, rfc3339
 from disney_operator.settings import Settings
 from disney_train.config import S3Options
@@ -90,8 +91,13 @@ def test_lifecycle_from_apply_to_success_and_ttl(
     )
     st = cluster.wait_status(ns, "life", phase="Pending")
     assert st["rayJob"]["name"] == rj["metadata"]["name"] and st["workers"]["summary"] == "0/2"
-    # no credential values anywhere in what the operator wrote
-    assert RW[1] not in json.dumps(rj) and RW[0] not in json.dumps(rj)
+    # the run configuration beside it, owned by the VideoFineTune; no credential values anywhere in what
+    # the operator wrote
+    config_map = cluster.config_map(ns, rj)
+    assert config_map["metadata"]["ownerReferences"] == rj["metadata"]["ownerReferences"]
+    assert run_config_of(config_map).name == "life"
+    for written in (json.dumps(rj), json.dumps(config_map)):
+        assert RW[1] not in written and RW[0] not in written
 
     cluster.run_cluster(ns, rj)  # KubeRay: cluster up, job submitted
     st = cluster.wait_status(ns, "life", phase="Running")
@@ -222,8 +228,11 @@ def test_failed_attempts_are_retried_from_the_checkpoint_up_to_the_backoff_limit
     st = cluster.status(ns, "flaky")
     assert st["attempt"] == 2 and st["lastFailure"] == "attempt 1: AppFailed: head pod lost"
     # the same run name: training resumes from the run's latest checkpoint
-    env = json.dumps(second["spec"]["runtimeEnvYAML"])
-    assert "name: flaky" in json.loads(env)
+    assert run_config_of(cluster.config_map(ns, second)).name == "flaky"
+    # the failed attempt's ConfigMap went with its RayJob
+    with pytest.raises(ApiException) as gone:
+        cluster.config_map(ns, first)
+    assert gone.value.status == 404
 
     cluster.run_cluster(ns, second)
     cluster.wait_status(ns, "flaky", phase="Running")

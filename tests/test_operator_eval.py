@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from disney_operator.progress import Key, ProgressReader
-from disney_operator.rayjob import EVAL_ENTRYPOINT, run_config_of
+from disney_operator.rayjob import CONFIG_DIR, EVAL_ENTRYPOINT, run_config_of
 from disney_train.config import EvaluationConfig, S3Options, dump_config
 from disney_train.eval.results import EVAL_JSON, REPORT_HTML, REPORT_MD, SUMMARY_JSON, Headline, Summary
 from disney_train.train.run_files import RunFiles
@@ -98,29 +97,33 @@ BASELINE = Headline(prompt_fidelity=0.25, temporal_consistency=0.875, ssim=0.5, 
 FINETUNED = Headline(prompt_fidelity=0.3125, temporal_consistency=0.9375, ssim=0.625, style_distance=12.25)
 
 
-FAKE_RAY = """#!/usr/bin/env python3
-# `ray job submit ... -- ENTRYPOINT` as KubeRay's submitter calls it: the job gets the runtime environment's
-# variables (the submitter's shell does not) and runs the words after `--`.
-import json, os, sys
+FAKE_RAY = f"""#!/usr/bin/env python3
+# `ray job submit ... -- ENTRYPOINT` as KubeRay's submitter calls it: the job runs the words after `--` on
+# the head, where the run's ConfigMap is mounted at {CONFIG_DIR} (here: the folder FAKE_RAY_CONFIG_DIR).
+import os, sys
 args = sys.argv[sys.argv.index("--") + 1 :]
-os.execvpe(args[0], args, {**os.environ, **json.load(open(os.environ["FAKE_RAY_JOB_ENV"]))})
+args = [a.replace({CONFIG_DIR!r}, os.environ["FAKE_RAY_CONFIG_DIR"]) for a in args]
+os.execvp(args[0], args)
 """
 
 
-def run_entrypoint(rayjob: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def run_entrypoint(
+    rayjob: dict[str, Any], config_map: dict[str, Any], tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
     """What KubeRay's submitter does with a RayJob (K8sJobMode): one `bash -c` line with `ray job submit`
-    and the entrypoint pasted after `--`; the job runs with the runtime environment's variables (the run
-    configuration) beside the pod's (the S3 keys from the Secret: here this process' environment). A fake
-    `ray` runs the job in place; no RAY_ADDRESS, so `eval` runs in the job's process, not as a Ray task."""
-    bin_dir = tmp_path / "bin"
+    and the entrypoint pasted after `--`; the job runs on the head, its ConfigMap's files mounted, with the
+    pod's environment (the S3 keys from the Secret: here this process' environment). A fake `ray` runs the
+    job in place; no RAY_ADDRESS, so `eval` runs in the job's process, not as a Ray task."""
+    bin_dir, mounted = tmp_path / "bin", tmp_path / "run-config"
     bin_dir.mkdir()
+    mounted.mkdir()
     (bin_dir / "ray").write_text(FAKE_RAY)
     (bin_dir / "ray").chmod(0o755)
-    job_env = tmp_path / "job-env.json"
-    job_env.write_text(json.dumps(yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["env_vars"]))
+    for file, text in config_map["data"].items():
+        (mounted / file).write_text(text)
     env = {
         **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-        "FAKE_RAY_JOB_ENV": str(job_env),
+        "FAKE_RAY_CONFIG_DIR": str(mounted),
         "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     line = f"ray job submit --address http://127.0.0.1:8265 --no-wait -- {rayjob['spec']['entrypoint']}"
@@ -160,7 +163,8 @@ def test_the_rayjob_evaluates_after_training_and_the_figures_reach_the_status(
     cluster.create(ns, "evaluated", spec)
     rj = cluster.the_rayjob(ns, "evaluated")
     assert rj["spec"]["entrypoint"] == EVAL_ENTRYPOINT
-    cfg = run_config_of(rj)
+    config_map = cluster.config_map(ns, rj)
+    cfg = run_config_of(config_map)
     assert cfg.evaluation == EvaluationConfig.model_validate(spec["evaluation"])
     st = cluster.wait_status(ns, "evaluated", phase="Pending")
     assert (condition(st, "Evaluated")["status"], condition(st, "Evaluated")["reason"]) == ("False", "AfterTraining")
@@ -170,7 +174,7 @@ def test_the_rayjob_evaluates_after_training_and_the_figures_reach_the_status(
     files = RunFiles(cfg)  # the run's training finished (an attempt retried after it goes straight to eval)
     files.write_final(tiny_lora, dump_config(cfg))
     files.finish(30, {"phase": "finished", "step": 30, "epoch": 15, "loss": 0.25})
-    done = run_entrypoint(rj, tmp_path)
+    done = run_entrypoint(rj, config_map, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "already finished at step 30" in " ".join(done.stdout.split())
     summary = Summary.model_validate_json(files.store.read_bytes(SUMMARY_JSON))

@@ -12,19 +12,22 @@ import yaml
 
 from disney_operator import api
 from disney_operator.rayjob import (
-    CONFIG_ENV,
+    CONFIG_DIR,
+    CONFIG_FILE,
+    CONFIG_VOLUME,
     ENTRYPOINT,
     EVAL_ENTRYPOINT,
     LABEL_VFT,
     RESIZE_CHECK_SECONDS,
     SpecError,
+    desired_config_map,
     desired_rayjob,
     rayjob_name,
     run_config,
     run_config_of,
 )
 from disney_operator.settings import GPU_TOLERATIONS, ON_DEMAND_AFFINITY, RAY_VERSION, Settings, settings_from_env
-from disney_train.config import EvaluationConfig
+from disney_train.config import EvaluationConfig, RunConfig
 
 SETTINGS = Settings()
 
@@ -58,6 +61,12 @@ I2V = {"uri": "s3://models/CogVideoX-5b-I2V", "variant": "i2v"}
 
 def render(body: dict[str, Any], attempt: int = 1, settings: Settings = SETTINGS) -> dict[str, Any]:
     return desired_rayjob(body, api.VideoFineTuneSpec.model_validate(body["spec"]), attempt, settings)
+
+
+def config_of(body: dict[str, Any], attempt: int = 1) -> RunConfig:
+    """The run configuration in the ConfigMap the RayJob's head mounts."""
+    spec = api.VideoFineTuneSpec.model_validate(body["spec"])
+    return run_config_of(desired_config_map(body, spec, attempt))
 
 
 def group(rj: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +133,7 @@ def test_gpu_workers_head_and_the_run_configuration() -> None:
     assert spec["rayClusterSpec"]["enableInTreeAutoscaling"] is True
     assert spec["shutdownAfterJobFinishes"] is True and spec["backoffLimit"] == 0
     assert spec["rayClusterSpec"]["rayVersion"] == RAY_VERSION
-    cfg = run_config_of(rj)
+    cfg = config_of(body)
     assert cfg.name == "disney-2b"
     assert (cfg.model.uri, cfg.data.uri, cfg.output.uri) == (
         "s3://models/CogVideoX-2b",
@@ -141,7 +150,8 @@ def test_gpu_workers_head_and_the_run_configuration() -> None:
 
 
 def test_cpu_workers() -> None:
-    rj = render(vft(workers={"replicas": 2, "resources": {"gpus": 0, "cpu": "7500m", "memory": "8Gi"}}))
+    body = vft(workers={"replicas": 2, "resources": {"gpus": 0, "cpu": "7500m", "memory": "8Gi"}})
+    rj = render(body)
     worker = group(rj)["template"]["spec"]
     assert worker["containers"][0]["resources"]["limits"] == {"cpu": "7500m", "memory": "8Gi"}
     assert "tolerations" not in worker  # no GPU taint to tolerate
@@ -150,24 +160,25 @@ def test_cpu_workers() -> None:
     )
     assert "nodeSelector" not in group(pooled)["template"]["spec"]  # the GPU pool's defaults are for GPU workers
     assert group(rj)["rayStartParams"] == {}
-    w = run_config_of(rj).train.workers
+    w = config_of(body).train.workers
     assert (w.replicas, w.device, w.cpus_per_worker) == (2, "cpu", 7)
     assert worker["containers"][0]["ports"] == [{"name": "metrics-0", "containerPort": 9500}]
 
 
 def test_elastic_range() -> None:
-    rj = render(vft(workers={"replicas": 4, "minReplicas": 2, "maxReplicas": 8, "resources": {"gpus": 2, "cpu": "16"}}))
-    g = group(rj)
+    body = vft(workers={"replicas": 4, "minReplicas": 2, "maxReplicas": 8, "resources": {"gpus": 2, "cpu": "16"}})
+    g = group(render(body))
     # the group's cap is what `kubectl scale` asked for; Ray Train asks for the most and grows into it
     assert (g["replicas"], g["minReplicas"], g["maxReplicas"]) == (4, 2, 4)
-    w = run_config_of(rj).train.workers
+    w = config_of(body).train.workers
     assert (w.min_replicas, w.max_replicas, w.replicas, w.cpus_per_worker) == (4, 16, 16, 8)
     assert w.resize_check_seconds == RESIZE_CHECK_SECONDS < 60  # a scale's new pod is used within seconds
     # scaling an elastic run changes the group, not the run configuration
-    scaled = render(
-        vft(workers={"replicas": 6, "minReplicas": 2, "maxReplicas": 8, "resources": {"gpus": 2, "cpu": "16"}})
+    scaled_body = vft(
+        workers={"replicas": 6, "minReplicas": 2, "maxReplicas": 8, "resources": {"gpus": 2, "cpu": "16"}}
     )
-    assert run_config_of(scaled) == run_config_of(rj)
+    scaled = render(scaled_body)
+    assert config_of(scaled_body) == config_of(body)
     assert (group(scaled)["replicas"], group(scaled)["maxReplicas"]) == (6, 6)
 
 
@@ -232,18 +243,31 @@ def test_ownership_and_labels() -> None:
     assert group(rj)["template"]["metadata"]["labels"]["disneytrain.dev/role"] == "worker"
 
 
-def test_the_entrypoint_reads_the_configuration_the_operator_rendered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`disney-train train --config-env` on the head gets exactly run_config(): through the real CLI code."""
+def mounted(body: dict[str, Any], tmp_path: Path, attempt: int = 1) -> Path:
+    """The run configuration file as the head sees it: the RayJob's head mounts the ConfigMap of the
+    RayJob's name at CONFIG_DIR (checked here), whose file the entrypoint names."""
+    spec = api.VideoFineTuneSpec.model_validate(body["spec"])
+    rj, config_map = render(body, attempt), desired_config_map(body, spec, attempt)
+    assert config_map["metadata"]["name"] == rj["metadata"]["name"]
+    assert config_map["metadata"]["ownerReferences"] == rj["metadata"]["ownerReferences"]
+    pod = head(rj)["template"]["spec"]
+    assert {"name": CONFIG_VOLUME, "configMap": {"name": rj["metadata"]["name"]}} in pod["volumes"]
+    mount = {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}
+    assert mount in pod["containers"][0]["volumeMounts"]
+    assert f"--config {CONFIG_DIR}/{CONFIG_FILE}" in rj["spec"]["entrypoint"]
+    path = tmp_path / CONFIG_FILE
+    path.write_text(config_map["data"][CONFIG_FILE])
+    return path
+
+
+def test_the_entrypoint_reads_the_configuration_the_operator_rendered(tmp_path: Path) -> None:
+    """`disney-train train --config` on the head gets exactly run_config(): through the real CLI code."""
     from disney_train.cli import _run_config
 
     body = vft(training={"data": {"num_frames": 17, "id_token": "DISNEY"}, "optim": {"max_steps": 500}})
-    rj = render(body)
-    env = yaml.safe_load(rj["spec"]["runtimeEnvYAML"])["env_vars"]
-    monkeypatch.setenv(CONFIG_ENV, env[CONFIG_ENV])
-    assert _run_config(None, CONFIG_ENV, None) == run_config(
-        "disney-2b", api.VideoFineTuneSpec.model_validate(body["spec"])
-    )
-    assert _run_config(None, CONFIG_ENV, None).data.id_token == "DISNEY"
+    read = _run_config(mounted(body, tmp_path), None, None)
+    assert read == run_config("disney-2b", api.VideoFineTuneSpec.model_validate(body["spec"]))
+    assert read.data.id_token == "DISNEY"
 
 
 def test_kuberays_own_checks_pass() -> None:
@@ -258,7 +282,6 @@ def test_kuberays_own_checks_pass() -> None:
         assert head(rj)["template"]["spec"].get("restartPolicy", "Never") == "Never"  # autoscaler v2
         assert group(rj)["template"]["spec"]["restartPolicy"] == "Never"
         assert head(rj)["template"]["spec"]["containers"] and group(rj)["template"]["spec"]["containers"]
-        assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict)
 
 
 def test_specs_no_rayjob_can_be_built_from_are_named() -> None:
@@ -273,28 +296,28 @@ def test_specs_no_rayjob_can_be_built_from_are_named() -> None:
         )
 
 
-def test_the_evaluation_runs_after_training_with_the_specs_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_evaluation_runs_after_training_with_the_specs_settings(tmp_path: Path) -> None:
     from disney_train.cli import _run_config
 
     plain = render(vft())
-    assert plain["spec"]["entrypoint"] == ENTRYPOINT and run_config_of(plain).evaluation is None
+    assert plain["spec"]["entrypoint"] == ENTRYPOINT and config_of(vft()).evaluation is None
 
     block = evaluation(seeds=1, num_frames=17, lora_scale=0.8)
     rj = render(vft(evaluation=block))
     # one command (KubeRay's submitter pastes it into its own shell line: an `&&` would split it there)
-    assert rj["spec"]["entrypoint"] == EVAL_ENTRYPOINT == f"disney-train train --config-env {CONFIG_ENV} --evaluate"
+    assert (
+        rj["spec"]["entrypoint"] == EVAL_ENTRYPOINT == f"disney-train train --config {CONFIG_DIR}/run.yaml --evaluate"
+    )
     expected = EvaluationConfig.model_validate(block)
-    assert run_config_of(rj).evaluation == expected
-    # what `disney-train eval --config-env` on the head reads back, through the real CLI code
-    env = yaml.safe_load(rj["spec"]["runtimeEnvYAML"])["env_vars"]
-    monkeypatch.setenv(CONFIG_ENV, env[CONFIG_ENV])
-    assert _run_config(None, CONFIG_ENV, None).evaluation == expected
+    assert config_of(vft(evaluation=block)).evaluation == expected
+    # what `disney-train train --config ... --evaluate` on the head reads back, through the real CLI code
+    assert _run_config(mounted(vft(evaluation=block), tmp_path), None, None).evaluation == expected
     # another entrypoint needs another RayJob: adding (or changing) the block while training restarts it
     assert rj["metadata"]["name"] != plain["metadata"]["name"]
     assert name_of(vft(evaluation=evaluation(seeds=3))) != name_of(vft(evaluation=block))
 
     images = ["s3://disney-train/eval/i2v/lighthouse.png", "s3://disney-train/eval/i2v/mast.png"]
-    i2v = run_config_of(render(vft(model=I2V, evaluation=evaluation(images=images))))
+    i2v = config_of(vft(model=I2V, evaluation=evaluation(images=images)))
     assert i2v.evaluation is not None and i2v.evaluation.images == images
 
 
@@ -337,9 +360,10 @@ def test_the_operator_cli_renders_a_rayjob_and_checks_the_crd(tmp_path: Path) ->
         yaml.safe_dump({k: v for k, v in body.items() if k != "metadata"} | {"metadata": {"name": "demo"}})
     )
     out = subprocess.run([cli, "render", str(manifest), "--attempt", "3"], capture_output=True, text=True, check=True)
-    rj = yaml.safe_load(out.stdout)
+    config_map, rj = yaml.safe_load_all(out.stdout)
     assert rj["kind"] == "RayJob" and re.fullmatch(r"demo-3-[0-9a-f]{5}", rj["metadata"]["name"])
-    assert run_config_of(rj).train.workers.max_replicas == 4
+    assert config_map["kind"] == "ConfigMap" and config_map["metadata"]["name"] == rj["metadata"]["name"]
+    assert run_config_of(config_map).train.workers.max_replicas == 4
 
     manifest.write_text(yaml.safe_dump({"metadata": {"name": "demo"}, "spec": {"model": {"uri": "/local"}}}))
     bad = subprocess.run([cli, "render", str(manifest)], capture_output=True, text=True)

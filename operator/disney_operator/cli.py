@@ -141,11 +141,12 @@ def render(
     vft: Annotated[Path, typer.Argument(help="A VideoFineTune manifest (YAML).")],
     attempt: Annotated[int, typer.Option(help="The attempt to render.")] = 1,
 ) -> None:
-    """Print the RayJob the operator would create for a VideoFineTune (nothing is sent anywhere)."""
+    """Print the ConfigMap (the run configuration) and the RayJob the operator would create for a
+    VideoFineTune, as two YAML documents (nothing is sent anywhere)."""
     from pydantic import ValidationError
 
     from disney_operator.api import VideoFineTuneSpec
-    from disney_operator.rayjob import SpecError, desired_rayjob
+    from disney_operator.rayjob import SpecError, desired_config_map, desired_rayjob
     from disney_operator.settings import settings_from_env
 
     body = yaml.safe_load(vft.read_text())
@@ -155,10 +156,11 @@ def render(
     try:
         spec = VideoFineTuneSpec.model_validate(body.get("spec") or {})
         rayjob = desired_rayjob(body, spec, attempt, settings_from_env())
+        config_map = desired_config_map(body, spec, attempt)
     except (ValidationError, SpecError, ValueError) as err:
         typer.echo(f"error: {vft}: {err}", err=True)
         raise typer.Exit(2) from None
-    sys.stdout.write(yaml.safe_dump(rayjob, sort_keys=False, width=120))
+    sys.stdout.write(yaml.safe_dump_all([config_map, rayjob], sort_keys=False, width=120, allow_unicode=True))
 
 
 def main() -> None:

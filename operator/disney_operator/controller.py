@@ -2,7 +2,8 @@
 write the plan.
 
 Writes go in an order that survives a crash between any two of them: the finalizer before the
-RayJob (so a deletion always finds it), the RayJob before the status that names it, events last.
+RayJob (so a deletion always finds it), the run's ConfigMap before the RayJob whose head mounts it, the
+RayJob before the status that names it, events last.
 Every step is idempotent, and the RayJob's name is a function of (spec, attempt), so an operator
 killed anywhere and restarted converges to the same objects, never duplicates. A status write
 carries the resourceVersion it was planned from: a 409 means the object moved on, and the event that
@@ -160,8 +161,11 @@ class Controller:
         recent = self._rayjob_writes.setdefault(key, {})
         for name in p.delete:
             self.kube.delete_rayjob(key[0], name)
+            self.kube.delete_config_map(key[0], name)
             recent[name] = (time.monotonic(), None)
-            log.info("%s/%s: deleted RayJob %s", *key, name)
+            log.info("%s/%s: deleted RayJob %s and its ConfigMap", *key, name)
+        if p.config_map is not None:  # before the RayJob whose head mounts it
+            self.kube.apply_config_map(p.config_map)
         if p.apply is not None:
             applied = self.kube.apply_rayjob(p.apply)
             recent[p.apply["metadata"]["name"]] = (time.monotonic(), applied)

@@ -1,6 +1,6 @@
 """The operator's writes to the API server (the official Kubernetes client), each counted.
 
-Custom resources only (VideoFineTunes, RayJobs, RayClusters), plus best-effort Events: an Event that
+VideoFineTunes, RayJobs, RayClusters and the runs' ConfigMaps, plus best-effort Events: an Event that
 cannot be written (no core/v1, no permission) is logged and never fails a reconcile.
 """
 
@@ -93,6 +93,30 @@ class Kube:
                 propagation_policy="Background",
                 _request_timeout=TIMEOUT,
             )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    # --------------------------------------------------------------------- the runs' ConfigMaps
+    def apply_config_map(self, body: dict[str, Any]) -> None:
+        """Server-side apply, as the RayJobs."""
+        meta = body["metadata"]
+        self._count("apply configmaps")
+        self.core.patch_namespaced_config_map(
+            meta["name"],
+            meta["namespace"],
+            body,
+            field_manager=self.field_manager,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+            _preload_content=False,
+            _request_timeout=TIMEOUT,
+        )
+
+    def delete_config_map(self, namespace: str, name: str) -> None:
+        self._count("delete configmaps")
+        try:
+            self.core.delete_namespaced_config_map(name, namespace, _request_timeout=TIMEOUT)
         except ApiException as err:
             if err.status != 404:
                 raise

@@ -27,11 +27,17 @@ RAY_VERSION = "v1"
 RAYJOBS = "rayjobs"
 RAYCLUSTERS = "rayclusters"
 WORKER_GROUP = "workers"
-CONFIG_ENV = "DISNEY_TRAIN_RUN_CONFIG"
-ENTRYPOINT = f"disney-train train --config-env {CONFIG_ENV}"
+# The run configuration reaches the job's driver (on the head) as a file of a ConfigMap the operator owns,
+# never on a command line: KubeRay's submitter pastes the entrypoint and the runtime environment into its
+# own `bash -c` line (Go-quoted, so `$`, backticks and `$(...)` stay live), and a tenant writes prompts.
+# What that line holds is the operator's constants only.
+CONFIG_DIR = "/etc/disney-train/run"
+CONFIG_FILE = "run.yaml"
+CONFIG_VOLUME = "run-config"
+ENTRYPOINT = f"disney-train train --config {CONFIG_DIR}/{CONFIG_FILE}"
 # With an evaluation block: baseline versus fine-tuned once training is done (also when a retried attempt
-# finds the training done). One command, no shell operators: KubeRay's submitter pastes the entrypoint
-# into its own `bash -c` line after `ray job submit ... --`, where a `&&` would split it.
+# finds the training done). One command, no shell operators: after `ray job submit ... --` a `&&` would
+# split it.
 EVAL_ENTRYPOINT = f"{ENTRYPOINT} --evaluate"
 # How often Ray Train looks for room to grow an elastic run's group (a read of the cluster's resources):
 # Ray's 60 s would be most of a `kubectl scale`'s latency once the new pod is up.
@@ -255,6 +261,7 @@ def desired_rayjob(
                 "image": image,
                 "resources": head_res,
                 "env": env,
+                "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}],
                 "ports": [
                     {"name": "gcs", "containerPort": 6379},
                     {"name": "dashboard", "containerPort": 8265},
@@ -262,6 +269,7 @@ def desired_rayjob(
                 ],
             }
         ],
+        "volumes": [{"name": CONFIG_VOLUME, "configMap": {"name": rayjob_name(name, spec, attempt)}}],
         **_placement(spec.head.placement, settings.head_node_selector, [], settings.head_affinity),
     }
     if settings.image_pull_secrets:
@@ -274,20 +282,10 @@ def desired_rayjob(
             "name": rayjob_name(name, spec, attempt),
             "namespace": namespace,
             "labels": common,
-            "ownerReferences": [
-                {
-                    "apiVersion": api.API_VERSION,
-                    "kind": api.KIND,
-                    "name": name,
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": _owned_by(meta),
         },
         "spec": {
             "entrypoint": ENTRYPOINT if cfg.evaluation is None else EVAL_ENTRYPOINT,
-            "runtimeEnvYAML": yaml.safe_dump({"env_vars": {CONFIG_ENV: dump_config(cfg)}}, sort_keys=False),
             "submissionMode": "K8sJobMode",
             "shutdownAfterJobFinishes": True,  # also what KubeRay requires to suspend a RayJob
             "ttlSecondsAfterFinished": settings.cluster_ttl_seconds,
@@ -320,7 +318,37 @@ def desired_rayjob(
     return body
 
 
-def run_config_of(rayjob: dict[str, Any]) -> RunConfig:
-    """The run configuration inside a RayJob (what `disney-train train --config-env` will read)."""
-    env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["env_vars"]
-    return config_from_dict(yaml.safe_load(env[CONFIG_ENV]), f"RayJob {rayjob['metadata']['name']}")
+def _owned_by(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The VideoFineTune as the controller owner: its deletion takes the object with it."""
+    return [
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": meta["name"],
+            "uid": meta["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def desired_config_map(vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt: int) -> dict[str, Any]:
+    """The ConfigMap the RayJob's head mounts at CONFIG_DIR: the run configuration, named as the RayJob."""
+    meta = vft["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": rayjob_name(meta["name"], spec, attempt),
+            "namespace": meta["namespace"],
+            "labels": labels(meta["name"], attempt),
+            "ownerReferences": _owned_by(meta),
+        },
+        "data": {CONFIG_FILE: dump_config(run_config(meta["name"], spec))},
+    }
+
+
+def run_config_of(config_map: dict[str, Any]) -> RunConfig:
+    """The run configuration in a run's ConfigMap (what `disney-train train --config` reads on the head)."""
+    text = config_map["data"][CONFIG_FILE]
+    return config_from_dict(yaml.safe_load(text), f"ConfigMap {config_map['metadata']['name']}")

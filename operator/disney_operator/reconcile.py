@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from disney_operator import api
-from disney_operator.rayjob import ANNOTATION_TEMPLATE, SpecError, desired_rayjob, is_elastic
+from disney_operator.rayjob import ANNOTATION_TEMPLATE, SpecError, desired_config_map, desired_rayjob, is_elastic
 from disney_operator.settings import Settings
 from disney_train.eval.results import SUMMARY_JSON
 
@@ -50,7 +50,8 @@ class Plan:
     add_finalizer: bool = False
     remove_finalizer: bool = False
     apply: dict[str, Any] | None = None  # a RayJob, server-side applied
-    delete: list[str] = field(default_factory=list)  # RayJobs
+    config_map: dict[str, Any] | None = None  # its run configuration, applied before it
+    delete: list[str] = field(default_factory=list)  # RayJobs, and their ConfigMaps of the same names
     scale_cluster: tuple[str, int] | None = None  # (RayCluster, worker replicas)
     status: dict[str, Any] | None = None  # the whole new status, when it changed
     events: list[Event] = field(default_factory=list)
@@ -337,6 +338,7 @@ def plan(
     try:
         spec = api.VideoFineTuneSpec.model_validate(vft.get("spec") or {})
         desired = desired_rayjob(vft, spec, old.attempt, settings)
+        config_map = desired_config_map(vft, spec, old.attempt)
     except (ValidationError, SpecError) as err:
         text = (
             str(err)
@@ -367,7 +369,7 @@ def plan(
                 f"waiting for RayJob {others[0]['metadata']['name']} to go before starting {name}",
             )
         else:
-            out.apply = desired
+            out.apply, out.config_map = desired, config_map
             out.events.append(Event("Normal", "RayJobCreated", f"RayJob {name} (attempt {old.attempt})"))
             observed = _Observed("Suspended" if spec.suspend else "Pending", "RayJobCreated", f"RayJob {name}")
         rj_status: dict[str, Any] = {}
@@ -377,7 +379,7 @@ def plan(
         job = rj_status.get("jobStatus") or ""
         template = (current["metadata"].get("annotations") or {}).get(ANNOTATION_TEMPLATE)
         if template != desired["metadata"]["annotations"][ANNOTATION_TEMPLATE] and deployment not in ENDED:
-            out.apply = desired  # an ended RayJob takes no changes: it is replaced or kept as it is
+            out.apply, out.config_map = desired, config_map  # an ended RayJob takes no changes
         if deployment == "Complete" and job == "SUCCEEDED":
             observed = _Observed("Succeeded", "RayJobSucceeded", f"RayJob {name} succeeded")
         elif deployment == "ValidationFailed":  # KubeRay refuses what this operator built: no retry helps

@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import yaml
 
+from disney_operator.rayjob import CONFIG_FILE
 from tests.support.cluster import ROOT, Kube
 
 RELEASE_NS = "disney-train"
@@ -102,11 +103,13 @@ def ray_pods(kube: Kube, name: str, role: str = "") -> list[dict[str, Any]]:
 
 
 def rayjob_config(kube: Kube, name: str) -> dict[str, Any]:
-    """The run configuration in the run's newest RayJob, as the workers read it."""
+    """The run configuration of the run's newest RayJob, as its head reads it: the ConfigMap of its name."""
     rayjobs = kube.items("rayjobs", JOBS_NS, f"disneytrain.dev/videofinetune={name}")
     newest = max(rayjobs, key=lambda r: int(r["metadata"]["labels"]["disneytrain.dev/attempt"]))
-    env = yaml.safe_load(newest["spec"]["runtimeEnvYAML"])["env_vars"]
-    out: dict[str, Any] = yaml.safe_load(env["DISNEY_TRAIN_RUN_CONFIG"])
+    config_map = json.loads(
+        kube.kubectl("-n", JOBS_NS, "get", "configmap", newest["metadata"]["name"], "-o", "json").stdout
+    )
+    out: dict[str, Any] = yaml.safe_load(config_map["data"][CONFIG_FILE])
     return out
 
 

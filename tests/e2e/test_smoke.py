@@ -1,17 +1,30 @@
 """The smoke job (jobs/smoke.yaml, as this CPU cluster runs it: `jobs.smoke_job`) from `kubectl apply` to
-Succeeded, its LoRA in S3 loading into the tiny pipeline."""
+Succeeded, its LoRA in S3 loading into the tiny pipeline; its prompts are what a shell would act on, and
+arrive byte for byte (issue 16, finding 1: KubeRay's submitter line once ran them)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.e2e.jobs import BUCKET, JOBS_NS, SMOKE, apply, clear, cli, keys, phase_is, smoke_job
+from tests.e2e.jobs import BUCKET, JOBS_NS, SMOKE, apply, bucket, clear, cli, keys, phase_is, smoke_job
 from tests.support.cluster import Kube, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+
+# Command substitution, variables, both quotes, backslashes, a line break, a tab, characters beyond ASCII
+HOSTILE = (
+    'A rabbit\'s "price" is $5: $(touch /tmp/pwned) `id` ${HOME} \\ back\\slash;\nline two\tand 🐰, 漢字 && exit 1'
+)
+
+
+def read(s3: dict[str, str], key: str) -> bytes:
+    data: bytes = bucket(s3).get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return data
 
 
 def test_smoke_job_trains_to_succeeded_with_its_lora_in_s3(
@@ -20,7 +33,10 @@ def test_smoke_job_trains_to_succeeded_with_its_lora_in_s3(
     kube.kubectl("-n", JOBS_NS, "delete", "vft", SMOKE, "--ignore-not-found", "--wait")
     clear(s3, f"smoke/{SMOKE}/")
     started = time.monotonic()
-    apply(kube, smoke_job(s3))
+    job = smoke_job(s3)
+    job["spec"]["training"]["validation"]["prompts"] = [HOSTILE]
+    job["spec"]["evaluation"]["prompts"] = [HOSTILE]
+    apply(kube, job)
     done = wait_until(f"{SMOKE} Succeeded", lambda: phase_is(kube, SMOKE, "Succeeded"), timeout=600)
     took = time.monotonic() - started
     status = done["status"]
@@ -32,6 +48,12 @@ def test_smoke_job_trains_to_succeeded_with_its_lora_in_s3(
     saved = keys(s3, f"smoke/{SMOKE}/")
     assert any(k.startswith(f"smoke/{SMOKE}/final/") for k in saved), saved
     assert f"smoke/{SMOKE}/finished.json" in saved, saved
+    # the prompts arrived as written: in the run's configuration, the validation videos' index, the evaluation
+    final = yaml.safe_load(read(s3, f"smoke/{SMOKE}/final/config.yaml"))
+    assert final["validation"]["prompts"] == final["evaluation"]["prompts"] == [HOSTILE], final
+    (index,) = [k for k in saved if k.startswith(f"smoke/{SMOKE}/validation/") and k.endswith("/prompts.json")]
+    assert list(json.loads(read(s3, index)).values()) == [HOSTILE]
+    assert [p["text"] for p in json.loads(read(s3, f"smoke/{SMOKE}/eval/eval.json"))["prompts"]] == [HOSTILE]
     # the final LoRA loads into the tiny pipeline and renders
     cli(
         s3, "generate", "--model", str(inputs), "--out", str(tmp_path / "gen"),

@@ -28,6 +28,7 @@ class Cluster:
 
         self.server = server
         self.custom = client.CustomObjectsApi(api_client(server.kubeconfig))
+        self.core = client.CoreV1Api(api_client(server.kubeconfig))
 
     # ------------------------------------------------------------------ VideoFineTunes (the user)
     def create(self, ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +92,13 @@ class Cluster:
 
     def the_rayjob(self, ns: str, vft: str, timeout: float = 20.0) -> dict[str, Any]:
         return self.wait_rayjobs(ns, vft, 1, timeout)[0]
+
+    def config_map(self, ns: str, rayjob: dict[str, Any]) -> dict[str, Any]:
+        """The run configuration a RayJob's head mounts: the ConfigMap of its name."""
+        out: dict[str, Any] = self.core.api_client.sanitize_for_serialization(
+            self.core.read_namespaced_config_map(rayjob["metadata"]["name"], ns)
+        )
+        return out
 
     def set_rayjob_status(self, ns: str, name: str, **status: Any) -> None:
         self.custom.patch_namespaced_custom_object_status(RAY_GROUP, RAY_VERSION, ns, RAYJOBS, name, {"status": status})

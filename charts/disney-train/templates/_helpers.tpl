@@ -76,6 +76,10 @@ the requests it makes (tests/test_chart_operator.py reads them from a real API s
 - apiGroups: [ray.io]
   resources: [rayjobs]
   verbs: [list, watch, create, patch, delete]
+# each RayJob's run configuration, a ConfigMap of the same name its head mounts (by server-side apply)
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, patch, delete]
 # an elastic run's RayCluster is resized in place
 - apiGroups: [ray.io]
   resources: [rayclusters]
