@@ -35,8 +35,15 @@ def _one_line(v: str) -> str:
     return v
 
 
+def _uri(v: str) -> str:
+    """One line; an s3:// URI without '.' or '..' segments (its objects are copied under local folders)."""
+    if v.startswith("s3://") and {".", ".."} & set(_one_line(v).removeprefix("s3://").split("/")):
+        raise ValueError(f"{v!r}: '.' and '..' segments are not allowed in an s3:// URI")
+    return _one_line(v)
+
+
 URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|[^:]+)$"
-Uri = Annotated[str, Field(min_length=1, max_length=1024, pattern=URI_PATTERN), AfterValidator(_one_line)]
+Uri = Annotated[str, Field(min_length=1, max_length=1024, pattern=URI_PATTERN), AfterValidator(_uri)]
 # Bounds on what a run configuration may hold, so that the largest valid one (every list full, every
 # text at its longest, in the characters that take the most bytes) fits in the ConfigMap the operator
 # hands a run's head (1 MiB): tests/test_security.py builds it. T5 reads 226 tokens of a prompt, about

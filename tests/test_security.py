@@ -4,13 +4,18 @@ Finding 1: the run configuration (prompts and all, written by a tenant) went int
 environment, which KubeRay's submitter pastes, Go-quoted, into its own `bash -c` line: `$(...)`, backticks
 and `$` stayed live there, and a long configuration overflowed the line. tests/e2e/test_smoke.py runs
 hostile prompts through the real KubeRay and checks that they arrive byte for byte.
+Finding 5: a model URI with `..` segments led the model cache's sync outside the cache.
+Finding 6: `data pack` followed a symlinked list file anywhere.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from disney_operator import api
 from disney_operator.rayjob import (
@@ -21,7 +26,9 @@ from disney_operator.rayjob import (
     run_config_of,
 )
 from disney_operator.reconcile import plan
-from disney_train.config import EVALUATION_PROMPTS, PROMPT_CHARS, VALIDATION_PROMPTS
+from disney_train.config import EVALUATION_PROMPTS, PROMPT_CHARS, VALIDATION_PROMPTS, S3Options
+from disney_train.data.layout import LayoutError, read_source
+from disney_train.model.source import ModelError, resolve_model
 from tests.test_operator_rayjob import I2V, SETTINGS, render, vft
 
 # What a shell would act on, and what quoting gets wrong: command substitution, variables, quotes of
@@ -112,3 +119,42 @@ def test_finding_1_control_characters_are_refused_by_field() -> None:
         status = out.status or {}
         assert {c["reason"] for c in status["conditions"] if c["type"] == "Pending"} == {"InvalidSpec"}, status
         assert field in status["message"] and why in status["message"], status["message"]
+
+
+def test_finding_5_a_model_uri_with_dot_segments_cannot_leave_the_model_cache(tmp_path: Path) -> None:
+    """`s3://bucket/../../x` once mapped to a folder outside the cache, emptied of what the listing lacked and
+    filled from S3. It is refused before anything is created, listed or deleted."""
+    cache, outside = tmp_path / "cache" / "models", tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the model cache's")
+    for uri in ("s3://bucket/../../precious", "s3://bucket/a/./b", "s3://bucket/a//b"):
+        with pytest.raises(ModelError, match="segments in an S3 URI; refused"):
+            resolve_model(uri, S3Options(endpoint_url="http://127.0.0.1:9"), cache_dir=cache)
+    assert (outside / "keep.txt").read_text() == "not the model cache's" and not cache.exists()
+    # and a run configuration or a VideoFineTune naming one is refused by field
+    body = vft(model={"uri": "s3://models/../../precious"})
+    out = plan(body, [], None, datetime.now(UTC), SETTINGS)
+    assert out.apply is None and "model.uri" in (out.status or {})["message"], out.status
+
+
+@pytest.mark.parametrize("name", ["prompt.txt", "videos.txt", "images.txt"])
+def test_finding_6_a_list_file_symlinked_outside_the_dataset_is_refused(tmp_path: Path, name: str) -> None:
+    """`data pack` read a symlinked prompt.txt wherever it led (a secret file became packed prompts)."""
+    src = tmp_path / "dataset"
+    (src / "videos").mkdir(parents=True)
+    (src / "videos" / "a.mp4").write_bytes(b"")
+    (src / "images").mkdir()
+    lists = {"prompt.txt": "a rabbit\n", "videos.txt": "videos/a.mp4\n", "images.txt": "images/a.png\n"}
+    for file, text in lists.items():
+        (src / file).write_text(text)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("AWS_SECRET_ACCESS_KEY=hunter2\n")
+    (src / name).unlink()
+    (src / name).symlink_to(secret)
+    with pytest.raises(LayoutError, match=f"{name}: a symlink to .*secret.txt, outside the dataset folder"):
+        read_source(src)
+    # a symlink that stays inside the folder is the user's own business
+    (src / name).unlink()
+    (src / f"real-{name}").write_text(lists[name])
+    (src / name).symlink_to(src / f"real-{name}")
+    assert read_source(src).entries or read_source(src).rejects

@@ -76,8 +76,16 @@ def _inside(root: Path, rel: str) -> tuple[Path | None, str | None]:
     return resolved, None
 
 
+def _list_file(root: Path, name: str) -> Path:
+    """A list file of the dataset folder; one that leads outside it (a symlink) is refused, never read."""
+    path = root / name
+    if path.is_symlink() and not path.resolve().is_relative_to(root):
+        raise LayoutError(f"{path}: a symlink to {path.resolve()}, outside the dataset folder; refused")
+    return path
+
+
 def find_prompt_file(root: Path) -> Path:
-    present = [root / n for n in PROMPT_FILES if (root / n).is_file()]
+    present = [p for p in (_list_file(root, n) for n in PROMPT_FILES) if p.is_file()]
     if not present:
         raise LayoutError(f"{root}: no {' or '.join(PROMPT_FILES)} (one prompt per line)")
     return present[0]
@@ -88,10 +96,10 @@ def read_source(src: Path) -> SourceListing:
     if not root.is_dir():
         raise LayoutError(f"{src}: no such folder")
     prompt_path = find_prompt_file(root)
-    videos_path = root / VIDEOS_FILE
+    videos_path = _list_file(root, VIDEOS_FILE)
     if not videos_path.is_file():
         raise LayoutError(f"{root}: no {VIDEOS_FILE} (one video path per line)")
-    images_path = root / IMAGES_FILE
+    images_path = _list_file(root, IMAGES_FILE)
     has_images = images_path.is_file()
 
     prompts = _read_lines(prompt_path)

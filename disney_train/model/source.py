@@ -53,9 +53,15 @@ def resolve_model(
     if not is_s3(uri):
         return check(Path(uri), None)
     bucket, prefix = split_s3(uri)
+    cache = (cache_dir or default_cache_dir()).resolve()
+    local = cache / bucket / (prefix or "_root")
+    segments = [bucket, *(prefix.split("/") if prefix else [])]
+    if {".", "..", ""} & set(segments) or not local.resolve().is_relative_to(cache):
+        raise ModelError(
+            f"{uri}: '.', '..' or empty segments in an S3 URI; refused (the local copy would leave {cache})"
+        )
     store = open_store(uri, s3)
     assert isinstance(store, S3Store)
-    local = (cache_dir or default_cache_dir()) / bucket / (prefix or "_root")
     local.parent.mkdir(parents=True, exist_ok=True)
     # Workers on one node share the cache: one syncs, the others wait and then find it complete.
     with (local.parent / f".{local.name}.lock").open("w") as lock:
