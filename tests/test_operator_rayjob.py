@@ -189,7 +189,8 @@ def test_placement_from_the_spec_else_the_operator_defaults() -> None:
         "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
         "priorityClassName": "training-high",
     }
-    worker = group(render(vft(placement=placement)))["template"]["spec"]
+    allowed = Settings(allowed_priority_classes=["training-high"])
+    worker = group(render(vft(placement=placement), settings=allowed))["template"]["spec"]
     for k, v in placement.items():
         assert worker[k] == v, k
     # an explicit empty list is the user's choice, not a default to fill in

@@ -6,18 +6,23 @@ and `$` stayed live there, and a long configuration overflowed the line. tests/e
 hostile prompts through the real KubeRay and checks that they arrive byte for byte.
 Finding 5: a model URI with `..` segments led the model cache's sync outside the cache.
 Finding 6: `data pack` followed a symlinked list file anywhere.
+Finding 7: specs the operator could not run looped silently (no status, no event).
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client.rest import ApiException
 
 from disney_operator import api
+from disney_operator.controller import Controller
+from disney_operator.kube import Kube
 from disney_operator.rayjob import (
     CONFIG_FILE,
     ENTRYPOINT,
@@ -26,10 +31,20 @@ from disney_operator.rayjob import (
     run_config_of,
 )
 from disney_operator.reconcile import plan
+from disney_operator.settings import Settings
 from disney_train.config import EVALUATION_PROMPTS, PROMPT_CHARS, VALIDATION_PROMPTS, S3Options
 from disney_train.data.layout import LayoutError, read_source
 from disney_train.model.source import ModelError, resolve_model
+from tests.support.apiserver import ApiServer, api_client
+from tests.support.kuberay import Cluster
+from tests.test_operator import stub_events
 from tests.test_operator_rayjob import I2V, SETTINGS, render, vft
+
+BASE = {
+    "model": {"uri": "s3://models/CogVideoX-2b"},
+    "dataset": {"uri": "s3://data/disney"},
+    "output": {"uri": "s3://runs/x"},
+}
 
 # What a shell would act on, and what quoting gets wrong: command substitution, variables, quotes of
 # both kinds, backslashes, line breaks and tabs, and characters beyond ASCII.
@@ -158,3 +173,73 @@ def test_finding_6_a_list_file_symlinked_outside_the_dataset_is_refused(tmp_path
     (src / f"real-{name}").write_text(lists[name])
     (src / name).symlink_to(src / f"real-{name}")
     assert read_source(src).entries or read_source(src).rejects
+
+
+@pytest.mark.parametrize("cpu", ["1e400", "0", "-1", "1.5.5", "5000"])
+def test_finding_7_a_cpu_quantity_no_node_has_is_an_invalid_spec(cpu: str) -> None:
+    """`1e400` passed the CRD's pattern and then raised OverflowError in the operator on every reconcile,
+    with no status and no event."""
+    out = plan(vft(workers={"resources": {"gpus": 1, "cpu": cpu}}), [], None, datetime.now(UTC), SETTINGS)
+    status = out.status or {}
+    assert out.apply is None and status.get("phase") == "Pending", status
+    assert f"workers.resources.cpu: {cpu!r} is not a CPU quantity" in status["message"]
+    assert [e.reason for e in out.events] == ["InvalidSpec"]
+
+
+def test_finding_7_the_api_server_refusing_a_rayjob_is_an_invalid_spec(
+    apiserver: ApiServer, kuberay_server: ApiServer, cluster: Cluster
+) -> None:
+    """A RayJob the API server refuses (422: junk in the free-form affinity, checked by KubeRay's own CRD)
+    once aborted the reconcile before its status write, again and again, silently. Now the status and an
+    event say why, naming the field; a corrected spec goes on."""
+    ns = f"solo-{uuid.uuid4().hex[:8]}"
+    kube = Kube(api_client(apiserver.kubeconfig), "disney-train-operator")
+    kuberay = Kube(api_client(kuberay_server.kubeconfig), "disney-train-operator")
+    kube.apply_rayjob = kuberay.apply_rayjob  # type: ignore[method-assign]  # RayJobs to KubeRay's full schema
+    controller = Controller(kube, Settings())
+    junk = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": "any node"}}
+    cluster.create(ns, "junk", {**BASE, "placement": {"affinity": junk}})
+    controller.reconcile(cluster.get(ns, "junk"), [])
+    status = cluster.status(ns, "junk")
+    assert status["phase"] == "Pending", status
+    assert {c["reason"] for c in status["conditions"] if c["type"] == "Pending"} == {"InvalidSpec"}
+    assert "the API server refused RayJob junk-1-" in status["message"], status["message"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in status["message"], status["message"]
+    assert any("InvalidSpec" in line for line in stub_events(apiserver, ns)), stub_events(apiserver, ns)
+    cluster.patch(ns, "junk", {"placement": {"affinity": None}})
+    controller.reconcile(cluster.get(ns, "junk"), [])
+    assert cluster.status(ns, "junk")["phase"] == "Pending" and "refused" not in cluster.status(ns, "junk")["message"]
+
+
+def test_finding_7_priority_classes_only_from_the_platforms_allow_list() -> None:
+    """A tenant naming any PriorityClass could preempt other teams' pods: only the chart's list is taken."""
+    for placement in ({"placement": {"priorityClassName": "system-cluster-critical"}},
+                      {"head": {"placement": {"priorityClassName": "system-cluster-critical"}}}):  # fmt: skip
+        out = plan(vft(**placement), [], None, datetime.now(UTC), SETTINGS)
+        message = (out.status or {})["message"]
+        assert out.apply is None and "priorityClassName 'system-cluster-critical' is not allowed" in message
+    allowed = Settings(allowed_priority_classes=["training-low"])
+    out = plan(vft(placement={"priorityClassName": "training-low"}), [], None, datetime.now(UTC), allowed)
+    assert out.apply is not None
+    worker = out.apply["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert worker["priorityClassName"] == "training-low"
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        (
+            {"model": I2V, "training": {"validation": {"prompts": ["a"], "images": ["/home/me/a.png"]}}},
+            "validation.images",
+        ),
+        ({"training": {"train": {"cache_uri": "/mnt/cache"}}}, "cache_uri"),
+        ({"evaluation": {"prompts": ["a"], "clip_uri": "/models/clip"}}, "evaluation.clip_uri"),
+    ],
+)
+def test_finding_7_cluster_only_fields_must_be_s3_at_admission(
+    cluster: Cluster, spec: dict[str, Any], field: str
+) -> None:
+    """Local paths in what the Ray pods read failed only after training: now the API server refuses them."""
+    with pytest.raises(ApiException) as refused:
+        cluster.create(f"solo-{uuid.uuid4().hex[:8]}", "local", {**BASE, **spec})
+    assert refused.value.status == 422 and field in refused.value.body and "s3://" in refused.value.body

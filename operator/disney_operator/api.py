@@ -165,6 +165,20 @@ class VideoFineTuneSpec(_Api):
                 "self.model.variant == 'i2v' || !has(self.evaluation) || size(self.evaluation.images) == 0",
                 "evaluation.images: a text-to-video run takes no images",
             ),
+            # what the Ray pods read has to be on S3: a local path would be someone's disk, or nothing
+            (
+                "self.training.validation.images.all(u, u.startsWith('s3://'))",
+                "training.validation.images: s3:// URIs only (the Ray pods cannot read local paths)",
+            ),
+            (
+                "!has(self.training.train.cache_uri) || self.training.train.cache_uri.startsWith('s3://')",
+                "training.train.cache_uri: an s3:// URI (the Ray pods cannot share a local path)",
+            ),
+            (
+                "!has(self.evaluation) || (self.evaluation.clip_uri.startsWith('s3://') && "
+                "self.evaluation.images.all(u, u.startsWith('s3://')))",
+                "evaluation.clip_uri and evaluation.images: s3:// URIs only (the Ray pods cannot read local paths)",
+            ),
         )
     )
 

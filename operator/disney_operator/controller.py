@@ -20,10 +20,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from disney_operator.kube import ConflictError, Kube
+from disney_operator.kube import ConflictError, Kube, RefusedError
 from disney_operator.progress import ProgressReader
 from disney_operator.rayjob import ANNOTATION_TEMPLATE
-from disney_operator.reconcile import FINALIZER, Plan, plan
+from disney_operator.reconcile import FINALIZER, Plan, plan, refused
 from disney_operator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -164,13 +164,17 @@ class Controller:
             self.kube.delete_config_map(key[0], name)
             recent[name] = (time.monotonic(), None)
             log.info("%s/%s: deleted RayJob %s and its ConfigMap", *key, name)
-        if p.config_map is not None:  # before the RayJob whose head mounts it
-            self.kube.apply_config_map(p.config_map)
-        if p.apply is not None:
-            applied = self.kube.apply_rayjob(p.apply)
-            recent[p.apply["metadata"]["name"]] = (time.monotonic(), applied)
-            log.info("%s/%s: applied RayJob %s", *key, p.apply["metadata"]["name"])
-            self._chaos("rayjob")
+        try:
+            if p.config_map is not None:  # before the RayJob whose head mounts it
+                self.kube.apply_config_map(p.config_map)
+            if p.apply is not None:
+                applied = self.kube.apply_rayjob(p.apply)
+                recent[p.apply["metadata"]["name"]] = (time.monotonic(), applied)
+                log.info("%s/%s: applied RayJob %s", *key, p.apply["metadata"]["name"])
+                self._chaos("rayjob")
+        except RefusedError as err:  # the rest of the plan gives way to saying why, in the status
+            log.warning("%s/%s: %s", *key, err)
+            p = refused(vft, str(err), self.clock())
         if p.scale_cluster is not None:
             self.kube.scale_raycluster(key[0], *p.scale_cluster)
             log.info("%s/%s: RayCluster %s scaled to %d worker pods", *key, *p.scale_cluster)

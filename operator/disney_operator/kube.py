@@ -32,6 +32,26 @@ class ConflictError(RuntimeError):
     """The object changed since it was read (409): re-read and reconcile again."""
 
 
+class RefusedError(RuntimeError):
+    """The API server refused an object the operator built (400, 422: a field it cannot hold); the message
+    is the server's, with the object named."""
+
+
+# A server-side apply whose object does not fit the schema's types is answered 500, not 422 (seen on the
+# API server: "failed to create typed patch object (...): <field>: expected map, got ...").
+TYPED_PATCH = "failed to create typed patch object"
+
+
+def _refusal(what: str, err: ApiException) -> RefusedError | None:
+    try:
+        message = str(json.loads(err.body or "{}").get("message") or err.reason)
+    except ValueError:
+        message = str(err.reason)
+    if err.status in (400, 422) or (err.status == 500 and TYPED_PATCH in message):
+        return RefusedError(f"the API server refused {what}: {message}")
+    return None
+
+
 def load_client(kubeconfig: str | None = None, pool: int = 16) -> Any:
     """An ApiClient from the in-cluster service account, else KUBECONFIG / ~/.kube/config."""
     from kubernetes import config
@@ -65,19 +85,22 @@ class Kube:
         Returns the RayJob as stored."""
         meta = body["metadata"]
         self._count("apply rayjobs")
-        response = self.custom.patch_namespaced_custom_object(
-            RAY_GROUP,
-            RAY_VERSION,
-            meta["namespace"],
-            RAYJOBS,
-            meta["name"],
-            body,
-            field_manager=self.field_manager,
-            force=True,
-            _content_type="application/apply-patch+yaml",
-            _preload_content=False,  # the client does not decode an apply's answer
-            _request_timeout=TIMEOUT,
-        )
+        try:
+            response = self.custom.patch_namespaced_custom_object(
+                RAY_GROUP,
+                RAY_VERSION,
+                meta["namespace"],
+                RAYJOBS,
+                meta["name"],
+                body,
+                field_manager=self.field_manager,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+                _preload_content=False,  # the client does not decode an apply's answer
+                _request_timeout=TIMEOUT,
+            )
+        except ApiException as err:
+            raise _refusal(f"RayJob {meta['name']}", err) or err from None
         result: dict[str, Any] = json.loads(response.data)
         return result
 
@@ -102,16 +125,19 @@ class Kube:
         """Server-side apply, as the RayJobs."""
         meta = body["metadata"]
         self._count("apply configmaps")
-        self.core.patch_namespaced_config_map(
-            meta["name"],
-            meta["namespace"],
-            body,
-            field_manager=self.field_manager,
-            force=True,
-            _content_type="application/apply-patch+yaml",
-            _preload_content=False,
-            _request_timeout=TIMEOUT,
-        )
+        try:
+            self.core.patch_namespaced_config_map(
+                meta["name"],
+                meta["namespace"],
+                body,
+                field_manager=self.field_manager,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+                _preload_content=False,
+                _request_timeout=TIMEOUT,
+            )
+        except ApiException as err:
+            raise _refusal(f"ConfigMap {meta['name']}", err) or err from None
 
     def delete_config_map(self, namespace: str, name: str) -> None:
         self._count("delete configmaps")

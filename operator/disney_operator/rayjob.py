@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from kubernetes.utils import parse_quantity
 
 from disney_operator import api
 from disney_operator.settings import Settings
@@ -56,14 +57,21 @@ class SpecError(ValueError):
     """A spec the API server accepted but no RayJob can be built from; the message says why."""
 
 
+MAX_POD_CPUS = 4096  # more than any node has
+
+
 def cpu_cores(quantity: str) -> float:
-    """A Kubernetes CPU quantity in cores: "8", "7500m", "0.5"."""
-    if quantity.endswith("m"):
-        return float(quantity[:-1]) / 1000
+    """A Kubernetes CPU quantity in cores ("8", "7500m", "0.5"), parsed as the Kubernetes client does; one
+    that is not a positive number of cores a node could have is refused by name."""
     try:
-        return float(quantity)
-    except ValueError:
-        raise SpecError(f"workers.resources.cpu: {quantity!r} is not a CPU quantity (e.g. 8 or 7500m)") from None
+        cores = parse_quantity(quantity)
+    except (ValueError, ArithmeticError):
+        cores = None
+    if cores is None or not 0 < cores <= MAX_POD_CPUS:
+        raise SpecError(
+            f"workers.resources.cpu: {quantity!r} is not a CPU quantity between 1m and {MAX_POD_CPUS} (e.g. 8 or 7500m)"
+        )
+    return float(cores)
 
 
 def _digest(value: Any) -> str:
@@ -109,12 +117,16 @@ def worker_range(spec: api.VideoFineTuneSpec) -> RayTrainRange:
     return RayTrainRange(per_pod, lo * per_pod, hi * per_pod, lo, w.replicas)
 
 
-def _check_evaluation_uris(spec: api.VideoFineTuneSpec) -> None:
-    """The evaluation runs in the Ray cluster's pods: what it reads has to be on S3, not on someone's disk."""
-    e = spec.evaluation
-    if e is None:
-        return
-    named = [("evaluation.clip_uri", e.clip_uri)] + [(f"evaluation.images[{i}]", u) for i, u in enumerate(e.images)]
+def _check_cluster_uris(spec: api.VideoFineTuneSpec) -> None:
+    """What the Ray pods read has to be on S3, not on someone's disk (the CRD's rules say the same at
+    admission; this holds for objects stored before them)."""
+    t, e = spec.training, spec.evaluation
+    named = [(f"training.validation.images[{i}]", u) for i, u in enumerate(t.validation.images)]
+    if t.train.cache_uri is not None:
+        named.append(("training.train.cache_uri", t.train.cache_uri))
+    if e is not None:
+        named.append(("evaluation.clip_uri", e.clip_uri))
+        named += [(f"evaluation.images[{i}]", u) for i, u in enumerate(e.images)]
     for field, uri in named:
         if not is_s3(uri):
             raise SpecError(
@@ -144,7 +156,7 @@ def run_config(name: str, spec: api.VideoFineTuneSpec) -> RunConfig:
             "max_replicas": rng.train_max,
             "resize_check_seconds": RESIZE_CHECK_SECONDS,
         }
-    _check_evaluation_uris(spec)
+    _check_cluster_uris(spec)
     recipe = spec.training.model_dump(mode="json")
     data = {**recipe.pop("data"), "uri": spec.dataset.uri}
     train = {**recipe.pop("train"), "workers": workers}
@@ -176,6 +188,16 @@ def _pod_env(spec: api.VideoFineTuneSpec) -> list[dict[str, Any]]:
             ("AWS_SECRET_ACCESS_KEY", creds.secretAccessKeyKey),
         )
     ]
+
+
+def _check_priority_classes(spec: api.VideoFineTuneSpec, allowed: list[str]) -> None:
+    """A PriorityClass decides whose pods are preempted: only the classes the platform team allows."""
+    for field, p in (("placement", spec.placement), ("head.placement", spec.head.placement)):
+        if p.priorityClassName and p.priorityClassName not in allowed:
+            offer = (
+                f"one of {', '.join(allowed)}" if allowed else "none (the chart's jobDefaults.allowedPriorityClasses)"
+            )
+            raise SpecError(f"{field}.priorityClassName {p.priorityClassName!r} is not allowed here: {offer}")
 
 
 def _placement(
@@ -212,6 +234,7 @@ def desired_rayjob(
     """RayJob = f(VideoFineTune, attempt, operator settings)."""
     meta = vft["metadata"]
     name, namespace = meta["name"], meta["namespace"]
+    _check_priority_classes(spec, settings.allowed_priority_classes)
     cfg = run_config(name, spec)
     rng = worker_range(spec)
     res = spec.workers.resources

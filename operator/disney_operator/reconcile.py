@@ -283,6 +283,37 @@ def _failure_text(rj_status: dict[str, Any]) -> str:
     return _short(": ".join(str(p) for p in parts if p) or "the RayJob failed")
 
 
+def _spec_error(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        return f"spec: {first['msg']} at " + ".".join(str(p) for p in first["loc"])
+    if isinstance(err, SpecError):
+        return str(err)
+    return f"spec: {type(err).__name__}: {err}"
+
+
+def refused(vft: dict[str, Any], text: str, now: datetime) -> Plan:
+    """The plan for a spec that cannot run as it is (the operator's checks, or the API server refusing the
+    objects built from it): Pending with reason InvalidSpec and the reason in the status, a Warning event
+    when the reason is new; nothing created. A corrected spec is reconciled afresh."""
+    out, stamp = Plan(), rfc3339(now)
+    meta = vft["metadata"]
+    old = _status_in(vft)
+    new = old.model_copy(deep=True)
+    generation = int(meta.get("generation") or 0)
+    new.observedGeneration = generation
+    text = text.strip()[:1000]
+    observed = _Observed("Pending", "InvalidSpec", text)
+    new.phase, new.message = "Pending", text
+    new.conditions = _conditions(old.conditions, observed, generation, stamp)
+    evaluated = bool((vft.get("spec") or {}).get("evaluation"))
+    new.conditions = _with_evaluated(old.conditions, new, evaluated, generation, stamp)
+    if old.message != text:
+        out.events.append(Event("Warning", "InvalidSpec", text))
+    out.status = _dump(new) if _dump(new) != _dump(old) else None
+    return out
+
+
 def plan(
     vft: dict[str, Any],
     rayjobs: list[dict[str, Any]],
@@ -339,20 +370,10 @@ def plan(
         spec = api.VideoFineTuneSpec.model_validate(vft.get("spec") or {})
         desired = desired_rayjob(vft, spec, old.attempt, settings)
         config_map = desired_config_map(vft, spec, old.attempt)
-    except (ValidationError, SpecError) as err:
-        text = (
-            str(err)
-            if isinstance(err, SpecError)
-            else f"spec: {err.errors()[0]['msg']} at " + ".".join(str(p) for p in err.errors()[0]["loc"])
-        )
-        observed = _Observed("Pending", "InvalidSpec", text)
-        new.phase, new.message = "Pending", text
-        new.conditions = _conditions(old.conditions, observed, generation, stamp)
-        new.conditions = _with_evaluated(old.conditions, new, evaluated, generation, stamp)
-        if old.message != text:
-            out.events.append(Event("Warning", "InvalidSpec", text))
-        out.status = _dump(new) if _dump(new) != _dump(old) else None
-        return out
+    except (ValueError, ArithmeticError) as err:  # pydantic's, SpecError, a number no RayJob can hold
+        out_refused = refused(vft, _spec_error(err), now)
+        out_refused.add_finalizer = out.add_finalizer
+        return out_refused
 
     name = desired["metadata"]["name"]
     current = next((rj for rj in mine if rj["metadata"]["name"] == name), None)

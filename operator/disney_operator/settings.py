@@ -57,6 +57,11 @@ class Settings(BaseModel):
     image_pull_secrets: list[str] = Field(
         default_factory=list, description="Secrets (in each job's namespace) the Ray pods pull the trainer image with."
     )
+    allowed_priority_classes: list[str] = Field(
+        default_factory=list,
+        description="PriorityClasses a VideoFineTune may name; any other is refused (none by default), so that "
+        "no tenant preempts another's pods by choosing a class.",
+    )
     worker_node_selector: dict[str, str] = Field(default_factory=dict)
     worker_tolerations: list[dict[str, Any]] = Field(default_factory=lambda: list(GPU_TOLERATIONS))
     head_node_selector: dict[str, str] = Field(default_factory=dict)
