@@ -21,11 +21,14 @@ export CLUSTER_CACHE
 export CLUSTER_BIN ?= $(CLUSTER_CACHE)/bin-$(CLUSTER_KEY)
 # Prometheus with Kubernetes service discovery (Debian's has none), for tests/e2e: built once per version.
 E2E_PROMETHEUS_DIR := $(CLUSTER_CACHE)/prometheus-$(shell sed -n 's/^VERSION=\([^ ]*\).*/\1/p' tools/cluster/prometheus.sh)
+# KubeRay's own CRDs at the version the test cluster runs: the operator's RayJobs are dry-run against them.
+export KUBERAY_CRDS := $(CACHE_ROOT)/kuberay-crds-$(shell sed -n 's/^KUBERAY_VERSION=//p' tools/cluster/versions.sh)
 CLUSTER_ENV = ETCD=$(ENVTEST_LITE_BIN)/etcd WEED=$(abspath $(VENV))/bin/weed KUBECTL=$(abspath $(VENV))/bin/kubectl PY=$(abspath $(PY))
 
 .PHONY: setup envtest helm images run monitor test lint bench clean cluster-build cluster cluster-down e2e
 
 setup: $(STAMP) envtest helm
+	bash tools/kuberay-crds.sh "$(KUBERAY_CRDS)"
 
 # Re-runs only when the dependency set changes; otherwise `make setup` is instant.
 $(STAMP): pyproject.toml constraints.txt tools/system-deps.sh

@@ -45,14 +45,17 @@ def envtest_bin() -> Path:
 
 
 def kuberay_reference_crds() -> Path:
-    """KubeRay's own CRDs, reference data beside the project (never copied into it)."""
-    candidates = [os.environ.get("KUBERAY_CRDS"), ROOT.parent / "shared" / "kuberay-crds", "/work/shared/kuberay-crds"]
-    for c in candidates:
+    """KubeRay's own CRDs at the version the test cluster runs (tools/kuberay-crds.sh, run by `make setup`,
+    fetches them from the Go module proxy into the cache; never copied into the project)."""
+    versions = (ROOT / "tools" / "cluster" / "versions.sh").read_text()
+    version = re.search(r"^KUBERAY_VERSION=(\S+)", versions, re.M)
+    default = cache_root() / f"kuberay-crds-{version.group(1) if version else 'unknown'}"
+    for c in (os.environ.get("KUBERAY_CRDS"), default):
         if c and (Path(c) / "ray.io_rayjobs.yaml").is_file():
             return Path(c)
     raise RuntimeError(
-        "KubeRay's CRDs (ray.io_rayjobs.yaml, ray.io_rayclusters.yaml) not found: set KUBERAY_CRDS to their "
-        f"folder (looked in {', '.join(str(c) for c in candidates if c)})"
+        f"KubeRay's CRDs (ray.io_rayjobs.yaml, ray.io_rayclusters.yaml) not found in {default}: run `make setup` "
+        "(tools/kuberay-crds.sh) or set KUBERAY_CRDS to their folder"
     )
 
 
