@@ -463,7 +463,7 @@ def test_notes_tell_what_to_do_next(notes_chart: Path) -> None:
         "kubectl apply -n <ns> -f jobs/smoke.yaml",
         "kubectl get vft -n <ns> -w",
         "kubectl scale vft/<name> -n <ns> --replicas=4",
-        "It needs KubeRay (>= 1.1), installed on its own",
+        "It needs KubeRay (>= 1.5.1: Ray token authentication), installed on its own",
         "disney-train / training",
         "tolerating nvidia.com/gpu",
     ):

@@ -11,6 +11,7 @@ import yaml
 
 from disney_operator.kube import Kube
 from disney_operator.reconcile import Event
+from disney_operator.settings import Settings
 from tests.support.apiserver import ApiServer, api_client
 from tests.test_operator_rayjob import render, vft
 
@@ -44,13 +45,16 @@ SPECS: dict[str, dict[str, Any]] = {
 }
 
 
+ALLOWED = Settings(allowed_priority_classes=["training"])
+
+
 @pytest.mark.parametrize("case", list(SPECS))
 def test_rendered_rayjobs_pass_kuberays_crd(kuberay_server: ApiServer, case: str) -> None:
-    rj = render(vft(**SPECS[case]))
+    rj = render(vft(**SPECS[case]), settings=ALLOWED)
     out = kuberay_server.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(rj))
     assert f"rayjob.ray.io/{rj['metadata']['name']} created (server dry run)" in out.stdout
     # the dry run is a real check: KubeRay's schema refuses a broken RayJob
-    broken = render(vft(**SPECS[case]))
+    broken = render(vft(**SPECS[case]), settings=ALLOWED)
     del broken["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["groupName"]
     refused = kuberay_server.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(broken), check=False)
     assert refused.returncode != 0 and "groupName: Required value" in refused.stderr

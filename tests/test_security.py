@@ -4,6 +4,8 @@ Finding 1: the run configuration (prompts and all, written by a tenant) went int
 environment, which KubeRay's submitter pastes, Go-quoted, into its own `bash -c` line: `$(...)`, backticks
 and `$` stayed live there, and a long configuration overflowed the line. tests/e2e/test_smoke.py runs
 hostile prompts through the real KubeRay and checks that they arrive byte for byte.
+Finding 3: the Ray head was open to any pod (no token), the pods held API tokens and ran unconfined;
+tests/e2e/test_elastic.py asks a live head without the token.
 Finding 5: a model URI with `..` segments led the model cache's sync outside the cache.
 Finding 6: `data pack` followed a symlinked list file anywhere.
 Finding 7: specs the operator could not run looped silently (no status, no event).
@@ -243,3 +245,21 @@ def test_finding_7_cluster_only_fields_must_be_s3_at_admission(
     with pytest.raises(ApiException) as refused:
         cluster.create(f"solo-{uuid.uuid4().hex[:8]}", "local", {**BASE, **spec})
     assert refused.value.status == 422 and field in refused.value.body and "s3://" in refused.value.body
+
+
+def test_finding_3_ray_pods_need_the_runs_token_and_are_locked_down() -> None:
+    """The head served its GCS, dashboard and job API to any pod, with the tenant's S3 keys in its
+    environment; the pods mounted the namespace's service-account token and ran as they liked."""
+    rj = render(vft())
+    cluster = rj["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token"}  # KubeRay makes the token and hands it round
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]
+    assert worker["automountServiceAccountToken"] is False
+    assert "automountServiceAccountToken" not in head  # the autoscaler beside the head scales the group
+    for pod in (head, worker):
+        ctx = pod["securityContext"]
+        assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == ctx["runAsGroup"] == 1000
+        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in pod["containers"]:
+            assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}

@@ -219,6 +219,20 @@ def _placement(
     return out
 
 
+def _locked_down(pod: dict[str, Any], uid: int) -> dict[str, Any]:
+    """A Ray pod as the restricted Pod Security Standard asks: the trainer image's own non-root user, the
+    runtime's default seccomp profile, no privilege escalation, no capabilities."""
+    pod["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    for container in pod["containers"]:
+        container["securityContext"] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    return pod
+
+
 def labels(name: str, attempt: int) -> dict[str, str]:
     return {
         LABEL_NAME: "disney-train",
@@ -247,6 +261,7 @@ def desired_rayjob(
         worker_resources[res.gpuResource] = str(res.gpus)
     worker_pod: dict[str, Any] = {
         "restartPolicy": "Never",  # the Ray autoscaler (v2) replaces failed workers itself
+        "automountServiceAccountToken": False,  # workers never talk to the API server
         "containers": [
             {
                 "name": "ray-worker",
@@ -295,6 +310,8 @@ def desired_rayjob(
         "volumes": [{"name": CONFIG_VOLUME, "configMap": {"name": rayjob_name(name, spec, attempt)}}],
         **_placement(spec.head.placement, settings.head_node_selector, [], settings.head_affinity),
     }
+    _locked_down(worker_pod, settings.trainer_uid)
+    _locked_down(head_pod, settings.trainer_uid)  # (its token stays: the autoscaler beside it scales the group)
     if settings.image_pull_secrets:
         pulls = [{"name": secret} for secret in settings.image_pull_secrets]
         head_pod["imagePullSecrets"] = worker_pod["imagePullSecrets"] = pulls
@@ -316,10 +333,16 @@ def desired_rayjob(
             "suspend": spec.suspend,
             "rayClusterSpec": {
                 "rayVersion": settings.ray_version,
+                # Ray's token authentication (KubeRay >= 1.5.1, Ray >= 2.52): KubeRay makes a random token in a
+                # Secret per Ray cluster and gives it to every Ray container and to its job submitter; a
+                # request to the head's GCS, dashboard or job API without it is refused.
+                "authOptions": {"mode": "token"},
                 "enableInTreeAutoscaling": True,
                 "autoscalerOptions": {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": 60},
                 "headGroupSpec": {
                     # the head trains nothing: no CPUs for tasks, so Ray Train's workers land on GPU pods
+                    # the dashboard (the job API) on the pod's address: KubeRay's submitter and operator reach it
+                    # there, with the token
                     "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
                     "template": {"metadata": {"labels": {**common, LABEL_ROLE: "head"}}, "spec": head_pod},
                 },

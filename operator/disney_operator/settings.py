@@ -54,6 +54,12 @@ class Settings(BaseModel):
     cluster_ttl_seconds: int = Field(
         default=60, ge=0, description="KubeRay keeps a finished run's Ray cluster this long (for its logs)."
     )
+    trainer_uid: int = Field(
+        default=1000,
+        ge=1,
+        le=2147483647,
+        description="The trainer image's non-root user (and group) the Ray pods run as.",
+    )
     image_pull_secrets: list[str] = Field(
         default_factory=list, description="Secrets (in each job's namespace) the Ray pods pull the trainer image with."
     )

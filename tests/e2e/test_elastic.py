@@ -9,8 +9,11 @@ checkpoint, so the run is long enough (STEPS) to outlast them all; if it ends fi
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -122,6 +125,23 @@ def test_prometheus_scrapes_every_worker_pod_by_the_charts_podmonitor(
     scraped_pods = {t["labels"].get("pod") for t in prometheus.targets()}
     heads = {p["metadata"]["name"] for p in ray_pods(kube, NAME, "head")}
     assert scraped_pods >= workers and not scraped_pods & heads, scraped_pods  # the workers, not the head
+
+
+def test_the_ray_head_answers_only_with_the_runs_token(kube: Kube, run: dict[str, Any]) -> None:
+    """Issue 16, finding 3: any pod could submit a job to the head (and read the tenant's S3 keys from its
+    environment). Asked from outside the run (this host reaches the pod network), the job API refuses a
+    request without the token KubeRay made for the run, and answers one with it."""
+    (head,) = ray_pods(kube, NAME, "head")
+    url = f"http://{head['status']['podIP']}:8265/api/jobs/"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code in (401, 403), refused.value
+    cluster = head["metadata"]["labels"]["ray.io/cluster"]
+    secret = json.loads(kube.kubectl("-n", JOBS_NS, "get", "secret", cluster, "-o", "json").stdout)
+    token = base64.b64decode(secret["data"]["auth_token"]).decode()
+    asked = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(asked, timeout=10) as answer:
+        assert answer.status == 200 and isinstance(json.load(answer), list)
 
 
 def test_a_deleted_worker_pod_is_replaced_and_training_goes_on(kube: Kube, run: dict[str, Any]) -> None:
