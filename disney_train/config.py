@@ -275,6 +275,13 @@ class EvaluationConfig(_Section):
 
 class OutputConfig(_Section):
     uri: Uri = Field(description="Where checkpoints and the final LoRA go: a local path or s3://bucket/prefix.")
+    owner: Annotated[str, AfterValidator(_one_line)] | None = Field(
+        default=None,
+        max_length=512,
+        description="Who the run belongs to (the operator sets <namespace>/<name>/<uid> of its VideoFineTune): "
+        "the first start records it in <run>/owner.json, and a run recorded as another's is refused, never "
+        "resumed or reported as finished. Unset: no record, no check (local runs).",
+    )
 
 
 class MetricsConfig(_Section):

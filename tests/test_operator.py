@@ -16,7 +16,7 @@ from kubernetes.client.rest import ApiException
 
 from disney_operator.controller import Controller
 from disney_operator.kube import Kube
-from disney_operator.rayjob import LABEL_VFT, run_config_of
+from disney_operator.rayjob import LABEL_VFT, owner_of, run_config_of
 from disney_operator.reconcile import FINALIZER, rfc3339
 from disney_operator.settings import Settings
 from disney_train.config import S3Options
@@ -37,11 +37,13 @@ def spec(s3_server: SeaweedS3, prefix: str) -> dict[str, Any]:
     }
 
 
-def run_files(spec: dict[str, Any], name: str) -> RunFiles:
-    """The run's files on S3, written the way training writes them."""
-    return RunFiles.at(
+def run_files(spec: dict[str, Any], name: str, vft: dict[str, Any] | None = None) -> RunFiles:
+    """The run's files on S3, written the way training writes them: claimed by the VideoFineTune first."""
+    files = RunFiles.at(
         f"{spec['output']['uri']}/{name}", S3Options(endpoint_url=spec["training"]["s3"]["endpoint_url"])
     )
+    files.claim(owner_of(vft["metadata"]) if vft is not None else None)
+    return files
 
 
 @pytest.fixture
@@ -103,7 +105,7 @@ def test_lifecycle_from_apply_to_success_and_ttl(
     st = cluster.wait_status(ns, "life", phase="Running")
     assert st["workers"]["summary"] == "2/2" and st["startTime"]
 
-    files = run_files(spec, "life")
+    files = run_files(spec, "life", cluster.get(ns, "life"))
     files.write_progress(
         {
             "phase": "running",

@@ -47,10 +47,13 @@ def evaluated_spec(endpoint: str, output_uri: str, **settings: Any) -> dict[str,
     }
 
 
-def run_files(spec: dict[str, Any], name: str) -> RunFiles:
-    return RunFiles.at(
+def run_files(spec: dict[str, Any], name: str, owner: str | None = None) -> RunFiles:
+    """The run's files on S3; with an owner, claimed by it as the run's first start does."""
+    files = RunFiles.at(
         f"{spec['output']['uri']}/{name}", S3Options(endpoint_url=spec["training"]["s3"]["endpoint_url"])
     )
+    files.claim(owner)
+    return files
 
 
 def summary_of(files: RunFiles, baseline: Headline, finetuned: Headline, videos: int = 8) -> Summary:
@@ -219,8 +222,12 @@ def rayjobs(state: str) -> list[dict[str, Any]]:
     return [{"metadata": {"name": "evaluated-1-abcde"}, "status": {"jobDeploymentStatus": state}}]
 
 
+UID = "0b9c6a4e-uid"
+OWNER = f"{KEY[0]}/{KEY[1]}/{UID}"
+
+
 def body(spec: dict[str, Any]) -> dict[str, Any]:
-    return {"metadata": {"namespace": KEY[0], "name": KEY[1]}, "spec": spec}
+    return {"metadata": {"namespace": KEY[0], "name": KEY[1], "uid": UID}, "spec": spec}
 
 
 @pytest.fixture
@@ -240,7 +247,7 @@ def test_the_summary_written_at_the_end_is_read_when_the_rayjob_ends(
 ) -> None:
     assert s3.endpoint_url is not None
     spec = evaluated_spec(s3.endpoint_url, s3_uri)
-    files = run_files(spec, KEY[1])
+    files = run_files(spec, KEY[1], OWNER)
     files.write_progress({"step": 5})
     assert reader.refresh(KEY, body(spec), rayjobs("Running"))
     eventually(lambda: reader.latest(KEY) == {"step": 5}, what="the progress read")
@@ -261,7 +268,7 @@ def test_the_summary_written_at_the_end_is_read_when_the_rayjob_ends(
 def test_without_an_evaluation_block_no_summary_is_read(reader: ProgressReader, s3: S3Options, s3_uri: str) -> None:
     assert s3.endpoint_url is not None
     spec = {k: v for k, v in evaluated_spec(s3.endpoint_url, s3_uri).items() if k != "evaluation"}
-    files = run_files(spec, KEY[1])
+    files = run_files(spec, KEY[1], OWNER)
     write_summary(files, summary_of(files, BASELINE, FINETUNED))
     files.write_progress({"step": 9})
     assert reader.refresh(KEY, body(spec), rayjobs("Complete"))
@@ -275,7 +282,7 @@ def test_a_summary_that_is_not_a_json_object_is_logged_and_progress_still_read(
 ) -> None:
     assert s3.endpoint_url is not None
     spec = evaluated_spec(s3.endpoint_url, s3_uri)
-    files = run_files(spec, KEY[1])
+    files = run_files(spec, KEY[1], OWNER)
     write_summary(files, garbage)
     files.write_progress({"step": 12})
     with caplog.at_level(logging.WARNING, logger="disney_operator.progress"):

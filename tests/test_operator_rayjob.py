@@ -267,7 +267,8 @@ def test_the_entrypoint_reads_the_configuration_the_operator_rendered(tmp_path: 
 
     body = vft(training={"data": {"num_frames": 17, "id_token": "DISNEY"}, "optim": {"max_steps": 500}})
     read = _run_config(mounted(body, tmp_path), None, None)
-    assert read == run_config("disney-2b", api.VideoFineTuneSpec.model_validate(body["spec"]))
+    spec = api.VideoFineTuneSpec.model_validate(body["spec"])
+    assert read == run_config("disney-2b", spec, owner="team-a/disney-2b/1234-uid")
     assert read.data.id_token == "DISNEY"
 
 

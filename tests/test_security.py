@@ -6,6 +6,7 @@ and `$` stayed live there, and a long configuration overflowed the line. tests/e
 hostile prompts through the real KubeRay and checks that they arrive byte for byte.
 Finding 3: the Ray head was open to any pod (no token), the pods held API tokens and ran unconfined;
 tests/e2e/test_elastic.py asks a live head without the token.
+Finding 4: VideoFineTunes of one name (in two namespaces, or one deleted and made again) shared a run.
 Finding 5: a model URI with `..` segments led the model cache's sync outside the cache.
 Finding 6: `data pack` followed a symlinked list file anywhere.
 Finding 7: specs the operator could not run looped silently (no status, no event).
@@ -25,19 +26,23 @@ from kubernetes.client.rest import ApiException
 from disney_operator import api
 from disney_operator.controller import Controller
 from disney_operator.kube import Kube
+from disney_operator.progress import ProgressReader
 from disney_operator.rayjob import (
     CONFIG_FILE,
     ENTRYPOINT,
     EVAL_ENTRYPOINT,
     desired_config_map,
+    owner_of,
     run_config_of,
 )
 from disney_operator.reconcile import plan
 from disney_operator.settings import Settings
-from disney_train.config import EVALUATION_PROMPTS, PROMPT_CHARS, VALIDATION_PROMPTS, S3Options
+from disney_train.config import EVALUATION_PROMPTS, PROMPT_CHARS, VALIDATION_PROMPTS, RunConfig, S3Options, dump_config
 from disney_train.data.layout import LayoutError, read_source
 from disney_train.model.source import ModelError, resolve_model
-from tests.support.apiserver import ApiServer, api_client
+from disney_train.train.launch import RunFinishedError, TrainingError, launch
+from disney_train.train.run_files import RunFiles
+from tests.support.apiserver import ApiServer, api_client, eventually
 from tests.support.kuberay import Cluster
 from tests.test_operator import stub_events
 from tests.test_operator_rayjob import I2V, SETTINGS, render, vft
@@ -263,3 +268,51 @@ def test_finding_3_ray_pods_need_the_runs_token_and_are_locked_down() -> None:
         assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
         for c in pod["containers"]:
             assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_finding_4_a_run_owned_by_another_videofinetune_is_refused_never_resumed_or_finished(tmp_path: Path) -> None:
+    """Two tenants' VideoFineTunes of one name on a shared bucket had one run prefix: the second resumed the
+    first one's checkpoints, or was told "finished" and showed the other's LoRA as its own."""
+    theirs = vft()
+    ours = vft()
+    ours["metadata"] |= {"namespace": "team-b", "uid": "5678-uid"}
+    spec = api.VideoFineTuneSpec.model_validate(theirs["spec"])
+
+    def local(body: dict[str, Any]) -> RunConfig:  # the operator's run configuration, its run on this disk
+        cfg = run_config_of(desired_config_map(body, spec, 1))
+        return cfg.model_copy(update={"output": cfg.output.model_copy(update={"uri": str(tmp_path / "runs")})})
+
+    cfg_theirs, cfg_ours = local(theirs), local(ours)
+    assert cfg_theirs.output.owner == "team-a/disney-2b/1234-uid" != cfg_ours.output.owner
+    files = RunFiles(cfg_theirs)
+    files.claim(cfg_theirs.output.owner)  # their first start
+    files.write_final(b"their LoRA", dump_config(cfg_theirs))
+    files.finish(30, {"phase": "finished", "step": 30})
+    with pytest.raises(TrainingError, match=r"belongs to team-a/disney-2b/1234-uid, not team-b/disney-2b/5678-uid"):
+        launch(cfg_ours, storage_path=tmp_path / "ray")  # refused before Ray starts or anything is read
+    with pytest.raises(RunFinishedError):  # the owner's own restart is told the truth
+        launch(cfg_theirs, storage_path=tmp_path / "ray")
+
+
+def test_finding_4_the_operator_reads_only_the_figures_of_the_run_its_videofinetune_owns(
+    s3: S3Options, s3_uri: str
+) -> None:
+    """The operator copied `<output.uri>/<name>/progress.json` into the status of whichever VideoFineTune named
+    that prefix: another tenant's progress and evaluation figures appeared as its own."""
+    theirs, ours = vft(), vft()
+    ours["metadata"] |= {"namespace": "team-b", "uid": "5678-uid"}
+    spec = {**theirs["spec"], "output": {"uri": s3_uri}, "training": {"s3": {"endpoint_url": s3.endpoint_url}}}
+    files = RunFiles.at(f"{s3_uri}/disney-2b", s3)
+    files.claim(owner_of(theirs["metadata"]))
+    files.write_progress({"step": 7, "loss": 0.5})
+    running = [{"metadata": {"name": "rj"}, "status": {"jobDeploymentStatus": "Running"}}]
+    reader = ProgressReader(every=0)
+    try:
+        for body in (ours, theirs):
+            key = (body["metadata"]["namespace"], body["metadata"]["name"])
+            assert reader.refresh(key, {**body, "spec": spec}, running)
+            eventually(lambda k=key: k not in reader._busy, what="the read")
+        assert reader.latest(("team-b", "disney-2b")) is None  # never the other's figures
+        assert reader.latest(("team-a", "disney-2b")) == {"step": 7, "loss": 0.5}
+    finally:
+        reader.close()

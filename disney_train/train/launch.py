@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from disney_train.config import RunConfig
-from disney_train.train.run_files import RunFiles, checkpoint_identity_error, identity_mismatch
+from disney_train.train.run_files import RunFiles, RunOwnedError, checkpoint_identity_error, identity_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,10 @@ def launch(
     from disney_train.train.worker import train_loop
 
     files = files or RunFiles(cfg)
+    try:
+        files.claim(cfg.output.owner)  # before anything of the run is read: it may be another's
+    except RunOwnedError as err:
+        raise TrainingError(f"run {cfg.name!r} refused: {err}") from None
     done = files.finished()
     if done is not None and not cache_only and not restart_finished:
         mismatch = identity_mismatch(files.final_config() or {}, cfg)

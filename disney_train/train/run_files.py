@@ -5,6 +5,8 @@ progress.json                 live progress (step, epoch, loss, last checkpoint)
 final/pytorch_lora_weights.safetensors, final/config.yaml   the trained LoRA
 validation/step-000000120/video-00.mp4 (+ prompts.json)      validation videos
 finished.json                 written last, when the run is done: a finished run is not rerun
+owner.json                    who the run belongs to (output.owner; the operator's VideoFineTune):
+                              written at its first start, checked at every start and by the operator
 starts.json                   how often the run's worker group started, and at which sizes (restarts
                               and resizes in the workers' metrics)
 eval/                         `disney-train eval` (disney_train.eval.results): eval.json, report.md,
@@ -29,6 +31,11 @@ FINAL_LORA = "final/pytorch_lora_weights.safetensors"
 FINAL_CONFIG = "final/config.yaml"
 FINISHED = "finished.json"
 STARTS = "starts.json"
+OWNER = "owner.json"
+
+
+class RunOwnedError(ValueError):
+    """The run's prefix belongs to another owner (another VideoFineTune, in this or another namespace)."""
 
 
 # What makes a run the run it is. Resuming it (or finding it finished) under a configuration that
@@ -118,6 +125,25 @@ class RunFiles:
         index = dict(zip(names, prompts, strict=True))
         self.store.write_bytes(f"{folder}/prompts.json", json.dumps(index, indent=1).encode())
         return [self.store.url(f"{folder}/{name}") for name in names]
+
+    def owner(self) -> str | None:
+        """Whom the run's owner.json names (None: no record)."""
+        record = self._read_object(OWNER)
+        return None if record is None else str(record.get("owner"))
+
+    def claim(self, owner: str | None) -> None:
+        """Record `owner` as the run's owner at its first start; refuse a run another owner recorded. None
+        (a local run) claims nothing and is refused nothing."""
+        if owner is None:
+            return
+        recorded = self.owner()
+        if recorded is None:
+            self._json(OWNER, {"owner": owner, "time": time.time()})
+        elif recorded != owner:
+            raise RunOwnedError(
+                f"{self.uri} belongs to {recorded}, not {owner}: a run is never resumed or reported by another "
+                "owner; pick another name or output.uri (or delete that prefix if it is yours)"
+            )
 
     def record_start(self, world_size: int) -> dict[str, Any]:
         """Count one more start of the run's worker group (rank 0, before training): every start

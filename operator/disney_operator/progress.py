@@ -19,9 +19,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from disney_operator.rayjob import owner_of
 from disney_train.config import S3Options
 from disney_train.eval.results import SUMMARY_JSON
-from disney_train.train.run_files import PROGRESS, RunFiles
+from disney_train.train.run_files import OWNER, PROGRESS, RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -99,20 +100,29 @@ class ProgressReader:
             self._busy.add(key)
             self._read_at[key] = now
         evaluated = bool(spec.get("evaluation"))
-        self._pool.submit(self._read, key, f"{output.rstrip('/')}/{key[1]}", s3, final, evaluated)
+        owner = owner_of(vft["metadata"])
+        self._pool.submit(self._read, key, f"{output.rstrip('/')}/{key[1]}", s3, final, evaluated, owner)
         return True
 
-    def _read(self, key: Key, uri: str, s3: S3Options, final: str | None, evaluated: bool) -> None:
+    def _read(self, key: Key, uri: str, s3: S3Options, final: str | None, evaluated: bool, owner: str) -> None:
         ok, progress, summary = False, None, None
         try:
             where = f"{uri} {s3.model_dump_json()}"
             if key not in self._runs or self._runs[key][0] != where:
                 self._runs[key] = (where, RunFiles.at(uri, s3))
             files = self._runs[key][1]
-            ok, progress = _attempt(key, "progress", f"{uri}/{PROGRESS}", files.read_progress)
+            # only the run this VideoFineTune owns (its owner.json, written at its first start): never another
+            # tenant's figures, of a VideoFineTune of the same name elsewhere or of one deleted before it
+            ok, recorded = _attempt(key, "owner", f"{uri}/{OWNER}", lambda: {"owner": files.owner()})
+            theirs = (recorded or {}).get("owner")
+            mine = ok and theirs == owner  # else not started yet (no record), or another's: nothing read
+            if ok and theirs not in (None, owner):
+                log.warning("%s/%s: run files at %s belong to %s: not read", *key, uri, theirs)
+            if mine:
+                ok, progress = _attempt(key, "progress", f"{uri}/{PROGRESS}", files.read_progress)
             # the summary is written at the RayJob's end: read by the read after it ended, not all through
             # training (S3 failed the progress read: it waits for the next read)
-            if evaluated and ok and final is not None:
+            if mine and evaluated and ok and final is not None:
                 ok, summary = _attempt(key, "evaluation summary", f"{uri}/{SUMMARY_JSON}", files.read_eval_summary)
         except Exception as err:  # progress is a nicety: never a reason to stop reconciling
             log.warning("%s/%s: run files at %s not read: %s", *key, uri, err)

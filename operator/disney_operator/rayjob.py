@@ -134,7 +134,13 @@ def _check_cluster_uris(spec: api.VideoFineTuneSpec) -> None:
             )
 
 
-def run_config(name: str, spec: api.VideoFineTuneSpec) -> RunConfig:
+def owner_of(meta: dict[str, Any]) -> str:
+    """The run's owner record: namespace, name and uid of its VideoFineTune (a VideoFineTune of the same name
+    in another namespace, or deleted and made again, is another owner)."""
+    return f"{meta['namespace']}/{meta['name']}/{meta['uid']}"
+
+
+def run_config(name: str, spec: api.VideoFineTuneSpec, owner: str | None = None) -> RunConfig:
     """The run configuration the workers train with: the spec's recipe, its places, its worker range, and the
     evaluation after training (if any)."""
     res = spec.workers.resources
@@ -165,7 +171,7 @@ def run_config(name: str, spec: api.VideoFineTuneSpec) -> RunConfig:
         "name": name,
         "model": spec.model.model_dump(mode="json"),
         "data": data,
-        "output": spec.output.model_dump(mode="json"),
+        "output": {**spec.output.model_dump(mode="json"), "owner": owner},
         "train": train,
     }
     if spec.evaluation is not None:
@@ -390,7 +396,7 @@ def desired_config_map(vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt
             "labels": labels(meta["name"], attempt),
             "ownerReferences": _owned_by(meta),
         },
-        "data": {CONFIG_FILE: dump_config(run_config(meta["name"], spec))},
+        "data": {CONFIG_FILE: dump_config(run_config(meta["name"], spec, owner_of(meta)))},
     }
 
 
