@@ -124,6 +124,8 @@ def test_the_rendered_operator_runs_one_active_replica_within_its_rbac(
         "watchNamespaces": [ns, f"vft-{uuid.uuid4().hex[:6]}"] if mode == "named-namespaces" else [],
         "operator": {"resyncSeconds": 1, "progressSeconds": 0.5},
         "s3Credentials": {"secretName": "operator-s3"},
+        # this API server serves no networking.k8s.io (tests/e2e runs the policies on the real cluster)
+        "networkPolicy": {"enabled": False},
         "jobDefaults": {
             "trainerImage": {"repository": "registry.example/trainer", "tag": "9.9.9"},
             "workers": {"nodeSelector": {"pool": "h100"}},

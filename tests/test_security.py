@@ -20,8 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 from kubernetes.client.rest import ApiException
+from kubernetes_validate.utils import latest_version
 
 from disney_operator import api
 from disney_operator.controller import Controller
@@ -316,3 +318,32 @@ def test_finding_4_the_operator_reads_only_the_figures_of_the_run_its_videofinet
         assert reader.latest(("team-a", "disney-2b")) == {"step": 7, "loss": 0.5}
     finally:
         reader.close()
+
+
+def test_finding_3_each_run_gets_a_network_policy_admitting_only_its_own() -> None:
+    """No NetworkPolicy: any pod of the cluster reached a run's GCS, raylets and job API. With the chart's
+    default (networkPolicy.enabled), each RayJob comes with one, valid for the Kubernetes schema."""
+    settings = Settings(network_policies=True, metrics_peers=[{"namespaceSelector": {"matchLabels": {"team": "obs"}}}])
+    body = vft(workers={"replicas": 2, "resources": {"gpus": 2, "cpu": "16"}})
+    out = plan(body, [], None, datetime.now(UTC), settings)
+    assert out.apply is not None and out.network_policy is not None
+    policy = out.network_policy
+    kubernetes_validate.validate(policy, latest_version(), strict=True)
+    name = out.apply["metadata"]["name"]
+    run = {"matchLabels": {"disneytrain.dev/videofinetune": "disney-2b"}}
+    assert policy["metadata"]["name"] == name and policy["spec"]["podSelector"] == run
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    own, job_api, metrics = policy["spec"]["ingress"]
+    assert own == {"from": [{"podSelector": run}]}  # any port, only the run's own pods
+    assert job_api["ports"] == [{"protocol": "TCP", "port": 8265}]
+    assert {"podSelector": {"matchLabels": {"batch.kubernetes.io/job-name": name}}} in job_api["from"]
+    assert settings.kuberay_peer in job_api["from"] and len(job_api["from"]) == 2
+    assert metrics == {
+        "from": settings.metrics_peers,
+        "ports": [{"protocol": "TCP", "port": 9500}, {"protocol": "TCP", "port": 9501}],  # one per GPU
+    }
+    # every pod of the run carries the label the policy selects
+    spec = out.apply["spec"]["rayClusterSpec"]
+    for group in (spec["headGroupSpec"], *spec["workerGroupSpecs"]):
+        assert group["template"]["metadata"]["labels"]["disneytrain.dev/videofinetune"] == "disney-2b"
+    assert plan(body, [], None, datetime.now(UTC), SETTINGS).network_policy is None  # the operator's default: off

@@ -162,11 +162,15 @@ class Controller:
         for name in p.delete:
             self.kube.delete_rayjob(key[0], name)
             self.kube.delete_config_map(key[0], name)
+            if self.settings.network_policies:
+                self.kube.delete_network_policy(key[0], name)
             recent[name] = (time.monotonic(), None)
             log.info("%s/%s: deleted RayJob %s and its ConfigMap", *key, name)
         try:
             if p.config_map is not None:  # before the RayJob whose head mounts it
                 self.kube.apply_config_map(p.config_map)
+            if p.network_policy is not None:  # before its pods start
+                self.kube.apply_network_policy(p.network_policy)
             if p.apply is not None:
                 applied = self.kube.apply_rayjob(p.apply)
                 recent[p.apply["metadata"]["name"]] = (time.monotonic(), applied)

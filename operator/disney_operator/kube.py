@@ -1,7 +1,7 @@
 """The operator's writes to the API server (the official Kubernetes client), each counted.
 
-VideoFineTunes, RayJobs, RayClusters and the runs' ConfigMaps, plus best-effort Events: an Event that
-cannot be written (no core/v1, no permission) is logged and never fails a reconcile.
+VideoFineTunes, RayJobs, RayClusters and the runs' ConfigMaps and NetworkPolicies, plus best-effort Events:
+an Event that cannot be written (no core/v1, no permission) is logged and never fails a reconcile.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class Kube:
     def __init__(self, api_client: Any, field_manager: str) -> None:
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
         self.field_manager = field_manager
         self.writes: Counter[str] = Counter()  # "<verb> <resource>" -> count
         self._counting = threading.Lock()
@@ -143,6 +144,33 @@ class Kube:
         self._count("delete configmaps")
         try:
             self.core.delete_namespaced_config_map(name, namespace, _request_timeout=TIMEOUT)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    # --------------------------------------------------------------------- the runs' NetworkPolicies
+    def apply_network_policy(self, body: dict[str, Any]) -> None:
+        """Server-side apply, as the RayJobs."""
+        meta = body["metadata"]
+        self._count("apply networkpolicies")
+        try:
+            self.networking.patch_namespaced_network_policy(
+                meta["name"],
+                meta["namespace"],
+                body,
+                field_manager=self.field_manager,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+                _preload_content=False,
+                _request_timeout=TIMEOUT,
+            )
+        except ApiException as err:
+            raise _refusal(f"NetworkPolicy {meta['name']}", err) or err from None
+
+    def delete_network_policy(self, namespace: str, name: str) -> None:
+        self._count("delete networkpolicies")
+        try:
+            self.networking.delete_namespaced_network_policy(name, namespace, _request_timeout=TIMEOUT)
         except ApiException as err:
             if err.status != 404:
                 raise

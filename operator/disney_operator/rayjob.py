@@ -400,6 +400,45 @@ def desired_config_map(vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt
     }
 
 
+DASHBOARD_PORT = 8265  # the job API: KubeRay's submitter and operator ask it, with the run's token
+
+
+def desired_network_policy(
+    vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt: int, settings: Settings
+) -> dict[str, Any]:
+    """Who may reach the run's Ray pods (all its attempts): each other, on any port (GCS, raylets, object
+    store, Ray Train's collectives); the RayJob's submitter pod (KubeRay names its Job as the RayJob) and
+    KubeRay's operator on the job API; settings.metrics_peers on the workers' metrics ports. Nothing else,
+    on a cluster whose network plugin enforces NetworkPolicies."""
+    meta = vft["metadata"]
+    name = rayjob_name(meta["name"], spec, attempt)
+    run = {"matchLabels": {LABEL_VFT: meta["name"]}}
+    per_pod = max(spec.workers.resources.gpus, 1)
+    port = run_config(meta["name"], spec).metrics.port
+    ingress: list[dict[str, Any]] = [
+        {"from": [{"podSelector": run}]},
+        {
+            "from": [{"podSelector": {"matchLabels": {"batch.kubernetes.io/job-name": name}}}, settings.kuberay_peer],
+            "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}],
+        },
+    ]
+    if port and settings.metrics_peers:
+        ingress.append(
+            {"from": settings.metrics_peers, "ports": [{"protocol": "TCP", "port": port + i} for i in range(per_pod)]}
+        )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": labels(meta["name"], attempt),
+            "ownerReferences": _owned_by(meta),
+        },
+        "spec": {"podSelector": run, "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+
+
 def run_config_of(config_map: dict[str, Any]) -> RunConfig:
     """The run configuration in a run's ConfigMap (what `disney-train train --config` reads on the head)."""
     text = config_map["data"][CONFIG_FILE]

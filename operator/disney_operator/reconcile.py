@@ -27,7 +27,14 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from disney_operator import api
-from disney_operator.rayjob import ANNOTATION_TEMPLATE, SpecError, desired_config_map, desired_rayjob, is_elastic
+from disney_operator.rayjob import (
+    ANNOTATION_TEMPLATE,
+    SpecError,
+    desired_config_map,
+    desired_network_policy,
+    desired_rayjob,
+    is_elastic,
+)
 from disney_operator.settings import Settings
 from disney_train.eval.results import SUMMARY_JSON
 
@@ -51,6 +58,7 @@ class Plan:
     remove_finalizer: bool = False
     apply: dict[str, Any] | None = None  # a RayJob, server-side applied
     config_map: dict[str, Any] | None = None  # its run configuration, applied before it
+    network_policy: dict[str, Any] | None = None  # who may reach its pods (settings.network_policies)
     delete: list[str] = field(default_factory=list)  # RayJobs, and their ConfigMaps of the same names
     scale_cluster: tuple[str, int] | None = None  # (RayCluster, worker replicas)
     status: dict[str, Any] | None = None  # the whole new status, when it changed
@@ -370,6 +378,7 @@ def plan(
         spec = api.VideoFineTuneSpec.model_validate(vft.get("spec") or {})
         desired = desired_rayjob(vft, spec, old.attempt, settings)
         config_map = desired_config_map(vft, spec, old.attempt)
+        policy = desired_network_policy(vft, spec, old.attempt, settings) if settings.network_policies else None
     except (ValueError, ArithmeticError) as err:  # pydantic's, SpecError, a number no RayJob can hold
         out_refused = refused(vft, _spec_error(err), now)
         out_refused.add_finalizer = out.add_finalizer
@@ -390,7 +399,7 @@ def plan(
                 f"waiting for RayJob {others[0]['metadata']['name']} to go before starting {name}",
             )
         else:
-            out.apply, out.config_map = desired, config_map
+            out.apply, out.config_map, out.network_policy = desired, config_map, policy
             out.events.append(Event("Normal", "RayJobCreated", f"RayJob {name} (attempt {old.attempt})"))
             observed = _Observed("Suspended" if spec.suspend else "Pending", "RayJobCreated", f"RayJob {name}")
         rj_status: dict[str, Any] = {}
@@ -400,7 +409,7 @@ def plan(
         job = rj_status.get("jobStatus") or ""
         template = (current["metadata"].get("annotations") or {}).get(ANNOTATION_TEMPLATE)
         if template != desired["metadata"]["annotations"][ANNOTATION_TEMPLATE] and deployment not in ENDED:
-            out.apply, out.config_map = desired, config_map  # an ended RayJob takes no changes
+            out.apply, out.config_map, out.network_policy = desired, config_map, policy  # not when it ended
         if deployment == "Complete" and job == "SUCCEEDED":
             observed = _Observed("Succeeded", "RayJobSucceeded", f"RayJob {name} succeeded")
         elif deployment == "ValidationFailed":  # KubeRay refuses what this operator built: no retry helps

@@ -68,6 +68,22 @@ class Settings(BaseModel):
         description="PriorityClasses a VideoFineTune may name; any other is refused (none by default), so that "
         "no tenant preempts another's pods by choosing a class.",
     )
+    network_policies: bool = Field(
+        default=False,
+        description="A NetworkPolicy per run: its Ray pods admit only each other, KubeRay's submitter and operator "
+        "on the job API, and metrics_peers on the metrics ports (the chart turns it on).",
+    )
+    kuberay_peer: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/component": "kuberay-operator"}},
+        },
+        description="KubeRay's operator as a NetworkPolicy peer (it asks a run's job API for the job's state).",
+    )
+    metrics_peers: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"namespaceSelector": {}}],
+        description="NetworkPolicy peers that may scrape the workers' metrics ports (Prometheus).",
+    )
     worker_node_selector: dict[str, str] = Field(default_factory=dict)
     worker_tolerations: list[dict[str, Any]] = Field(default_factory=lambda: list(GPU_TOLERATIONS))
     head_node_selector: dict[str, str] = Field(default_factory=dict)

@@ -142,6 +142,11 @@ def test_the_ray_head_answers_only_with_the_runs_token(kube: Kube, run: dict[str
     asked = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(asked, timeout=10) as answer:
         assert answer.status == 200 and isinstance(json.load(answer), list)
+    # the run's NetworkPolicy, as the real API server stored it (this cluster's bridge plugin does not
+    # enforce NetworkPolicies: what they admit is checked in tests/test_security.py, not here)
+    rayjob = head["metadata"]["labels"]["ray.io/cluster"].rsplit("-", 1)[0]
+    policy = json.loads(kube.kubectl("-n", JOBS_NS, "get", "networkpolicy", rayjob, "-o", "json").stdout)
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"disneytrain.dev/videofinetune": NAME}}, policy
 
 
 def test_a_deleted_worker_pod_is_replaced_and_training_goes_on(kube: Kube, run: dict[str, Any]) -> None:

@@ -80,6 +80,12 @@ the requests it makes (tests/test_chart_operator.py reads them from a real API s
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [create, patch, delete]
+{{- if .Values.networkPolicy.enabled }}
+# each RayJob's NetworkPolicy, of the same name (by server-side apply)
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, patch, delete]
+{{- end }}
 # an elastic run's RayCluster is resized in place
 - apiGroups: [ray.io]
   resources: [rayclusters]
