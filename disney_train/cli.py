@@ -355,7 +355,13 @@ def _overrides(items: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set optim.epochs=3")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or "syntax error"
+            raise ConfigError(
+                f"--set {item!r}: the value is not YAML ({problem}); quote text: --set 'x=\"[\"'"
+            ) from None
     return out
 
 

@@ -438,11 +438,17 @@ def config_from_yaml(text: str, source: str, overrides: dict[str, Any] | None = 
     return config_from_dict(data, source)
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    *parents, last = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
+def _set_dotted(data: Any, dotted: str, value: Any) -> None:
+    """`--set a.b.c=value`: sections made where missing (or null); a field that is not a section is named."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"--set {dotted}: the configuration is not a mapping of sections")
+    node, *parents, last = data, *dotted.split(".")
+    for i, part in enumerate(parents):
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(parents[: i + 1])} is a value, not a section")
+        node = node[part]
     node[last] = value
 
 

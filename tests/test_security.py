@@ -15,6 +15,8 @@ Finding 7: specs the operator could not run looped silently (no status, no event
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -347,3 +349,20 @@ def test_finding_3_each_run_gets_a_network_policy_admitting_only_its_own() -> No
     for group in (spec["headGroupSpec"], *spec["workerGroupSpecs"]):
         assert group["template"]["metadata"]["labels"]["disneytrain.dev/videofinetune"] == "disney-2b"
     assert plan(body, [], None, datetime.now(UTC), SETTINGS).network_policy is None  # the operator's default: off
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("evaluation.seeds=3", "evaluation.prompts: Field required"),  # a section the file has as null
+        ("x=[", "--set 'x=[': the value is not YAML"),
+        ("model.uri.x=1", "--set model.uri.x: model.uri is a value, not a section"),
+    ],
+)
+def test_finding_7_cli_mistakes_are_one_line_never_a_traceback(tmp_path: Path, override: str, says: str) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {uri: m}\ndata: {uri: d}\noutput: {uri: o}\nevaluation: null\n")
+    cli = str(Path(sys.executable).parent / "disney-train")
+    res = subprocess.run([cli, "cache", "--config", str(config), "--set", override], capture_output=True, text=True)
+    assert res.returncode == 1 and says in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
