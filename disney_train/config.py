@@ -279,8 +279,9 @@ class OutputConfig(_Section):
         default=None,
         max_length=512,
         description="Who the run belongs to (the operator sets <namespace>/<name>/<uid> of its VideoFineTune): "
-        "the first start records it in <run>/owner.json, and a run recorded as another's is refused, never "
-        "resumed or reported as finished. Unset: no record, no check (local runs).",
+        "the first start records it in <run>/owner.json, and a run recorded by another namespace or name is "
+        "refused, never resumed or reported as finished (one made again under the same namespace and name "
+        "adopts it). Unset: no record, no check (local runs).",
     )
 
 

@@ -296,6 +296,12 @@ def test_finding_4_a_run_owned_by_another_videofinetune_is_refused_never_resumed
         launch(cfg_ours, storage_path=tmp_path / "ray")  # refused before Ray starts or anything is read
     with pytest.raises(RunFinishedError):  # the owner's own restart is told the truth
         launch(cfg_theirs, storage_path=tmp_path / "ray")
+    # their VideoFineTune deleted and made again (same namespace and name: their own, by RBAC) adopts the run
+    again = vft()
+    again["metadata"]["uid"] = "9999-uid"
+    with pytest.raises(RunFinishedError):
+        launch(local(again), storage_path=tmp_path / "ray")
+    assert files.owner() == "team-a/disney-2b/9999-uid"
 
 
 def test_finding_4_the_operator_reads_only_the_figures_of_the_run_its_videofinetune_owns(

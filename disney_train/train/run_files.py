@@ -5,8 +5,9 @@ progress.json                 live progress (step, epoch, loss, last checkpoint)
 final/pytorch_lora_weights.safetensors, final/config.yaml   the trained LoRA
 validation/step-000000120/video-00.mp4 (+ prompts.json)      validation videos
 finished.json                 written last, when the run is done: a finished run is not rerun
-owner.json                    who the run belongs to (output.owner; the operator's VideoFineTune):
-                              written at its first start, checked at every start and by the operator
+owner.json                    who the run belongs to (output.owner: namespace/name/uid of the operator's
+                              VideoFineTune): written at its first start, checked at every start and by
+                              the operator (another namespace or name is refused)
 starts.json                   how often the run's worker group started, and at which sizes (restarts
                               and resizes in the workers' metrics)
 eval/                         `disney-train eval` (disney_train.eval.results): eval.json, report.md,
@@ -32,6 +33,11 @@ FINAL_CONFIG = "final/config.yaml"
 FINISHED = "finished.json"
 STARTS = "starts.json"
 OWNER = "owner.json"
+
+
+def same_owner(a: str, b: str) -> bool:
+    """Two owner records of one namespace and name (uids aside: the VideoFineTune made again)."""
+    return a.rsplit("/", 1)[0] == b.rsplit("/", 1)[0]
 
 
 class RunOwnedError(ValueError):
@@ -132,13 +138,15 @@ class RunFiles:
         return None if record is None else str(record.get("owner"))
 
     def claim(self, owner: str | None) -> None:
-        """Record `owner` as the run's owner at its first start; refuse a run another owner recorded. None
-        (a local run) claims nothing and is refused nothing."""
+        """Record `owner` (`<namespace>/<name>/<uid>`) as the run's owner at its first start; refuse a run
+        another namespace or name recorded. A VideoFineTune made again under the same namespace and name (its
+        tenant's own, by the namespace's RBAC) adopts the run: the record takes its uid. None (a local run)
+        claims nothing and is refused nothing."""
         if owner is None:
             return
         recorded = self.owner()
-        if recorded is None:
-            self._json(OWNER, {"owner": owner, "time": time.time()})
+        if recorded != owner and (recorded is None or same_owner(recorded, owner)):
+            self._json(OWNER, {"owner": owner, "time": time.time(), "before": recorded})
         elif recorded != owner:
             raise RunOwnedError(
                 f"{self.uri} belongs to {recorded}, not {owner}: a run is never resumed or reported by another "

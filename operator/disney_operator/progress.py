@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from disney_operator.rayjob import owner_of
 from disney_train.config import S3Options
 from disney_train.eval.results import SUMMARY_JSON
-from disney_train.train.run_files import OWNER, PROGRESS, RunFiles
+from disney_train.train.run_files import OWNER, PROGRESS, RunFiles, same_owner
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,8 @@ class ProgressReader:
             # tenant's figures, of a VideoFineTune of the same name elsewhere or of one deleted before it
             ok, recorded = _attempt(key, "owner", f"{uri}/{OWNER}", lambda: {"owner": files.owner()})
             theirs = (recorded or {}).get("owner")
-            mine = ok and theirs == owner  # else not started yet (no record), or another's: nothing read
-            if ok and theirs not in (None, owner):
+            mine = ok and theirs is not None and same_owner(theirs, owner)  # else not started, or another's
+            if ok and theirs is not None and not mine:
                 log.warning("%s/%s: run files at %s belong to %s: not read", *key, uri, theirs)
             if mine:
                 ok, progress = _attempt(key, "progress", f"{uri}/{PROGRESS}", files.read_progress)

@@ -135,8 +135,8 @@ def _check_cluster_uris(spec: api.VideoFineTuneSpec) -> None:
 
 
 def owner_of(meta: dict[str, Any]) -> str:
-    """The run's owner record: namespace, name and uid of its VideoFineTune (a VideoFineTune of the same name
-    in another namespace, or deleted and made again, is another owner)."""
+    """The run's owner record: namespace, name and uid of its VideoFineTune (one of the same name in another
+    namespace is another owner; one deleted and made again in the same namespace adopts the run)."""
     return f"{meta['namespace']}/{meta['name']}/{meta['uid']}"
 
 
