@@ -372,3 +372,19 @@ def test_finding_7_cli_mistakes_are_one_line_never_a_traceback(tmp_path: Path, o
     res = subprocess.run([cli, "cache", "--config", str(config), "--set", override], capture_output=True, text=True)
     assert res.returncode == 1 and says in res.stderr, res.stderr
     assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_finding_8_a_finished_run_asked_for_more_steps_refuses_and_says_how(tmp_path: Path) -> None:
+    """`--set optim.max_steps=120` on a run finished at 100 did nothing and exited 0."""
+    body = vft(training={"optim": {"max_steps": 100}})
+    cfg = run_config_of(desired_config_map(body, api.VideoFineTuneSpec.model_validate(body["spec"]), 1))
+    cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"uri": str(tmp_path / "runs")})})
+    files = RunFiles(cfg)
+    files.claim(cfg.output.owner)
+    files.write_final(b"LoRA", dump_config(cfg))
+    files.finish(100, {"phase": "finished", "step": 100})
+    more = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"max_steps": 120})})
+    with pytest.raises(TrainingError, match=r"finished at step 100 .*max_steps 120 asks for more.*train a new run"):
+        launch(more, storage_path=tmp_path / "ray")
+    with pytest.raises(RunFinishedError):  # the same steps: nothing to do, and that is no failure
+        launch(cfg, storage_path=tmp_path / "ray")

@@ -149,6 +149,13 @@ def launch(
                 f"run {cfg.name!r} at {files.uri} finished as another run ({mismatch}): "
                 "pick another run name (or output) to train this one"
             )
+        asked = cfg.optim.max_steps
+        if asked is not None and asked > int(done["step"]):
+            raise TrainingError(
+                f"run {cfg.name!r} finished at step {done['step']} ({files.uri}); optim.max_steps {asked} asks for "
+                "more, but a finished run is not trained on (its LoRA is final): train a new run (another name), "
+                "or delete the run's prefix to train this one again from the start"
+            )
         raise RunFinishedError(
             f"run {cfg.name!r} already finished at step {done['step']} ({files.uri}; LoRA {done['lora']}). "
             "Nothing to do: pick another run name to train again."
