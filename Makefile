@@ -95,9 +95,9 @@ images:
 	$(DOCKER) build -f images/trainer.Dockerfile -t $(IMAGE_REPO)/trainer:$(VERSION) .
 	$(DOCKER) build -f images/operator.Dockerfile -t $(IMAGE_REPO)/operator:$(VERSION) .
 
-# A real single-node Kubernetes on this machine (root; tools/cluster/up.sh says what runs where):
-# kubeconfig in .cluster/kubeconfig. The first build compiles Kubernetes (20-40 min on 2 cores); after
-# that `make cluster` takes under a minute.
+# A real two-node Kubernetes on this machine (root; tools/cluster/up.sh says what runs where):
+# kubeconfig in .cluster/kubeconfig. From empty caches about 19 minutes on 2 cores (builds, then the
+# images written and imported); after that `make cluster` takes under a minute (bench/results/cluster.md).
 cluster-build:
 	bash tools/cluster/system-deps.sh
 	bash tools/cluster/build.sh "$(CLUSTER_BIN)"
