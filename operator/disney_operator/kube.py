@@ -121,13 +121,13 @@ class Kube:
             if err.status != 404:
                 raise
 
-    # --------------------------------------------------------------------- the runs' ConfigMaps
-    def apply_config_map(self, body: dict[str, Any]) -> None:
-        """Server-side apply, as the RayJobs."""
+    # ------------------------------------------------- the runs' ConfigMaps and NetworkPolicies
+    def _apply_builtin(self, what: str, patch: Any, body: dict[str, Any]) -> None:
+        """Server-side apply of a built-in object (as the RayJobs); a refusal raises RefusedError."""
         meta = body["metadata"]
-        self._count("apply configmaps")
+        self._count(f"apply {what}")
         try:
-            self.core.patch_namespaced_config_map(
+            patch(
                 meta["name"],
                 meta["namespace"],
                 body,
@@ -138,42 +138,28 @@ class Kube:
                 _request_timeout=TIMEOUT,
             )
         except ApiException as err:
-            raise _refusal(f"ConfigMap {meta['name']}", err) or err from None
+            raise _refusal(f"{body['kind']} {meta['name']}", err) or err from None
+
+    def _delete_builtin(self, what: str, delete: Any, namespace: str, name: str) -> None:
+        """Deleted, or already gone."""
+        self._count(f"delete {what}")
+        try:
+            delete(name, namespace, _request_timeout=TIMEOUT)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def apply_config_map(self, body: dict[str, Any]) -> None:
+        self._apply_builtin("configmaps", self.core.patch_namespaced_config_map, body)
 
     def delete_config_map(self, namespace: str, name: str) -> None:
-        self._count("delete configmaps")
-        try:
-            self.core.delete_namespaced_config_map(name, namespace, _request_timeout=TIMEOUT)
-        except ApiException as err:
-            if err.status != 404:
-                raise
+        self._delete_builtin("configmaps", self.core.delete_namespaced_config_map, namespace, name)
 
-    # --------------------------------------------------------------------- the runs' NetworkPolicies
     def apply_network_policy(self, body: dict[str, Any]) -> None:
-        """Server-side apply, as the RayJobs."""
-        meta = body["metadata"]
-        self._count("apply networkpolicies")
-        try:
-            self.networking.patch_namespaced_network_policy(
-                meta["name"],
-                meta["namespace"],
-                body,
-                field_manager=self.field_manager,
-                force=True,
-                _content_type="application/apply-patch+yaml",
-                _preload_content=False,
-                _request_timeout=TIMEOUT,
-            )
-        except ApiException as err:
-            raise _refusal(f"NetworkPolicy {meta['name']}", err) or err from None
+        self._apply_builtin("networkpolicies", self.networking.patch_namespaced_network_policy, body)
 
     def delete_network_policy(self, namespace: str, name: str) -> None:
-        self._count("delete networkpolicies")
-        try:
-            self.networking.delete_namespaced_network_policy(name, namespace, _request_timeout=TIMEOUT)
-        except ApiException as err:
-            if err.status != 404:
-                raise
+        self._delete_builtin("networkpolicies", self.networking.delete_namespaced_network_policy, namespace, name)
 
     def scale_raycluster(self, namespace: str, name: str, replicas: int) -> None:
         """The worker group's replicas and cap (the group's identity tested first)."""
