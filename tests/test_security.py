@@ -388,3 +388,24 @@ def test_finding_8_a_finished_run_asked_for_more_steps_refuses_and_says_how(tmp_
         launch(more, storage_path=tmp_path / "ray")
     with pytest.raises(RunFinishedError):  # the same steps: nothing to do, and that is no failure
         launch(cfg, storage_path=tmp_path / "ray")
+
+
+def test_finding_7_pruning_never_deletes_the_checkpoint_just_saved(tmp_path: Path) -> None:
+    """keep_checkpoints: 1 with a damaged latest checkpoint (skipped at resume, so training starts again
+    before it) deleted each new checkpoint right after saving it, keeping the damaged one."""
+    import torch
+
+    from disney_train.storage import LocalStore
+    from disney_train.train.checkpoint import Checkpoint, CheckpointStore
+
+    store = CheckpointStore(LocalStore(tmp_path / "run"), keep=1)
+
+    def ckpt(step: int) -> Checkpoint:
+        return Checkpoint(step=step, lora_file=b"lora", optimizer={"p.exp_avg": torch.zeros(2)}, config_yaml="a: 1")
+
+    store.save(ckpt(20))
+    (tmp_path / "run" / "checkpoints" / "step-000000020" / "pytorch_lora_weights.safetensors").write_bytes(b"bad")
+    store.save(ckpt(2))  # the run resumed from before 20 (it could not load it) and saved again
+    assert store.committed() == [2]
+    store.save(ckpt(4))
+    assert store.committed() == [4]

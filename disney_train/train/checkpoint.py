@@ -108,8 +108,13 @@ class CheckpointStore:
         return self.store.url(prefix)
 
     def _prune(self, newest: int) -> None:
+        """Keep the last `keep` committed checkpoints up to `newest`, the one just saved, which always stays.
+        Committed ones after it are of a timeline the run left (it resumed from before them: a damaged
+        checkpoint was skipped), and would be taken for the latest at the next start: they go too."""
         committed, partial = self._steps()
-        doomed = committed[: max(0, len(committed) - self.keep)] + [s for s in partial if s < newest]
+        behind = [s for s in committed if s <= newest]
+        doomed = behind[: max(0, len(behind) - self.keep)] + [s for s in committed if s > newest]
+        doomed += [s for s in partial if s < newest]
         for step in doomed:
             keys = self.store.list_keys(step_prefix(step) + "/")
             # the commit goes first: a half-deleted checkpoint must never look committed
