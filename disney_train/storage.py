@@ -72,6 +72,7 @@ class Store(Protocol):
 
     def url(self, key: str) -> str: ...
     def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int | None: ...
     def stored_sha256(self, key: str) -> str | None: ...
     def read_bytes(self, key: str) -> bytes: ...
     def read_range(self, key: str, offset: int, size: int) -> bytes: ...
@@ -163,6 +164,11 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def size(self, key: str) -> int | None:
+        """The object's bytes; None when there is none."""
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
 
     def stored_sha256(self, key: str) -> str | None:
         p = self._path(key)
@@ -448,6 +454,11 @@ class S3Store:
 
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
+
+    def size(self, key: str) -> int | None:
+        """The object's bytes; None when there is none."""
+        head = self._head(key)
+        return None if head is None else int(head.get("ContentLength", 0))
 
     def stored_sha256(self, key: str) -> str | None:
         head = self._head(key)

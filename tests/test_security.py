@@ -4,6 +4,7 @@ Finding 1: the run configuration (prompts and all, written by a tenant) went int
 environment, which KubeRay's submitter pastes, Go-quoted, into its own `bash -c` line: `$(...)`, backticks
 and `$` stayed live there, and a long configuration overflowed the line. tests/e2e/test_smoke.py runs
 hostile prompts through the real KubeRay and checks that they arrive byte for byte.
+Finding 2 (in part): the operator read run records whole, at places tenants name.
 Finding 3: the Ray head was open to any pod (no token), the pods held API tokens and ran unconfined;
 tests/e2e/test_elastic.py asks a live head without the token.
 Finding 4: VideoFineTunes of one name (in two namespaces, or one deleted and made again) shared a run.
@@ -44,6 +45,7 @@ from disney_operator.settings import Settings
 from disney_train.config import EVALUATION_PROMPTS, PROMPT_CHARS, VALIDATION_PROMPTS, RunConfig, S3Options, dump_config
 from disney_train.data.layout import LayoutError, read_source
 from disney_train.model.source import ModelError, resolve_model
+from disney_train.storage import IO
 from disney_train.train.launch import RunFinishedError, TrainingError, launch
 from disney_train.train.run_files import RunFiles
 from tests.support.apiserver import ApiServer, api_client, eventually
@@ -409,3 +411,16 @@ def test_finding_7_pruning_never_deletes_the_checkpoint_just_saved(tmp_path: Pat
     assert store.committed() == [2]
     store.save(ckpt(4))
     assert store.committed() == [4]
+
+
+def test_finding_2_a_run_record_larger_than_any_run_writes_is_not_read(s3: S3Options, s3_uri: str) -> None:
+    """The operator read `progress.json` whole, at a place the tenant names: a 1 GiB one would have OOM-killed
+    it for every tenant. A record is read only up to what a run ever writes; a larger one is refused unread."""
+    files = RunFiles.at(f"{s3_uri}/big", s3)
+    files.store.write_bytes("progress.json", b'{"step": 1, "pad": "' + b"x" * (300 * 1024) + b'"}')
+    before = IO.snapshot()["read_bytes"]
+    with pytest.raises(ValueError, match=r"progress.json: \d+ bytes, more than a run's record holds"):
+        files.read_progress()
+    assert IO.snapshot()["read_bytes"] == before  # not a byte of the body fetched
+    files.store.write_bytes("progress.json", b'{"step": 2}')
+    assert files.read_progress() == {"step": 2}

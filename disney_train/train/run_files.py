@@ -33,6 +33,7 @@ FINAL_CONFIG = "final/config.yaml"
 FINISHED = "finished.json"
 STARTS = "starts.json"
 OWNER = "owner.json"
+MAX_RECORD_BYTES = 256 * 1024  # progress.json, owner.json, eval/summary.json are a few kB
 
 
 def same_owner(a: str, b: str) -> bool:
@@ -98,10 +99,17 @@ class RunFiles:
         self._json(PROGRESS, progress)
 
     def _read_object(self, key: str) -> dict[str, Any] | None:
-        """A JSON object the run wrote; None when there is none, ValueError when it is not a JSON object."""
-        if not self.store.exists(key):
+        """A JSON object the run wrote; None when there is none, ValueError when it is not a JSON object or is
+        larger than any record a run writes (the operator reads these at places tenants name: never an
+        unbounded body)."""
+        size = self.store.size(key)
+        if size is None:
             return None
-        value = json.loads(self.store.read_bytes(key))
+        if size > MAX_RECORD_BYTES:
+            raise ValueError(
+                f"{self.store.url(key)}: {size} bytes, more than a run's record holds ({MAX_RECORD_BYTES})"
+            )
+        value = json.loads(self.store.read_range(key, 0, size) if size else b"")
         if not isinstance(value, dict):
             raise ValueError(f"{self.store.url(key)}: not a JSON object but {type(value).__name__}")
         return value
