@@ -113,23 +113,59 @@ tree_layer() {
   echo "$out"
 }
 
+# The project's .venv and source go to fixed places in the images, whatever this checkout's path: a
+# checkout under /tmp would otherwise be hidden by the operator pod's own /tmp (an emptyDir).
+VENV_IN_IMAGE=/opt/disney-train/venv
+SRC_IN_IMAGE=/opt/disney-train/src
+
+# moved_layer NAME KEY FROM TO: the tree at FROM (absolute), at TO in the image, readable by all
+moved_layer() {
+  local name=$1 key=$2 from=${3#/} to=${4#/}
+  local out=$IMAGES/$name-$key.tar
+  if [ ! -f "$out" ]; then
+    rm -f "$IMAGES/$name"-*
+    log "layer $name: /$from as /$to (once per content)"
+    tar --numeric-owner --owner=0 --group=0 --mode=a+rX --exclude=__pycache__ -C / -cf "$out.tmp" \
+      --transform "s|^$(printf '%s' "$from" | sed 's/[.[\*^$]/\\&/g')|$to|" "$from" && mv "$out.tmp" "$out"
+  fi
+  echo "$out"
+}
+
+# relocated VENV: a small layer over the moved .venv: its scripts (their #! lines) and the editable
+# install's finder, with this checkout's paths turned into the images' own
+relocated() {
+  local venv=$1 dir=$scratch/relocated f rel
+  mkdir -p "$dir"
+  for f in $(grep -lI -e "$venv" -e "$REPO" "$venv"/bin/* "$venv"/lib/python3*/site-packages/*.py \
+             "$venv"/lib/python3*/site-packages/*.pth 2>/dev/null); do
+    [ -L "$f" ] && continue
+    rel=${f#"$venv"/}
+    mkdir -p "$dir/${VENV_IN_IMAGE#/}/$(dirname "$rel")"
+    sed -e "s|$venv|$VENV_IN_IMAGE|g" -e "s|$REPO|$SRC_IN_IMAGE|g" "$f" >"$dir/${VENV_IN_IMAGE#/}/$rel"
+    chmod a+rx "$dir/${VENV_IN_IMAGE#/}/$rel"
+  done
+  tar --numeric-owner --owner=0 --group=0 -C "$dir" -cf "$scratch/relocated.tar" opt
+  echo "$scratch/relocated.tar"
+}
+
 project() {
   [ -x "$PY" ] || die "no $PY: make setup first"
-  local prefix venv base py venvl app
+  local prefix venv base py venvl fix app
   prefix=$("$PY" -c 'import sys; print(sys.base_prefix)')
   venv=$("$PY" -c 'import sys; print(sys.prefix)')
   base=$(debian_root)
   py=$(tree_layer python "$(echo "$prefix" | sha256sum | cut -c1-12)" "$prefix")
-  venvl=$(tree_layer venv "$(cat "$REPO/pyproject.toml" "$REPO/constraints.txt" <(echo "$venv") | sha256sum | cut -c1-12)" "$venv")
+  venvl=$(moved_layer venv "$(cat "$REPO/pyproject.toml" "$REPO/constraints.txt" <(echo "$venv moved") | sha256sum | cut -c1-12)" "$venv" "$VENV_IN_IMAGE")
+  fix=$(relocated "$venv")
   app=$scratch/app.tar
-  local src=("$REPO/disney_train" "$REPO/operator/disney_operator" "$REPO/pyproject.toml")
-  tar --numeric-owner --owner=0 --group=0 --mode=a+rX --exclude=__pycache__ -C / -cf "$app" \
-    --no-recursion $(parents "${src[@]}") --recursion "${src[@]#/}"
-  python3 - "$base" "$py" "$venvl" "$app" "$venv" "$VERSION" >"$scratch/spec.json" <<'EOF'
+  local src=(disney_train operator/disney_operator pyproject.toml)
+  tar --numeric-owner --owner=0 --group=0 --mode=a+rX --exclude=__pycache__ -C "$REPO" -cf "$app" \
+    --transform "s|^|${SRC_IN_IMAGE#/}/|" "${src[@]}"
+  python3 - "$base" "$py" "$venvl" "$fix" "$app" "$VENV_IN_IMAGE" "$VERSION" >"$scratch/spec.json" <<'EOF'
 import json, sys
-base, py, venv_layer, app, venv, version = sys.argv[1:]
+base, py, venv_layer, fix, app, venv, version = sys.argv[1:]
 path = f"PATH={venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-print(json.dumps({"layers": [base, py, venv_layer, app], "images": [
+print(json.dumps({"layers": [base, py, venv_layer, fix, app], "images": [
     {"ref": f"ghcr.io/disney-train/trainer:{version}", "user": "1000:1000", "workdir": "/home/ray",
      "env": [path, f"VIRTUAL_ENV={venv}", "HOME=/home/ray", "PYTHONUNBUFFERED=1", "DS_BUILD_OPS=0"]},
     {"ref": f"ghcr.io/disney-train/operator:{version}", "user": "65532:65532", "workdir": "/tmp",
