@@ -8,10 +8,11 @@
 #            default (ghcr.io/disney-train/{trainer,operator}:<version>). No registry and no Docker engine
 #            here, so not from images/*.Dockerfile (the recipes for real clusters): a Debian root from
 #            debootstrap with the libraries Python needs and the users those Dockerfiles make (ray 1000,
-#            operator 65532), this machine's Python and the project's .venv at the paths they have here
-#            (their scripts name those paths), and the project's source where .venv's editable install
-#            looks for it. Layers are cached under $CLUSTER_CACHE by what they hold; the source layer is
-#            made each time.
+#            operator 65532), this machine's Python at its own path (the .venv's interpreter names it),
+#            the project's .venv at /opt/disney-train/venv and its source at /opt/disney-train/src (with a
+#            small layer of the .venv's scripts and editable-install finder rewritten for those places),
+#            whatever this checkout's path. Layers are cached under $CLUSTER_CACHE by what they hold; the
+#            source layer is made each time.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh
