@@ -82,12 +82,15 @@ def running_workers(kube: Kube) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run(kube: Kube, s3: dict[str, str], installed: None) -> dict[str, Any]:
-    """The run applied and training on one worker."""
+def run(kube: Kube, s3: dict[str, str], installed: None) -> Iterator[dict[str, Any]]:
+    """The run applied and training on one worker; deleted at the end, so that its Ray cluster (kept for
+    the chart's clusterTTLSeconds after it ends) does not hold the node's CPUs from the next module's jobs."""
     kube.kubectl("-n", JOBS_NS, "delete", "vft", NAME, "--ignore-not-found", "--wait")
     clear(s3, f"smoke/{NAME}/")
     apply(kube, elastic_job(s3))
-    return training(kube, "training on 1 worker", lambda p: p.get("step", 0) >= 2 * EVERY, 600)
+    yield training(kube, "training on 1 worker", lambda p: p.get("step", 0) >= 2 * EVERY, 600)
+    kube.kubectl("-n", JOBS_NS, "delete", "vft", NAME, "--ignore-not-found", "--wait")
+    wait_until("the run's Ray pods gone", lambda: True if not ray_pods(kube, NAME) else None, 300)
 
 
 def test_scale_up_adds_a_worker_pod_that_training_grows_into(kube: Kube, run: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.jobs import BUCKET, JOBS_NS, SMOKE, apply, bucket, clear, cli, keys, phase_is, smoke_job
+from tests.e2e.jobs import BUCKET, JOBS_NS, SMOKE, apply, bucket, clear, cli, dump, keys, phase_is, smoke_job
 from tests.support.cluster import Kube, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
@@ -37,7 +37,10 @@ def test_smoke_job_trains_to_succeeded_with_its_lora_in_s3(
     job["spec"]["training"]["validation"]["prompts"] = [HOSTILE]
     job["spec"]["evaluation"]["prompts"] = [HOSTILE]
     apply(kube, job)
-    done = wait_until(f"{SMOKE} Succeeded", lambda: phase_is(kube, SMOKE, "Succeeded"), timeout=600)
+    try:
+        done = wait_until(f"{SMOKE} Succeeded", lambda: phase_is(kube, SMOKE, "Succeeded"), timeout=600)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{dump(kube, SMOKE)}") from None
     took = time.monotonic() - started
     status = done["status"]
     assert status["progress"]["step"] == 12, status
