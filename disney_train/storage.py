@@ -39,6 +39,10 @@ class StorageError(RuntimeError):
     """An object could not be read or written; the message names it and the cause."""
 
 
+class NoSuchObjectError(StorageError):
+    """The object is not there (as opposed to a store that could not be reached)."""
+
+
 class IoCounters:
     """This process's S3 traffic, for the workers' metrics: bytes read and written, retries, and
     requests that failed for good. Kept in shared memory so that the decode workers a DataLoader
@@ -177,6 +181,8 @@ class LocalStore:
     def read_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except FileNotFoundError as err:
+            raise NoSuchObjectError(f"cannot read {self.url(key)}: no such object") from err
         except OSError as err:
             raise StorageError(f"cannot read {self.url(key)}: {err.strerror or err}") from err
 
@@ -423,7 +429,7 @@ class S3Store:
             if code == "NoSuchBucket" or (not key and code in ("404", "NotFound")):
                 return StorageError(f"{op} {where}: bucket {self.bucket!r} does not exist")
             if code in ("NoSuchKey", "404", "NotFound"):
-                return StorageError(f"{op} {where}: no such object")
+                return NoSuchObjectError(f"{op} {where}: no such object")
         transient = " after retries" if _is_transient(err) else ""
         return StorageError(f"{op} {where} failed{transient}: {_describe(err)}")
 

@@ -49,6 +49,7 @@ from disney_train.storage import IO
 from disney_train.train.launch import RunFinishedError, TrainingError, launch
 from disney_train.train.run_files import RunFiles
 from tests.support.apiserver import ApiServer, api_client, eventually
+from tests.support.faultproxy import FaultProxy
 from tests.support.kuberay import Cluster
 from tests.test_operator import stub_events
 from tests.test_operator_rayjob import I2V, SETTINGS, render, vft
@@ -424,3 +425,27 @@ def test_finding_2_a_run_record_larger_than_any_run_writes_is_not_read(s3: S3Opt
     assert IO.snapshot()["read_bytes"] == before  # not a byte of the body fetched
     files.store.write_bytes("progress.json", b'{"step": 2}')
     assert files.read_progress() == {"step": 2}
+
+
+def test_finding_7_a_checkpoint_s3_cannot_serve_is_not_taken_for_damaged(
+    proxy: FaultProxy, s3: S3Options, s3_uri: str
+) -> None:
+    """Pruning deletes checkpoints after the one just saved, trusting that the run skipped them as damaged:
+    so an outage (S3 down, through the real SeaweedFS behind a fault proxy) must fail the load, never pass for
+    damage; a committed checkpoint with a file missing is damaged."""
+    import torch
+
+    from disney_train.storage import open_store
+    from disney_train.train.checkpoint import Checkpoint, CheckpointDamaged, CheckpointError, CheckpointStore
+
+    via_proxy = s3.model_copy(update={"endpoint_url": proxy.endpoint, "max_attempts": 2})
+    store = CheckpointStore(open_store(f"{s3_uri}/run", via_proxy), keep=2)
+    store.save(Checkpoint(step=4, lora_file=b"lora", optimizer={"p.exp_avg": torch.zeros(2)}, config_yaml="a: 1"))
+    proxy.down = True
+    with pytest.raises(CheckpointError) as unreadable:
+        store.load(4)
+    assert not isinstance(unreadable.value, CheckpointDamaged), unreadable.value
+    proxy.down = False
+    store.store.delete(["checkpoints/step-000000004/optimizer.safetensors"])
+    with pytest.raises(CheckpointDamaged, match="no such object"):
+        store.load(4)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from disney_train.storage import StorageError, Store
+from disney_train.storage import NoSuchObjectError, StorageError, Store
 
 COMMIT = "commit.json"
 LORA = "pytorch_lora_weights.safetensors"
@@ -36,6 +36,11 @@ _STEP_DIR = re.compile(r"^checkpoints/step-(\d{9})/")
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message names it and what is wrong."""
+
+
+class CheckpointDamaged(CheckpointError):
+    """A committed checkpoint whose files are missing or do not match its commit: it never loads again
+    (unlike one S3 could not serve for a while, which raises CheckpointError)."""
 
 
 def step_prefix(step: int) -> str:
@@ -109,8 +114,9 @@ class CheckpointStore:
 
     def _prune(self, newest: int) -> None:
         """Keep the last `keep` committed checkpoints up to `newest`, the one just saved, which always stays.
-        Committed ones after it are of a timeline the run left (it resumed from before them: a damaged
-        checkpoint was skipped), and would be taken for the latest at the next start: they go too."""
+        Committed ones after it are of a timeline the run left: it resumed from before them only because
+        they were damaged (`CheckpointDamaged`; one S3 could not serve fails the start instead), and they
+        would be taken for the latest at the next start: they go too."""
         committed, partial = self._steps()
         behind = [s for s in committed if s <= newest]
         doomed = behind[: max(0, len(behind) - self.keep)] + [s for s in committed if s > newest]
@@ -136,11 +142,13 @@ class CheckpointStore:
         try:
             commit = json.loads(self.store.read_bytes(f"{prefix}/{COMMIT}"))
             data = {name: self.store.read_bytes(f"{prefix}/{name}") for name in commit["files"]}
-        except (StorageError, ValueError, KeyError) as err:
+        except (NoSuchObjectError, ValueError, KeyError) as err:
+            raise CheckpointDamaged(f"checkpoint {where} is damaged: {err}") from None
+        except StorageError as err:
             raise CheckpointError(f"checkpoint {where} cannot be read: {err}") from None
         for name, meta in commit["files"].items():
             if hashlib.sha256(data[name]).hexdigest() != meta["sha256"]:
-                raise CheckpointError(f"checkpoint {where}: {name} does not match the sha256 in its {COMMIT}")
+                raise CheckpointDamaged(f"checkpoint {where}: {name} does not match the sha256 in its {COMMIT}")
         return Checkpoint(
             step=int(commit["step"]),
             lora_file=data[LORA],

@@ -439,13 +439,14 @@ def _best_effort(write: Callable[[dict[str, Any]], None], value: dict[str, Any],
 
 def _latest_usable(ckpts: CheckpointStore, cfg: RunConfig) -> Checkpoint | None:
     """The newest committed checkpoint that loads and fits this run; a damaged one is skipped
-    (with a warning) for the one before it, rather than failing every restart."""
-    from disney_train.train.checkpoint import CheckpointError, config_of
+    (with a warning) for the one before it, rather than failing every restart. One S3 cannot serve
+    now is not skipped (the start fails and is retried): the next save would prune it as a left timeline."""
+    from disney_train.train.checkpoint import CheckpointDamaged, CheckpointError, config_of
 
     for step in reversed(ckpts.committed()):
         try:
             ckpt = ckpts.load(step)
-        except CheckpointError as err:
+        except CheckpointDamaged as err:
             log.warning("skipping checkpoint: %s", err)
             continue
         refusal = checkpoint_identity_error(ckpts.url(step), config_of(ckpt.config_yaml), cfg)
