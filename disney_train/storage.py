@@ -43,6 +43,10 @@ class NoSuchObjectError(StorageError):
     """The object is not there (as opposed to a store that could not be reached)."""
 
 
+class TooLargeError(StorageError, ValueError):
+    """The object holds more than the reader takes (`Store.read_capped`)."""
+
+
 class IoCounters:
     """This process's S3 traffic, for the workers' metrics: bytes read and written, retries, and
     requests that failed for good. Kept in shared memory so that the decode workers a DataLoader
@@ -76,7 +80,7 @@ class Store(Protocol):
 
     def url(self, key: str) -> str: ...
     def exists(self, key: str) -> bool: ...
-    def size(self, key: str) -> int | None: ...
+    def read_capped(self, key: str, limit: int) -> bytes | None: ...
     def stored_sha256(self, key: str) -> str | None: ...
     def read_bytes(self, key: str) -> bytes: ...
     def read_range(self, key: str, offset: int, size: int) -> bytes: ...
@@ -169,10 +173,18 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def size(self, key: str) -> int | None:
-        """The object's bytes; None when there is none."""
-        path = self._path(key)
-        return path.stat().st_size if path.is_file() else None
+    def read_capped(self, key: str, limit: int) -> bytes | None:
+        """The object, when there is one; TooLargeError when it holds more than `limit` bytes (not read)."""
+        try:
+            with self._path(key).open("rb") as f:
+                data = f.read(limit + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StorageError(f"cannot read {self.url(key)}: {err.strerror or err}") from err
+        if len(data) > limit:
+            raise TooLargeError(f"{self.url(key)}: more than {limit} bytes")
+        return data
 
     def stored_sha256(self, key: str) -> str | None:
         p = self._path(key)
@@ -461,10 +473,27 @@ class S3Store:
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
 
-    def size(self, key: str) -> int | None:
-        """The object's bytes; None when there is none."""
-        head = self._head(key)
-        return None if head is None else int(head.get("ContentLength", 0))
+    def read_capped(self, key: str, limit: int) -> bytes | None:
+        """The object in one request, when there is one; TooLargeError when it holds more than `limit` bytes
+        (its body left unread)."""
+
+        def get() -> bytes:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            size = int(resp.get("ContentLength", 0))
+            if size > limit:
+                resp["Body"].close()
+                raise TooLargeError(f"{self.url(key)}: {size} bytes, more than {limit}")
+            data: bytes = resp["Body"].read()
+            if len(data) != size:
+                raise _ShortRead(f"got {len(data)} of {size} bytes")
+            IO.add("read_bytes", len(data))
+            return data
+
+        try:
+            result: bytes = self._call("read", key, get)
+        except NoSuchObjectError:
+            return None
+        return result
 
     def stored_sha256(self, key: str) -> str | None:
         head = self._head(key)

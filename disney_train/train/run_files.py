@@ -101,15 +101,11 @@ class RunFiles:
     def _read_object(self, key: str) -> dict[str, Any] | None:
         """A JSON object the run wrote; None when there is none, ValueError when it is not a JSON object or is
         larger than any record a run writes (the operator reads these at places tenants name: never an
-        unbounded body)."""
-        size = self.store.size(key)
-        if size is None:
+        unbounded body), read in one request."""
+        data = self.store.read_capped(key, MAX_RECORD_BYTES)
+        if data is None:
             return None
-        if size > MAX_RECORD_BYTES:
-            raise ValueError(
-                f"{self.store.url(key)}: {size} bytes, more than a run's record holds ({MAX_RECORD_BYTES})"
-            )
-        value = json.loads(self.store.read_range(key, 0, size) if size else b"")
+        value = json.loads(data)
         if not isinstance(value, dict):
             raise ValueError(f"{self.store.url(key)}: not a JSON object but {type(value).__name__}")
         return value
@@ -142,8 +138,9 @@ class RunFiles:
 
     def owner(self) -> str | None:
         """Whom the run's owner.json names (None: no record)."""
-        record = self._read_object(OWNER)
-        return None if record is None else str(record.get("owner"))
+        record = self._read_object(OWNER) or {}
+        owner = record.get("owner")
+        return owner if isinstance(owner, str) else None
 
     def claim(self, owner: str | None) -> None:
         """Record `owner` (`<namespace>/<name>/<uid>`) as the run's owner at its first start; refuse a run
@@ -188,7 +185,4 @@ class RunFiles:
         return value if isinstance(value, dict) else None
 
     def finished(self) -> dict[str, Any] | None:
-        if not self.store.exists(FINISHED):
-            return None
-        value: dict[str, Any] = json.loads(self.store.read_bytes(FINISHED))
-        return value
+        return self._read_object(FINISHED)
