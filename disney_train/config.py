@@ -278,6 +278,7 @@ class OutputConfig(_Section):
     owner: Annotated[str, AfterValidator(_one_line)] | None = Field(
         default=None,
         max_length=512,
+        pattern=r"^[^/]+/[^/]+/[^/]+$",
         description="Who the run belongs to (the operator sets <namespace>/<name>/<uid> of its VideoFineTune): "
         "the first start records it in <run>/owner.json, and a run recorded by another namespace or name is "
         "refused, never resumed or reported as finished (one made again under the same namespace and name "
