@@ -141,12 +141,10 @@ def render(
     vft: Annotated[Path, typer.Argument(help="A VideoFineTune manifest (YAML).")],
     attempt: Annotated[int, typer.Option(help="The attempt to render.")] = 1,
 ) -> None:
-    """Print the ConfigMap (the run configuration) and the RayJob the operator would create for a
-    VideoFineTune, as two YAML documents (nothing is sent anywhere)."""
-    from pydantic import ValidationError
-
+    """Print the ConfigMap (the run configuration), the RayJob and (with DISNEY_OPERATOR_NETWORK_POLICIES)
+    the NetworkPolicy the operator would create for a VideoFineTune, as YAML documents (nothing is sent)."""
     from disney_operator.api import VideoFineTuneSpec
-    from disney_operator.rayjob import SpecError, desired_config_map, desired_rayjob
+    from disney_operator.rayjob import desired
     from disney_operator.settings import settings_from_env
 
     body = yaml.safe_load(vft.read_text())
@@ -155,12 +153,12 @@ def render(
     meta.setdefault("uid", "00000000-0000-0000-0000-000000000000")
     try:
         spec = VideoFineTuneSpec.model_validate(body.get("spec") or {})
-        rayjob = desired_rayjob(body, spec, attempt, settings_from_env())
-        config_map = desired_config_map(body, spec, attempt)
-    except (ValidationError, SpecError, ValueError) as err:
+        wanted = desired(body, spec, attempt, settings_from_env())
+    except ValueError as err:  # pydantic's ValidationError and SpecError among them
         typer.echo(f"error: {vft}: {err}", err=True)
         raise typer.Exit(2) from None
-    sys.stdout.write(yaml.safe_dump_all([config_map, rayjob], sort_keys=False, width=120, allow_unicode=True))
+    objects = [wanted.config_map, wanted.rayjob] + ([wanted.network_policy] if wanted.network_policy else [])
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False, width=120, allow_unicode=True))
 
 
 def main() -> None:

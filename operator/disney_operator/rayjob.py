@@ -40,6 +40,7 @@ ENTRYPOINT = f"disney-train train --config {CONFIG_DIR}/{CONFIG_FILE}"
 # finds the training done). One command, no shell operators: after `ray job submit ... --` a `&&` would
 # split it.
 EVAL_ENTRYPOINT = f"{ENTRYPOINT} --evaluate"
+DASHBOARD_PORT = 8265  # the job API: KubeRay's submitter and operator ask it, with the run's token
 # How often Ray Train looks for room to grow an elastic run's group (a read of the cluster's resources):
 # Ray's 60 s would be most of a `kubectl scale`'s latency once the new pod is up.
 RESIZE_CHECK_SECONDS = 10
@@ -248,14 +249,38 @@ def labels(name: str, attempt: int) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class Desired:
+    """What a VideoFineTune's attempt runs as: its RayJob, the ConfigMap its head mounts (the run
+    configuration) and, with settings.network_policies, its NetworkPolicy; all three of one name."""
+
+    rayjob: dict[str, Any]
+    config_map: dict[str, Any]
+    network_policy: dict[str, Any] | None
+
+
+def desired(vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt: int, settings: Settings) -> Desired:
+    """(RayJob, ConfigMap, NetworkPolicy) = f(VideoFineTune, attempt, operator settings); the run
+    configuration and the name made once."""
+    meta = vft["metadata"]
+    _check_priority_classes(spec, settings.allowed_priority_classes)
+    cfg = run_config(meta["name"], spec, owner_of(meta))
+    job = rayjob_name(meta["name"], spec, attempt)
+    policy = _network_policy(meta, spec, attempt, settings, cfg, job) if settings.network_policies else None
+    return Desired(_rayjob(vft, spec, attempt, settings, cfg, job), _config_map(meta, attempt, cfg, job), policy)
+
+
 def desired_rayjob(
     vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt: int, settings: Settings
 ) -> dict[str, Any]:
-    """RayJob = f(VideoFineTune, attempt, operator settings)."""
+    return desired(vft, spec, attempt, settings).rayjob
+
+
+def _rayjob(
+    vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt: int, settings: Settings, cfg: RunConfig, job: str
+) -> dict[str, Any]:
     meta = vft["metadata"]
     name, namespace = meta["name"], meta["namespace"]
-    _check_priority_classes(spec, settings.allowed_priority_classes)
-    cfg = run_config(name, spec)
     rng = worker_range(spec)
     res = spec.workers.resources
     image = spec.image or settings.image
@@ -275,10 +300,9 @@ def desired_rayjob(
                 "resources": {"requests": worker_resources, "limits": worker_resources},
                 "env": env,
                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
-                # one Ray Train worker per GPU, each serving its metrics on metrics.port + local rank
                 "ports": [
-                    {"name": f"metrics-{i}", "containerPort": cfg.metrics.port + i}
-                    for i in range(rng.per_pod if cfg.metrics.port else 0)
+                    {"name": f"metrics-{i}", "containerPort": port}
+                    for i, port in enumerate(_metrics_ports(cfg, rng.per_pod))
                 ],
             }
         ],
@@ -308,12 +332,12 @@ def desired_rayjob(
                 "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}],
                 "ports": [
                     {"name": "gcs", "containerPort": 6379},
-                    {"name": "dashboard", "containerPort": 8265},
+                    {"name": "dashboard", "containerPort": DASHBOARD_PORT},
                     {"name": "client", "containerPort": 10001},
                 ],
             }
         ],
-        "volumes": [{"name": CONFIG_VOLUME, "configMap": {"name": rayjob_name(name, spec, attempt)}}],
+        "volumes": [{"name": CONFIG_VOLUME, "configMap": {"name": job}}],
         **_placement(spec.head.placement, settings.head_node_selector, [], settings.head_affinity),
     }
     _locked_down(worker_pod, settings.trainer_uid)
@@ -325,7 +349,7 @@ def desired_rayjob(
         "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
         "kind": "RayJob",
         "metadata": {
-            "name": rayjob_name(name, spec, attempt),
+            "name": job,
             "namespace": namespace,
             "labels": common,
             "ownerReferences": _owned_by(meta),
@@ -385,58 +409,61 @@ def _owned_by(meta: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def desired_config_map(vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt: int) -> dict[str, Any]:
-    """The ConfigMap the RayJob's head mounts at CONFIG_DIR: the run configuration, named as the RayJob."""
     meta = vft["metadata"]
+    cfg = run_config(meta["name"], spec, owner_of(meta))
+    return _config_map(meta, attempt, cfg, rayjob_name(meta["name"], spec, attempt))
+
+
+def _config_map(meta: dict[str, Any], attempt: int, cfg: RunConfig, job: str) -> dict[str, Any]:
+    """The ConfigMap the RayJob's head mounts at CONFIG_DIR: the run configuration, named as the RayJob."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": rayjob_name(meta["name"], spec, attempt),
+            "name": job,
             "namespace": meta["namespace"],
             "labels": labels(meta["name"], attempt),
             "ownerReferences": _owned_by(meta),
         },
-        "data": {CONFIG_FILE: dump_config(run_config(meta["name"], spec, owner_of(meta)))},
+        "data": {CONFIG_FILE: dump_config(cfg)},
     }
 
 
-DASHBOARD_PORT = 8265  # the job API: KubeRay's submitter and operator ask it, with the run's token
-
-
-def desired_network_policy(
-    vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt: int, settings: Settings
+def _network_policy(
+    meta: dict[str, Any], spec: api.VideoFineTuneSpec, attempt: int, settings: Settings, cfg: RunConfig, job: str
 ) -> dict[str, Any]:
     """Who may reach the run's Ray pods (all its attempts): each other, on any port (GCS, raylets, object
     store, Ray Train's collectives); the RayJob's submitter pod (KubeRay names its Job as the RayJob) and
-    KubeRay's operator on the job API; settings.metrics_peers on the workers' metrics ports. Nothing else,
-    on a cluster whose network plugin enforces NetworkPolicies."""
-    meta = vft["metadata"]
-    name = rayjob_name(meta["name"], spec, attempt)
+    KubeRay's operator on the job API; settings.metrics_peers on the metrics ports (the operator's: the run
+    configuration's metrics section is not in a VideoFineTune). Nothing else, on a cluster whose network
+    plugin enforces NetworkPolicies."""
     run = {"matchLabels": {LABEL_VFT: meta["name"]}}
-    per_pod = max(spec.workers.resources.gpus, 1)
-    port = run_config(meta["name"], spec).metrics.port
     ingress: list[dict[str, Any]] = [
         {"from": [{"podSelector": run}]},
         {
-            "from": [{"podSelector": {"matchLabels": {"batch.kubernetes.io/job-name": name}}}, settings.kuberay_peer],
+            "from": [{"podSelector": {"matchLabels": {"batch.kubernetes.io/job-name": job}}}, settings.kuberay_peer],
             "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}],
         },
     ]
-    if port and settings.metrics_peers:
-        ingress.append(
-            {"from": settings.metrics_peers, "ports": [{"protocol": "TCP", "port": port + i} for i in range(per_pod)]}
-        )
+    ports = _metrics_ports(cfg, worker_range(spec).per_pod)
+    if ports and settings.metrics_peers:
+        ingress.append({"from": settings.metrics_peers, "ports": [{"protocol": "TCP", "port": p} for p in ports]})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {
-            "name": name,
+            "name": job,
             "namespace": meta["namespace"],
             "labels": labels(meta["name"], attempt),
             "ownerReferences": _owned_by(meta),
         },
         "spec": {"podSelector": run, "policyTypes": ["Ingress"], "ingress": ingress},
     }
+
+
+def _metrics_ports(cfg: RunConfig, per_pod: int) -> list[int]:
+    """One Ray Train worker per GPU, each serving its metrics on metrics.port + local rank (none: port 0)."""
+    return [cfg.metrics.port + i for i in range(per_pod)] if cfg.metrics.port else []
 
 
 def run_config_of(config_map: dict[str, Any]) -> RunConfig:

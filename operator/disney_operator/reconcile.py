@@ -27,14 +27,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from disney_operator import api
-from disney_operator.rayjob import (
-    ANNOTATION_TEMPLATE,
-    SpecError,
-    desired_config_map,
-    desired_network_policy,
-    desired_rayjob,
-    is_elastic,
-)
+from disney_operator.rayjob import ANNOTATION_TEMPLATE, SpecError, desired, is_elastic
 from disney_operator.settings import Settings
 from disney_train.eval.results import SUMMARY_JSON
 
@@ -376,15 +369,13 @@ def plan(
 
     try:
         spec = api.VideoFineTuneSpec.model_validate(vft.get("spec") or {})
-        desired = desired_rayjob(vft, spec, old.attempt, settings)
-        config_map = desired_config_map(vft, spec, old.attempt)
-        policy = desired_network_policy(vft, spec, old.attempt, settings) if settings.network_policies else None
+        wanted = desired(vft, spec, old.attempt, settings)
     except (ValueError, ArithmeticError) as err:  # pydantic's, SpecError, a number no RayJob can hold
         out_refused = refused(vft, _spec_error(err), now)
         out_refused.add_finalizer = out.add_finalizer
         return out_refused
 
-    name = desired["metadata"]["name"]
+    name = wanted.rayjob["metadata"]["name"]
     current = next((rj for rj in mine if rj["metadata"]["name"] == name), None)
     others = [rj for rj in mine if rj is not current]
     out.delete = [rj["metadata"]["name"] for rj in others if not rj["metadata"].get("deletionTimestamp")]
@@ -399,7 +390,7 @@ def plan(
                 f"waiting for RayJob {others[0]['metadata']['name']} to go before starting {name}",
             )
         else:
-            out.apply, out.config_map, out.network_policy = desired, config_map, policy
+            out.apply, out.config_map, out.network_policy = wanted.rayjob, wanted.config_map, wanted.network_policy
             out.events.append(Event("Normal", "RayJobCreated", f"RayJob {name} (attempt {old.attempt})"))
             observed = _Observed("Suspended" if spec.suspend else "Pending", "RayJobCreated", f"RayJob {name}")
         rj_status: dict[str, Any] = {}
@@ -408,8 +399,9 @@ def plan(
         deployment = rj_status.get("jobDeploymentStatus") or ""
         job = rj_status.get("jobStatus") or ""
         template = (current["metadata"].get("annotations") or {}).get(ANNOTATION_TEMPLATE)
-        if template != desired["metadata"]["annotations"][ANNOTATION_TEMPLATE] and deployment not in ENDED:
-            out.apply, out.config_map, out.network_policy = desired, config_map, policy  # not when it ended
+        if template != wanted.rayjob["metadata"]["annotations"][ANNOTATION_TEMPLATE] and deployment not in ENDED:
+            # an ended RayJob takes no changes
+            out.apply, out.config_map, out.network_policy = wanted.rayjob, wanted.config_map, wanted.network_policy
         if deployment == "Complete" and job == "SUCCEEDED":
             observed = _Observed("Succeeded", "RayJobSucceeded", f"RayJob {name} succeeded")
         elif deployment == "ValidationFailed":  # KubeRay refuses what this operator built: no retry helps
