@@ -81,18 +81,15 @@ class Kube:
             self.writes[what] += 1
 
     # --------------------------------------------------------------------- RayJobs, RayClusters
-    def apply_rayjob(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply under one field manager: the operator owns exactly the fields it sets.
-        Returns the RayJob as stored."""
+    def _apply(self, what: str, patch: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply under one field manager (the operator owns exactly the fields it sets) by
+        `patch(name, namespace, body, ...)`; returns the object as stored. A refusal raises RefusedError."""
         meta = body["metadata"]
-        self._count("apply rayjobs")
+        self._count(f"apply {what}")
         try:
-            response = self.custom.patch_namespaced_custom_object(
-                RAY_GROUP,
-                RAY_VERSION,
-                meta["namespace"],
-                RAYJOBS,
+            response = patch(
                 meta["name"],
+                meta["namespace"],
                 body,
                 field_manager=self.field_manager,
                 force=True,
@@ -101,9 +98,17 @@ class Kube:
                 _request_timeout=TIMEOUT,
             )
         except ApiException as err:
-            raise _refusal(f"RayJob {meta['name']}", err) or err from None
+            raise _refusal(f"{body['kind']} {meta['name']}", err) or err from None
         result: dict[str, Any] = json.loads(response.data)
         return result
+
+    def apply_rayjob(self, body: dict[str, Any]) -> dict[str, Any]:
+        def patch(name: str, namespace: str, *args: Any, **kwargs: Any) -> Any:
+            return self.custom.patch_namespaced_custom_object(
+                RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, name, *args, **kwargs
+            )
+
+        return self._apply("rayjobs", patch, body)
 
     def delete_rayjob(self, namespace: str, name: str) -> None:
         self._count("delete rayjobs")
@@ -122,24 +127,6 @@ class Kube:
                 raise
 
     # ------------------------------------------------- the runs' ConfigMaps and NetworkPolicies
-    def _apply_builtin(self, what: str, patch: Any, body: dict[str, Any]) -> None:
-        """Server-side apply of a built-in object (as the RayJobs); a refusal raises RefusedError."""
-        meta = body["metadata"]
-        self._count(f"apply {what}")
-        try:
-            patch(
-                meta["name"],
-                meta["namespace"],
-                body,
-                field_manager=self.field_manager,
-                force=True,
-                _content_type="application/apply-patch+yaml",
-                _preload_content=False,
-                _request_timeout=TIMEOUT,
-            )
-        except ApiException as err:
-            raise _refusal(f"{body['kind']} {meta['name']}", err) or err from None
-
     def _delete_builtin(self, what: str, delete: Any, namespace: str, name: str) -> None:
         """Deleted, or already gone."""
         self._count(f"delete {what}")
@@ -150,13 +137,13 @@ class Kube:
                 raise
 
     def apply_config_map(self, body: dict[str, Any]) -> None:
-        self._apply_builtin("configmaps", self.core.patch_namespaced_config_map, body)
+        self._apply("configmaps", self.core.patch_namespaced_config_map, body)
 
     def delete_config_map(self, namespace: str, name: str) -> None:
         self._delete_builtin("configmaps", self.core.delete_namespaced_config_map, namespace, name)
 
     def apply_network_policy(self, body: dict[str, Any]) -> None:
-        self._apply_builtin("networkpolicies", self.networking.patch_namespaced_network_policy, body)
+        self._apply("networkpolicies", self.networking.patch_namespaced_network_policy, body)
 
     def delete_network_policy(self, namespace: str, name: str) -> None:
         self._delete_builtin("networkpolicies", self.networking.delete_namespaced_network_policy, namespace, name)
