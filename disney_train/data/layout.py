@@ -77,10 +77,10 @@ def _inside(root: Path, rel: str) -> tuple[Path | None, str | None]:
 
 
 def _list_file(root: Path, name: str) -> Path:
-    """A list file of the dataset folder; one that leads outside it (a symlink) is refused, never read."""
-    path = root / name
-    if path.is_symlink() and not path.resolve().is_relative_to(root):
-        raise LayoutError(f"{path}: a symlink to {path.resolve()}, outside the dataset folder; refused")
+    """A list file of the dataset folder, resolved; one that leads outside it (a symlink) is refused, never read."""
+    path, why = _inside(root, name)
+    if path is None:
+        raise LayoutError(f"{root / name}: {why} (a symlink to {(root / name).resolve()}); refused")
     return path
 
 
