@@ -14,7 +14,8 @@ import yaml
 from tests.e2e.jobs import BUCKET, JOBS_NS, SMOKE, apply, bucket, clear, cli, dump, keys, phase_is, smoke_job
 from tests.support.cluster import Kube, wait_until
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+# (the timeout counts the session's set-up too when this module runs first: helm install, data pack)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
 
 # Command substitution, variables, both quotes, backslashes, a line break, a tab, characters beyond ASCII
 HOSTILE = (

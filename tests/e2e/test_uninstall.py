@@ -21,3 +21,14 @@ def test_uninstall_leaves_s3_data_and_no_pods(kube: Kube, s3: dict[str, str], in
 
     wait_until("no pods left in the release's and the jobs' namespaces", no_pods, timeout=120)
     assert set(keys(s3, "")) >= before
+    # the runs' ConfigMaps and NetworkPolicies went with their VideoFineTunes (owner references)
+    selector = "disneytrain.dev/videofinetune"
+
+    def none_left() -> bool | None:
+        return (
+            True
+            if not kube.items("configmaps", JOBS_NS, selector) + kube.items("networkpolicies", JOBS_NS, selector)
+            else None
+        )
+
+    wait_until("no run ConfigMaps or NetworkPolicies left", none_left, timeout=120)

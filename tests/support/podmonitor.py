@@ -87,7 +87,9 @@ def scrape_jobs(monitor: dict[str, Any], api_server: str, ca_file: Path, token_f
             {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
             {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
             {"target_label": "job", "replacement": job_label},
-            {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "target_label": "endpoint"},
+            # as the operator does (pkg/prometheus/promcfg.go, generatePodMonitorConfig, v0.85.0): an
+            # `endpoint` label only for an endpoint that names its port
+            *([{"target_label": "endpoint", "replacement": ep["port"]}] if "port" in ep else []),
             *(_relabel(r) for r in ep.get("relabelings", [])),
         ]
         job: dict[str, Any] = {
