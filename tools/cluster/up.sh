@@ -168,9 +168,13 @@ state = "$RUN/containerd-$i"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
 EOF
+  local fresh=1
+  alive "containerd-$i" && fresh=0
   start "containerd-$i" containerd --config "$STATE/containerd-$i.toml"
   wait_for "containerd of $name" 30 ctr --address "$sock" version
-  clear_containers "$sock" # a store a cluster left without make cluster-down: its pods are not this one's
+  # a store a cluster left without make cluster-down: its containers are not this one's (a containerd
+  # already running is this cluster's: its pods stay)
+  [ "$fresh" = 0 ] || clear_containers "$sock"
   CONTAINERD_SOCK=$sock bash "$HERE/images.sh" base
   # the kubelet's cgroup root, in every cgroup v1 hierarchy (cpuset's values are not inherited in v1)
   local h
