@@ -23,7 +23,7 @@ STATE=${CLUSTER_STATE:-/var/lib/disney-train/cluster}
 RUN=/run/disney-train
 # The nodes' image stores (each containerd's root: its images, unpacked): kept across make cluster-down,
 # like the builds, so a cluster comes up again without importing gigabytes. Nothing in them runs.
-NODE_STORES=${CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/disney-train/cluster}/node-stores
+NODE_STORES=${CLUSTER_CACHE:-${DISNEY_TRAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/disney-train}/cluster}/node-stores
 CONTAINERD_SOCK=${CONTAINERD_SOCK:-$RUN/containerd-0.sock}
 KUBECONFIG_OUT=${KUBECONFIG_OUT:-$REPO/.cluster/kubeconfig}
 ADMIN_KUBECONFIG=$STATE/pki/admin.kubeconfig
