@@ -352,6 +352,43 @@ def test_finding_4_the_operator_reads_only_the_figures_of_the_run_its_videofinet
         reader.close()
 
 
+def test_finding_2_owner_json_is_read_once_per_owner_not_at_every_poll(
+    s3: S3Options, s3_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each poll read owner.json before progress.json: two GETs at the tenant's endpoint where one does. A
+    VideoFineTune deleted and made again (same name, a new uid) is asked again (and, of the same namespace
+    and name, adopts the run)."""
+    first = vft()
+    spec = {**first["spec"], "output": {"uri": s3_uri}, "training": {"s3": {"endpoint_url": s3.endpoint_url}}}
+    files = RunFiles.at(f"{s3_uri}/disney-2b", s3)
+    files.claim(owner_of(first["metadata"]))
+    files.write_progress({"step": 3})
+    asked: list[str] = []
+    real_owner = RunFiles.owner
+
+    def owner(self: RunFiles) -> str | None:
+        asked.append("owner")
+        return real_owner(self)
+
+    monkeypatch.setattr(RunFiles, "owner", owner)
+    running = [{"metadata": {"name": "rj"}, "status": {"jobDeploymentStatus": "Running"}}]
+    key = ("team-a", "disney-2b")
+    reader = ProgressReader(every=0)
+    try:
+        for step in (3, 4, 5):
+            files.write_progress({"step": step})
+            assert reader.refresh(key, {**first, "spec": spec}, running)
+            eventually(lambda s=step: reader.latest(key) == {"step": s}, what=f"the read of step {step}")
+        assert asked == ["owner"]
+        again = {**first, "metadata": {**first["metadata"], "uid": "a-new-uid"}}
+        files.write_progress({"step": 6})
+        assert reader.refresh(key, {**again, "spec": spec}, running)
+        eventually(lambda: reader.latest(key) == {"step": 6}, what="the read of step 6")
+        assert asked == ["owner", "owner"]
+    finally:
+        reader.close()
+
+
 def test_finding_3_each_run_gets_a_network_policy_admitting_only_its_own() -> None:
     """No NetworkPolicy: any pod of the cluster reached a run's GCS, raylets and job API. With the chart's
     default (networkPolicy.enabled), each RayJob comes with one, valid for the Kubernetes schema."""

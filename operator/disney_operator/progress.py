@@ -48,6 +48,7 @@ class ProgressReader:
         self._busy: set[Key] = set()
         self._refused: set[Key] = set()
         self._runs: dict[Key, tuple[str, RunFiles]] = {}  # each run's S3 client, made once
+        self._owned: set[tuple[Key, str, str]] = set()  # (run, where, owner) found to be the VideoFineTune's own
 
     def latest(self, key: Key) -> dict[str, Any] | None:
         with self._lock:
@@ -65,6 +66,7 @@ class ProgressReader:
             self._read_at.pop(key, None)
             self._final.pop(key, None)
             self._runs.pop(key, None)
+            self._owned = {o for o in self._owned if o[0] != key}
             self._refused.discard(key)
 
     def refresh(self, key: Key, vft: dict[str, Any], rayjobs: list[dict[str, Any]]) -> bool:
@@ -113,11 +115,18 @@ class ProgressReader:
             files = self._runs[key][1]
             # only the run this VideoFineTune owns (its owner.json, written at its first start): never another
             # tenant's figures, of a VideoFineTune of the same name elsewhere or of one deleted before it
-            ok, recorded = _attempt(key, "owner", f"{uri}/{OWNER}", lambda: {"owner": files.owner()})
-            theirs = (recorded or {}).get("owner")
-            mine = ok and theirs is not None and same_owner(theirs, owner)  # else not started, or another's
-            if ok and theirs is not None and not mine:
-                log.warning("%s/%s: run files at %s belong to %s: not read", *key, uri, theirs)
+            # (once found this VideoFineTune's, a run stays its own: owner.json is not read again)
+            with self._lock:
+                mine = (key, where, owner) in self._owned
+            if not mine:
+                ok, recorded = _attempt(key, "owner", f"{uri}/{OWNER}", lambda: {"owner": files.owner()})
+                theirs = (recorded or {}).get("owner")
+                mine = ok and theirs is not None and same_owner(theirs, owner)  # else not started, or another's
+                if mine:
+                    with self._lock:
+                        self._owned.add((key, where, owner))
+                elif ok and theirs is not None:
+                    log.warning("%s/%s: run files at %s belong to %s: not read", *key, uri, theirs)
             if mine:
                 ok, progress = _attempt(key, "progress", f"{uri}/{PROGRESS}", files.read_progress)
             # the summary is written at the RayJob's end: read by the read after it ended, not all through
