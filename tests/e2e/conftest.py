@@ -5,8 +5,8 @@ the pods from the images `make cluster` imported.
 
 The fixtures are the README's set-up, done once for the session: the chart installed (steps 1 and 2) and
 the inputs on S3 (step 3). The modules run in name order and share that install: test_elastic (scale,
-Prometheus, pod deletions, suspend/resume on one run), test_smoke (the smoke job to Succeeded), and
-test_uninstall last (it removes the install).
+Prometheus, pod deletions, suspend/resume on one run), test_smoke (the smoke job to Succeeded),
+test_uninstall (it removes the install), and test_up_again last (it kills the cluster and brings it up anew).
 """
 
 from __future__ import annotations

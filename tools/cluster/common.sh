@@ -45,7 +45,17 @@ s3_keys() {
   set -a && . "$f" && set +a
 }
 
-alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+# ours PID: that process runs in the cluster's network namespace, as every daemon start() began does; a
+# pid file a killed cluster left may name a pid the system has given to another process since
+ours() {
+  local ns; ns=$(stat -Lc %i "/run/netns/$NETNS" 2>/dev/null) || return 1
+  [ "$(stat -Lc %i "/proc/$1/ns/net" 2>/dev/null)" = "$ns" ]
+}
+
+alive() { [ -f "$RUN/$1.pid" ] && ours "$(cat "$RUN/$1.pid")"; }
+
+# leftovers: something of a cluster is here (its runtime folder, state or namespace)
+leftovers() { [ -d "$RUN" ] || [ -d "$STATE" ] || ip netns list 2>/dev/null | grep -qw "$NETNS"; }
 
 # start NAME CMD...: a daemon in the cluster's network namespace, its own session, its log in
 # $STATE/log/NAME.log; left alone when it already runs
@@ -65,7 +75,7 @@ wait_for() {
     for pidf in "$RUN"/*.pid; do
       [ -f "$pidf" ] || continue
       local n; n=$(basename "$pidf" .pid)
-      kill -0 "$(cat "$pidf")" 2>/dev/null || die "$n exited while waiting for $what; its log: $STATE/log/$n.log
+      ours "$(cat "$pidf")" || die "$n exited while waiting for $what; its log: $STATE/log/$n.log
 $(tail -n 15 "$STATE/log/$n.log" 2>/dev/null)"
     done
     [ $SECONDS -lt $deadline ] || die "$what not ready in $secs s (logs: $STATE/log/)"

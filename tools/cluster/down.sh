@@ -13,7 +13,7 @@ stop() { # NAME: TERM, then KILL after 10 s
   local f=$RUN/$1.pid
   [ -f "$f" ] || return 0
   local pid; pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  if ours "$pid"; then  # not a pid the system gave to another process since the cluster was killed
     kill "$pid" 2>/dev/null
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null

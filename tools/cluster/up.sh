@@ -9,7 +9,8 @@
 #
 # Everything runs inside the network namespace $NETNS: the node is $NODE_IP, this host reaches it over
 # a veth pair from $HOST_IP, and nothing in it has a route further than this host. Idempotent: a healthy
-# cluster is left as it is. tools/cluster/down.sh stops and removes all of it.
+# cluster is left as it is; what an unhealthy one left is removed first. tools/cluster/down.sh stops and
+# removes all of it.
 #
 # env: CLUSTER_BIN (build.sh's folder), ETCD (the etcd binary), WEED (SeaweedFS), KUBECTL, CLUSTER_STATE
 #      (default /var/lib/disney-train/cluster), KUBECONFIG_OUT (default .cluster/kubeconfig)
@@ -27,7 +28,6 @@ done
 [ -x /usr/lib/cni/bridge ] || die "no CNI plugins in /usr/lib/cni (Debian's containernetworking-plugins)"
 
 t0=$SECONDS
-mkdir -p "$STATE"/{pki,log,etcd,cni/net.d,cni/ipam,s3} "$RUN"
 
 network() {
   if ! ip netns list | grep -qw "$NETNS"; then
@@ -168,13 +168,10 @@ state = "$RUN/containerd-$i"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
 EOF
-  local fresh=1
-  alive "containerd-$i" && fresh=0
   start "containerd-$i" containerd --config "$STATE/containerd-$i.toml"
   wait_for "containerd of $name" 30 ctr --address "$sock" version
-  # a store a cluster left without make cluster-down: its containers are not this one's (a containerd
-  # already running is this cluster's: its pods stay)
-  [ "$fresh" = 0 ] || clear_containers "$sock"
+  # the store's containers are a gone cluster's (down.sh could not ask a killed containerd to delete them)
+  clear_containers "$sock"
   CONTAINERD_SOCK=$sock bash "$HERE/images.sh" base
   # the kubelet's cgroup root, in every cgroup v1 hierarchy (cpuset's values are not inherited in v1)
   local h
@@ -299,6 +296,14 @@ if healthy; then
   finish
   exit 0
 fi
+# what a cluster left when its processes were killed (a session's end, a reboot, an up.sh cut short):
+# stale pid files, mounts, the namespace. None of it is trusted: down.sh removes it all, and the cluster
+# comes up anew from the kept builds and image stores.
+if leftovers; then
+  log "a cluster that is not healthy was left here (its processes killed?): removing it first (down.sh)"
+  bash "$HERE/down.sh"
+fi
+mkdir -p "$STATE"/{pki,log,etcd,cni/net.d,cni/ipam,s3} "$RUN"
 network
 certs
 control_plane
