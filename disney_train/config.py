@@ -68,6 +68,20 @@ class S3Options(_Section):
     )
     region: str = Field(default="us-east-1", max_length=64, description="S3 region name used for signing.")
     max_attempts: int = Field(default=8, ge=1, le=50, description="Attempts per S3 request on transient errors.")
+    give_up_seconds: float = Field(
+        default=300,
+        ge=1,
+        le=86400,
+        description="An S3 request not done in this long, retries included, fails: an outage ends the run within "
+        "about this (it resumes from its checkpoint when retried).",
+    )
+    stall_warn_seconds: float = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="An S3 request waiting this long is warned about (the object, the wait so far), and again as "
+        "long as it waits.",
+    )
 
 
 Variant = Literal["t2v", "i2v"]

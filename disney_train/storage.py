@@ -4,18 +4,23 @@ Writes are atomic (a local temp file renamed into place; an S3 PUT or a complete
 upload, which S3 never shows half-done). Transient S3 errors (5xx, throttling, dropped or
 truncated bodies) are retried with exponential backoff; permanent ones (403, 404) raise a
 `StorageError` naming the object and what to check. Credentials come from the environment
-(boto3's default chain) and are never printed.
+(boto3's default chain), or are given (`S3Keys`: the operator reads a run with its tenant's Secret), and are
+never printed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import multiprocessing
 import os
 import tempfile
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +31,7 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from disney_train.config import S3Options
 
@@ -70,6 +76,82 @@ class IoCounters:
 
 
 IO = IoCounters()
+
+
+class Waiting:
+    """One S3 call being watched: since when it has had no answer (`moved()` when bytes come or go)."""
+
+    def __init__(self, what: str, warn_after: float, give_up: float) -> None:
+        self.what, self.warn_after, self.give_up = what, warn_after, give_up
+        self.since = time.monotonic()
+        self.next_warning = warn_after
+
+    def moved(self, *_: object) -> None:  # also an s3transfer callback (bytes transferred)
+        self.since = time.monotonic()
+        self.next_warning = self.warn_after
+
+    def idle(self) -> float:
+        return time.monotonic() - self.since
+
+
+class _NoAnswerFor(stop_base):
+    """tenacity: stop once the call has had no answer for its `give_up` seconds."""
+
+    def __init__(self, waiting: Waiting) -> None:
+        self.waiting = waiting
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.waiting.idle() >= self.waiting.give_up
+
+
+class StallWatch:
+    """Names S3 calls that get no answer, while they wait: a frozen S3 otherwise says nothing until the last
+    retry gives up (minutes). A call that moves bytes (a large download or upload) is not idle. One daemon
+    thread per process, started at the first call (a forked decode worker starts its own), looks every
+    `every` seconds."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self.every = every
+        self._pid = -1
+        self._tokens = itertools.count()
+
+    def _start(self) -> None:
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()  # new state in a forked child: the parent's lock may have been held at the fork
+        self._lock = threading.Lock()
+        self._waiting: dict[int, Waiting] = {}
+        threading.Thread(target=self._run, name="s3-stall-watch", daemon=True).start()
+
+    @contextlib.contextmanager
+    def watch(self, what: str, warn_after: float, give_up: float) -> Iterator[Waiting]:
+        self._start()
+        token, waiting = next(self._tokens), Waiting(what, warn_after, give_up)
+        with self._lock:
+            self._waiting[token] = waiting
+        try:
+            yield waiting
+        finally:
+            with self._lock:
+                self._waiting.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.every)
+            due = []
+            with self._lock:
+                for w in self._waiting.values():
+                    idle = w.idle()
+                    if idle >= w.next_warning:
+                        w.next_warning += w.warn_after
+                        due.append((w, idle))
+            for w, idle in due:
+                log.warning(
+                    "S3 %s: no answer for %.0f s (slow or not answering; given up at %g s)", w.what, idle, w.give_up
+                )
+
+
+STALLS = StallWatch()
 
 
 class Store(Protocol):
@@ -138,10 +220,13 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def open_store(uri: str, s3: S3Options | None = None) -> Store:
+def open_store(
+    uri: str, s3: S3Options | None = None, keys: S3Keys | None = None, deadline: float | None = None
+) -> Store:
+    """The store at `uri`: an S3 prefix (`keys` and `deadline` as `S3Store` takes them) or a local folder."""
     if is_s3(uri):
         bucket, prefix = split_s3(uri)
-        return S3Store(bucket, prefix, s3 or S3Options())
+        return S3Store(bucket, prefix, s3 or S3Options(), keys=keys, deadline=deadline)
     return LocalStore(Path(uri))
 
 
@@ -367,6 +452,14 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+@dataclass(frozen=True)
+class S3Keys:
+    """Keys given to a store, not taken from the environment (the operator's reads use a tenant's own)."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+
+
 @dataclass
 class S3Store:
     bucket: str
@@ -374,6 +467,10 @@ class S3Store:
     options: S3Options
     multipart_threshold: int = 64 * 1024 * 1024
     multipart_chunksize: int = 16 * 1024 * 1024
+    keys: S3Keys | None = field(default=None, repr=False)  # None: boto3's default chain (the environment)
+    # `read_capped`'s bound in all, retries included, and each connect and socket read's (None: 10 s and 60 s):
+    # the operator reads at endpoints tenants name, where a server that trickles bytes must not hold a thread
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         self._client: Any = None
@@ -399,22 +496,29 @@ class S3Store:
             cfg = Config(
                 # Retries are ours (tenacity, below): one policy for requests and body reads alike.
                 retries={"total_max_attempts": 1, "mode": "standard"},
-                connect_timeout=10,
-                read_timeout=60,
+                connect_timeout=min(10, self.deadline or 10, self.options.give_up_seconds),
+                read_timeout=min(60, self.deadline or 60, self.options.give_up_seconds),
                 region_name=self.options.region,
                 s3={"addressing_style": "path"},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             )
             endpoint = self.options.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-            self._client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=cfg)
+            keys = {}
+            if self.keys is not None:
+                keys = {
+                    "aws_access_key_id": self.keys.access_key_id,
+                    "aws_secret_access_key": self.keys.secret_access_key,
+                }
+            self._client = boto3.session.Session(**keys).client("s3", endpoint_url=endpoint, config=cfg)
             self._client_pid = os.getpid()
         return self._client
 
-    def _retrying(self) -> Any:
+    def _retrying(self, waiting: Waiting) -> Any:
         return retry(
             retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(self.options.max_attempts),
+            # attempts, or time without an answer (a transfer that moves bytes is not given up)
+            stop=stop_after_attempt(self.options.max_attempts) | _NoAnswerFor(waiting),
             wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.2),
             before_sleep=_log_retry,
             reraise=True,
@@ -445,9 +549,12 @@ class S3Store:
         transient = " after retries" if _is_transient(err) else ""
         return StorageError(f"{op} {where} failed{transient}: {_describe(err)}")
 
-    def _call(self, op: str, key: str, fn: Any) -> Any:
+    def _call(self, op: str, key: str, fn: Any, moving: bool = False) -> Any:
+        """fn() with retries, watched for stalls; `moving`: fn(waiting), which calls waiting.moved() as bytes move."""
         try:
-            return self._retrying()(fn)()
+            where = self.url(key) if key else self.uri
+            with STALLS.watch(f"{op} {where}", self.options.stall_warn_seconds, self.options.give_up_seconds) as w:
+                return self._retrying(w)(lambda: fn(w) if moving else fn())()
         except StorageError:
             IO.add("failures")
             raise
@@ -475,15 +582,31 @@ class S3Store:
 
     def read_capped(self, key: str, limit: int) -> bytes | None:
         """The object in one request, when there is one; TooLargeError when it holds more than `limit` bytes
-        (its body left unread)."""
+        (its body left unread); with a `deadline`, StorageError when it is not read within it."""
+        start = time.monotonic()
+
+        def late() -> None:
+            if self.deadline is not None and time.monotonic() - start > self.deadline:
+                raise StorageError(f"read {self.url(key)}: not read within {self.deadline:g} s")
 
         def get() -> bytes:
+            late()
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             size = int(resp.get("ContentLength", 0))
+            body = resp["Body"]
             if size > limit:
-                resp["Body"].close()
+                body.close()
                 raise TooLargeError(f"{self.url(key)}: {size} bytes, more than {limit}")
-            data: bytes = resp["Body"].read()
+            # body.read() waits for the whole body however slowly it comes (each socket read has its own
+            # timeout, not the whole): read what has come, as it comes, and look at the time between reads
+            raw: Any = getattr(body, "_raw_stream", body)  # urllib3's response, under botocore's StreamingBody
+            read = raw.read1 if hasattr(raw, "read1") else body.read
+            chunks: list[bytes] = []
+            with contextlib.closing(body):
+                while chunk := read(64 * 1024):
+                    chunks.append(chunk)
+                    late()
+            data = b"".join(chunks)
             if len(data) != size:
                 raise _ShortRead(f"got {len(data)} of {size} bytes")
             IO.add("read_bytes", len(data))
@@ -552,13 +675,15 @@ class S3Store:
         self._call(
             "upload",
             key,
-            lambda: self.client.upload_file(
+            lambda waiting: self.client.upload_file(
                 str(path),
                 self.bucket,
                 self._key(key),
                 ExtraArgs={"Metadata": {SHA256_META: sha256}},
                 Config=tc,
+                Callback=waiting.moved,
             ),
+            moving=True,
         )
         IO.add("written_bytes", path.stat().st_size)
 
@@ -621,7 +746,7 @@ class S3Store:
         Checked against the listed size, the ETag when it is an MD5 (single-part uploads) and the
         sha256 metadata our uploads carry; a mismatch is retried, then raised naming the object."""
 
-        def fetch() -> str:
+        def fetch(waiting: Waiting) -> str:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(obj.key))
             expected_sha = resp.get("Metadata", {}).get(SHA256_META)
             sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
@@ -631,6 +756,7 @@ class S3Store:
             try:
                 with os.fdopen(fd, "wb") as f:
                     for chunk in resp["Body"].iter_chunks(1 << 20):
+                        waiting.moved()
                         f.write(chunk)
                         sha.update(chunk)
                         md5.update(chunk)
@@ -650,5 +776,5 @@ class S3Store:
             IO.add("read_bytes", size)
             return sha.hexdigest()
 
-        result: str = self._call("read", obj.key, fetch)
+        result: str = self._call("read", obj.key, fetch, moving=True)
         return result

@@ -224,15 +224,18 @@ def cluster(apiserver: ApiServer) -> Cluster:
 def operator_proc(
     apiserver: ApiServer, s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """`disney-train-operator run` watching vft-* namespaces, with S3 keys to read runs' progress."""
+    """`disney-train-operator run` watching vft-* namespaces. It reads runs' progress with each VideoFineTune's
+    own Secret (the `ns` fixture makes it): keys of its own, which S3 refuses, must never be what it reads with."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = start_operator(
-        apiserver, log, [OPERATOR_NAMESPACES], {"AWS_ACCESS_KEY_ID": RW[0], "AWS_SECRET_ACCESS_KEY": RW[1]}
-    )
+    own = {"AWS_ACCESS_KEY_ID": "the-operators-own", "AWS_SECRET_ACCESS_KEY": "refused-by-s3-0123456789"}
+    op = start_operator(apiserver, log, [OPERATOR_NAMESPACES], {**own, "DISNEY_OPERATOR_PROGRESS_ENDPOINTS": '["*"]'})
     yield op
     op.stop()
 
 
 @pytest.fixture
-def ns() -> str:
-    return f"vft-{uuid.uuid4().hex[:8]}"
+def ns(cluster: Cluster) -> str:
+    """A tenant's namespace, with the S3 Secret its VideoFineTunes name (spec.s3Credentials: s3-keys)."""
+    name = f"vft-{uuid.uuid4().hex[:8]}"
+    cluster.s3_secret(name, RW)
+    return name

@@ -57,7 +57,6 @@ CASES: dict[str, dict[str, Any]] = {
             "clusterTTLSeconds": 600,
         },
         "operator": {"progressEndpoints": ["aws", "https://minio.example:9000"], "verbose": True},
-        "s3Credentials": {"secretName": "operator-s3"},
     },
     "existing-serviceaccount": {"serviceAccount": {"create": False, "name": "ops"}, "rbac": {"create": False}},
     "pinned-digest": {"image": {"repository": "registry.example/op", "digest": "sha256:" + "a" * 64}},
@@ -365,14 +364,23 @@ def test_gpu_pool_and_operator_settings_reach_the_operator(rendered: dict[str, l
     assert settings.cluster_ttl_seconds == 600
     assert settings.progress_endpoints == ["aws", "https://minio.example:9000"]
     assert "--verbose" in container(objects)["args"]
-    refs = {
-        e["name"]: e["valueFrom"]["secretKeyRef"]
-        for e in container(objects)["env"]
-        if "secretKeyRef" in e.get("valueFrom", {})
-    }
-    assert refs["AWS_ACCESS_KEY_ID"] == {"name": "operator-s3", "key": "AWS_ACCESS_KEY_ID"}
-    assert refs["AWS_SECRET_ACCESS_KEY"] == {"name": "operator-s3", "key": "AWS_SECRET_ACCESS_KEY"}
-    assert "AWS_SECRET_ACCESS_KEY" not in env_of(objects)  # never a value in the manifest
+
+
+def test_the_operator_holds_no_s3_keys_and_reads_only_listed_endpoints(
+    rendered: dict[str, list[dict[str, Any]]], chart: Path
+) -> None:
+    """Issue 16, finding 2: the operator read the S3 places tenants name with keys of its own. It now has none
+    (it reads a run with the Secret its VideoFineTune names: `get` on Secrets, never `list`), and reads from
+    AWS only unless the chart lists more endpoints."""
+    for case, objects in rendered.items():
+        names = {e["name"] for e in container(objects)["env"]} if find(objects, "Deployment") else set()
+        assert not names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}, case
+    objects = rendered["defaults"]
+    assert settings_from_env(operator_env(objects)).progress_endpoints == ["aws"]
+    secrets = [r for r in one(objects, "ClusterRole", "dt-disney-train")["rules"] if "secrets" in r["resources"]]
+    assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    with pytest.raises(AssertionError, match=r"s3Credentials"):  # the old value: refused, not ignored
+        render(chart, {"s3Credentials": {"secretName": "operator-s3"}})
 
 
 def test_existing_service_account_and_no_rbac(rendered: dict[str, list[dict[str, Any]]], chart: Path) -> None:

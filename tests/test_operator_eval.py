@@ -28,8 +28,8 @@ from disney_train.config import EvaluationConfig, S3Options, dump_config
 from disney_train.eval.results import EVAL_JSON, REPORT_HTML, REPORT_MD, SUMMARY_JSON, Headline, Summary
 from disney_train.train.run_files import RunFiles
 from tests.support.apiserver import ApiServer, eventually
-from tests.support.kuberay import Cluster, OperatorProcess
-from tests.support.seaweed import free_ports
+from tests.support.kuberay import Cluster, OperatorProcess, Secrets
+from tests.support.seaweed import RW, free_ports
 from tests.test_eval import upload_folder
 from tests.test_operator_rayjob import evaluation
 
@@ -237,7 +237,8 @@ def changes() -> list[Key]:
 
 @pytest.fixture
 def reader(changes: list[Key]) -> Iterator[ProgressReader]:
-    r = ProgressReader(every=3600, on_change=changes.append)  # one read while running, then only the final one
+    # one read while running, then only the final one; with team-a's Secret (the specs' s3-keys)
+    r = ProgressReader(every=3600, on_change=changes.append, endpoints=["*"], secrets=Secrets({KEY[0]: RW}))
     yield r
     r.close()
 

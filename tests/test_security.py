@@ -15,9 +15,14 @@ Finding 7: specs the operator could not run looped silently (no status, no event
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
+import re
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -46,7 +51,7 @@ from disney_operator.settings import Settings
 from disney_train.config import EVALUATION_PROMPTS, PROMPT_CHARS, VALIDATION_PROMPTS, RunConfig, S3Options, dump_config
 from disney_train.data.layout import LayoutError, read_source
 from disney_train.model.source import ModelError, resolve_model
-from disney_train.storage import IO
+from disney_train.storage import IO, S3Keys, StorageError
 from disney_train.train.launch import RunFinishedError, TrainingError, launch
 from disney_train.train.run_files import RunFiles
 from tests.support.apiserver import (
@@ -58,7 +63,8 @@ from tests.support.apiserver import (
     start_apiserver,
 )
 from tests.support.faultproxy import FaultProxy
-from tests.support.kuberay import Cluster
+from tests.support.kuberay import Cluster, Secrets
+from tests.support.seaweed import RW, free_ports
 from tests.test_operator import stub_events
 from tests.test_operator_rayjob import I2V, SETTINGS, render, vft
 
@@ -335,12 +341,12 @@ def test_finding_4_the_operator_reads_only_the_figures_of_the_run_its_videofinet
     that prefix: another tenant's progress and evaluation figures appeared as its own."""
     theirs, ours = vft(), vft()
     ours["metadata"] |= {"namespace": "team-b", "uid": "5678-uid"}
-    spec = {**theirs["spec"], "output": {"uri": s3_uri}, "training": {"s3": {"endpoint_url": s3.endpoint_url}}}
+    spec = run_spec(theirs, s3, s3_uri)
     files = RunFiles.at(f"{s3_uri}/disney-2b", s3)
     files.claim(owner_of(theirs["metadata"]))
     files.write_progress({"step": 7, "loss": 0.5})
     running = [{"metadata": {"name": "rj"}, "status": {"jobDeploymentStatus": "Running"}}]
-    reader = ProgressReader(every=0)
+    reader = ProgressReader(every=0, endpoints=["*"], secrets=Secrets({"team-a": RW, "team-b": RW}))
     try:
         for body in (ours, theirs):
             key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -359,7 +365,7 @@ def test_finding_2_owner_json_is_read_once_per_owner_not_at_every_poll(
     VideoFineTune deleted and made again (same name, a new uid) is asked again (and, of the same namespace
     and name, adopts the run)."""
     first = vft()
-    spec = {**first["spec"], "output": {"uri": s3_uri}, "training": {"s3": {"endpoint_url": s3.endpoint_url}}}
+    spec = run_spec(first, s3, s3_uri)
     files = RunFiles.at(f"{s3_uri}/disney-2b", s3)
     files.claim(owner_of(first["metadata"]))
     files.write_progress({"step": 3})
@@ -373,7 +379,7 @@ def test_finding_2_owner_json_is_read_once_per_owner_not_at_every_poll(
     monkeypatch.setattr(RunFiles, "owner", owner)
     running = [{"metadata": {"name": "rj"}, "status": {"jobDeploymentStatus": "Running"}}]
     key = ("team-a", "disney-2b")
-    reader = ProgressReader(every=0)
+    reader = ProgressReader(every=0, endpoints=["*"], secrets=Secrets({"team-a": RW}))
     try:
         for step in (3, 4, 5):
             files.write_progress({"step": step})
@@ -472,6 +478,110 @@ def test_finding_7_pruning_never_deletes_the_checkpoint_just_saved(tmp_path: Pat
     assert store.committed() == [4]
 
 
+def run_spec(body: dict[str, Any], s3: S3Options, s3_uri: str) -> dict[str, Any]:
+    """The VideoFineTune's spec with its run on the test S3, its pods' keys in the Secret s3-keys."""
+    return {
+        **body["spec"],
+        "output": {"uri": s3_uri},
+        "training": {"s3": {"endpoint_url": s3.endpoint_url}},
+        "s3Credentials": {"secretName": "s3-keys"},
+    }
+
+
+RUNNING = [{"metadata": {"name": "rj"}, "status": {"jobDeploymentStatus": "Running"}}]
+
+
+def test_finding_2_the_operator_reads_a_run_with_its_tenants_secret_never_keys_of_its_own(
+    s3: S3Options, s3_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operator read `<output.uri>/<name>/progress.json` with its own keys (from its environment, as here:
+    the `s3` fixture's read-write keys), at the place the tenant names. It reads with the keys of the Secret
+    the VideoFineTune gives its pods, so a tenant sees nothing its own keys could not read; no Secret: no read."""
+    body = vft()
+    files = RunFiles.at(f"{s3_uri}/disney-2b", s3)
+    files.claim(owner_of(body["metadata"]))
+    files.write_progress({"step": 4})
+    key = ("team-a", "disney-2b")
+    secrets = Secrets({"team-a": ("not-a-key", "s3-refuses-these-0123456789")})
+    reader = ProgressReader(every=0, endpoints=["*"], secrets=secrets)
+    try:
+        with caplog.at_level("WARNING", logger="disney_operator.progress"):
+            assert reader.refresh(key, {**body, "spec": run_spec(body, s3, s3_uri)}, RUNNING)
+            eventually(lambda: "S3 refused the request" in caplog.text, what="the refused read")
+        assert reader.latest(key) is None and secrets.asked == [("team-a", "s3-keys")]
+        assert "s3-refuses-these" not in caplog.text  # a key is never logged
+        secrets.keys["team-a"] = RW  # the tenant puts its right keys in its Secret
+        assert reader.refresh(key, {**body, "spec": run_spec(body, s3, s3_uri)}, RUNNING)
+        eventually(lambda: reader.latest(key) == {"step": 4}, what="the read with the Secret's keys")
+
+        unnamed = {k: v for k, v in run_spec(body, s3, s3_uri).items() if k != "s3Credentials"}
+        other = ("team-a", "no-secret")
+        with caplog.at_level("WARNING", logger="disney_operator.progress"):
+            assert not reader.refresh(other, {**body, "spec": unnamed}, RUNNING)
+        assert "spec.s3Credentials names no Secret" in caplog.text
+        local = {**run_spec(body, s3, s3_uri), "output": {"uri": "/etc"}}  # past the CRD, say an old one
+        assert not reader.refresh(("team-a", "local"), {**body, "spec": local}, RUNNING)
+    finally:
+        reader.close()
+
+
+def test_finding_2_endpoints_are_denied_unless_the_chart_lists_them(
+    s3: S3Options, s3_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The endpoint allow-list was off by default: the operator sent requests to any host a tenant named. Now
+    only AWS itself unless the chart lists more; "*" must be said."""
+    assert Settings().progress_endpoints == ["aws"]
+    body = vft()
+    spec = run_spec(body, s3, s3_uri)
+    secrets = Secrets({"team-a": RW})
+    assert s3.endpoint_url is not None
+    for endpoints, allowed in ((None, False), ([], False), (["aws"], False), ([s3.endpoint_url], True), (["*"], True)):
+        reader = ProgressReader(every=0, endpoints=endpoints, secrets=secrets)
+        try:
+            with caplog.at_level("WARNING", logger="disney_operator.progress"):
+                assert reader.refresh(("team-a", "disney-2b"), {**body, "spec": spec}, RUNNING) is allowed
+        finally:
+            reader.close()
+    assert f"S3 endpoint {s3.endpoint_url} is not one the operator may read" in caplog.text
+
+
+class Trickle(http.server.BaseHTTPRequestHandler):
+    """An "S3" that answers every GET with a 1000-byte body, one byte every 0.2 s."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(1000):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.2)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_finding_2_an_endpoint_that_trickles_is_given_up_at_the_deadline() -> None:
+    """A slow endpoint held a reader thread for as long as it kept sending (each socket read had 60 s): four
+    such VideoFineTunes held every thread. A read is now bounded in all, retries included."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        keys = S3Keys("tenant", "tenant-secret-0123456789")
+        files = RunFiles.at("s3://runs/slow", S3Options(endpoint_url=endpoint, max_attempts=2), keys, deadline=1.5)
+        start = time.monotonic()
+        with pytest.raises(StorageError, match=r"progress.json: not read within 1.5 s"):
+            files.read_progress()
+        took = time.monotonic() - start
+        assert took < 4, took  # the deadline, and at most one socket read (itself bounded by it) beyond
+    finally:
+        server.shutdown()
+
+
 def test_finding_2_a_run_record_larger_than_any_run_writes_is_not_read(s3: S3Options, s3_uri: str) -> None:
     """The operator read `progress.json` whole, at a place the tenant names: a 1 GiB one would have OOM-killed
     it for every tenant. A record is read only up to what a run ever writes; a larger one is refused unread."""
@@ -483,6 +593,50 @@ def test_finding_2_a_run_record_larger_than_any_run_writes_is_not_read(s3: S3Opt
     assert IO.snapshot()["read_bytes"] == before  # not a byte of the body fetched
     files.store.write_bytes("progress.json", b'{"step": 2}')
     assert files.read_progress() == {"step": 2}
+
+
+def test_finding_8_a_frozen_s3_is_named_while_it_lasts_and_given_up_within_the_bound(
+    proxy: FaultProxy, s3: S3Options, s3_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frozen S3 stalled training with no word for as long as it lasted (each attempt waited 60 s, eight
+    of them). Now the request is named while it waits, and fails when the configured bound is reached."""
+    from disney_train.storage import open_store
+
+    frozen = s3.model_copy(
+        update={"endpoint_url": proxy.endpoint, "max_attempts": 50, "stall_warn_seconds": 1, "give_up_seconds": 4}
+    )
+    store = open_store(f"{s3_uri}/frozen", frozen)
+    store.write_bytes("shard.tar", b"x")
+    proxy.frozen = True
+    start = time.monotonic()
+    try:
+        with caplog.at_level("WARNING", logger="disney_train.storage"), pytest.raises(StorageError) as failed:
+            store.read_bytes("shard.tar")
+    finally:
+        proxy.frozen = False
+    took = time.monotonic() - start
+    assert 4 <= took < 12, took  # the bound, and at most one attempt (itself bounded by it) beyond
+    assert "shard.tar" in str(failed.value)
+    said = [r.getMessage() for r in caplog.records if "no answer for" in r.getMessage()]
+    assert said and all("read s3://" in m and "shard.tar" in m and "given up at 4 s" in m for m in said), said
+    assert re.search(r"no answer for [12] s", said[0]) and len(said) >= 2, said  # at once, then again
+
+
+class TheTrainingsOwnError(Exception):
+    pass
+
+
+def test_finding_8_the_last_error_is_the_one_that_stopped_training() -> None:
+    """An outage that outlasted the retries ended in a last line blaming the progress bar's final read of
+    progress.json (S3 down takes both), not the training failure."""
+    from disney_train.train.launch import _ProgressWatcher
+
+    (port,) = free_ports(1)  # nothing listens there: S3 is down
+    files = RunFiles.at("s3://runs/down", S3Options(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1))
+    with pytest.raises(TheTrainingsOwnError), _ProgressWatcher(files, lambda p: None, every=3600):
+        raise TheTrainingsOwnError("the workers' S3 writes failed")
+    with pytest.raises(StorageError), _ProgressWatcher(files, lambda p: None, every=3600):
+        pass  # training went well: the last read's failure is then the one to tell
 
 
 def test_finding_7_a_checkpoint_s3_cannot_serve_is_not_taken_for_damaged(

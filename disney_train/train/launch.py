@@ -251,11 +251,19 @@ class _ProgressWatcher:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        if self.callback is not None:
+        if self.callback is None:
+            return
+        try:
             p = self.files.read_progress()
-            if p is not None:
-                self.callback(p)
+        except Exception as err:
+            if kind is None:
+                raise
+            # training failed: its error is the one to tell, not this side read's (S3 down takes both)
+            log.debug("the last progress read failed too: %s", err)
+            return
+        if p is not None:
+            self.callback(p)

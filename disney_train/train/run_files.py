@@ -25,7 +25,7 @@ import yaml
 
 from disney_train.config import RunConfig, S3Options
 from disney_train.eval.results import SUMMARY_JSON  # pydantic only: the operator imports this module
-from disney_train.storage import Store, open_store
+from disney_train.storage import S3Keys, Store, open_store
 
 PROGRESS = "progress.json"
 FINAL_LORA = "final/pytorch_lora_weights.safetensors"
@@ -86,10 +86,11 @@ class RunFiles:
         self.store = store or open_store(self.uri, cfg.s3)
 
     @classmethod
-    def at(cls, uri: str, s3: S3Options) -> RunFiles:
-        """The files of the run at `uri` (`<output.uri>/<name>`), without its configuration: the operator reads them."""
+    def at(cls, uri: str, s3: S3Options, keys: S3Keys | None = None, deadline: float | None = None) -> RunFiles:
+        """The files of the run at `uri` (`<output.uri>/<name>`), without its configuration: the operator reads
+        them (with the tenant's `keys`, each read bounded by `deadline`)."""
         files = cls.__new__(cls)
-        files.uri, files.store = uri, open_store(uri, s3)
+        files.uri, files.store = uri, open_store(uri, s3, keys, deadline)
         return files
 
     def _json(self, key: str, value: dict[str, Any]) -> None:

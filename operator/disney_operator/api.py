@@ -202,7 +202,9 @@ class VideoFineTuneSpec(_Api):
     head: Head = Field(default_factory=Head)
     image: ShortText | None = Field(default=None, description="Trainer image (default: the operator's).")
     s3Credentials: S3Credentials | None = Field(
-        default=None, description="Secret with the S3 keys (default: the pods' own identity)."
+        default=None,
+        description="Secret with the S3 keys (default: the pods' own identity). The operator reads the run's "
+        "progress for the status with it too: without one, the status shows none.",
     )
     suspend: bool = Field(default=False, description="Stop the Ray cluster, keep the run; false resumes it.")
     backoffLimit: int = Field(

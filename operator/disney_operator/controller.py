@@ -57,7 +57,9 @@ class Controller:
         source: Source | None = None,
     ) -> None:
         self.kube, self.settings, self.clock, self.source = kube, settings, clock, source
-        self.progress = ProgressReader(settings.progress_seconds, endpoints=settings.progress_endpoints)
+        self.progress = ProgressReader(
+            settings.progress_seconds, endpoints=settings.progress_endpoints, secrets=kube.secret_data
+        )
         self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
         # Read-your-writes, for the watch lags behind our own writes: what our last writes of a

@@ -6,6 +6,12 @@ A reconcile asks `latest(key)` and `latest_evaluation(key)` (what was last read)
 again if due: every `progress_seconds` while the RayJob runs, and once more when it ends, which is when
 the evaluation's summary is there). The summary is read only for a VideoFineTune with an evaluation block.
 A read that finds something new calls `on_change(key)`, which reconciles that VideoFineTune again.
+
+The endpoint, bucket and prefix are the tenant's choice, so the operator holds no S3 keys of its own for
+them: it reads with the keys of the Secret the VideoFineTune gives its pods (`spec.s3Credentials`, in its own
+namespace), only at endpoints the chart allows (`endpoints`; "*": any), each file capped in size (the
+largest record a run writes) and in time (`deadline`), and only the run the VideoFineTune owns (owner.json).
+A VideoFineTune that names no Secret shows no progress.
 """
 
 from __future__ import annotations
@@ -19,15 +25,24 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from disney_operator.api import S3Credentials
 from disney_operator.rayjob import owner_of
 from disney_train.config import S3Options
 from disney_train.eval.results import SUMMARY_JSON
+from disney_train.storage import S3Keys, is_s3
 from disney_train.train.run_files import OWNER, PROGRESS, RunFiles, same_owner
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 ENDED = ("Complete", "Failed")
+# (namespace, name) -> the Secret's data, decoded; raises when there is none (`Kube.secret_data`)
+SecretReader = Callable[[str, str], dict[str, str]]
+DEADLINE = 20.0  # seconds a read of one file may take, retries included
+
+
+def _no_secrets(namespace: str, name: str) -> dict[str, str]:
+    raise LookupError("the operator was given no way to read Secrets")
 
 
 class ProgressReader:
@@ -37,8 +52,11 @@ class ProgressReader:
         on_change: Callable[[Key], None] = lambda key: None,
         endpoints: list[str] | None = None,
         workers: int = 4,
+        secrets: SecretReader = _no_secrets,
+        deadline: float = DEADLINE,
     ) -> None:
-        self.every, self.on_change, self.endpoints = every, on_change, endpoints
+        self.every, self.on_change, self.secrets, self.deadline = every, on_change, secrets, deadline
+        self.endpoints = ["aws"] if endpoints is None else endpoints  # AWS itself; "*": any
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="progress")
         self._lock = threading.Lock()
         self._latest: dict[Key, dict[str, Any]] = {}
@@ -47,7 +65,7 @@ class ProgressReader:
         self._final: dict[Key, set[str]] = {}  # the ended RayJobs whose last record was read
         self._busy: set[Key] = set()
         self._refused: set[Key] = set()
-        self._runs: dict[Key, tuple[str, RunFiles]] = {}  # each run's S3 client, made once
+        self._runs: dict[Key, tuple[tuple[str, S3Keys], RunFiles]] = {}  # each run's S3 client, made once
         self._owned: set[tuple[Key, str, str]] = set()  # (run, where, owner) found to be the VideoFineTune's own
 
     def latest(self, key: Key) -> dict[str, Any] | None:
@@ -85,34 +103,58 @@ class ProgressReader:
             output = (spec.get("output") or {}).get("uri")
             try:
                 s3 = S3Options.model_validate({**((spec.get("training") or {}).get("s3") or {}), "max_attempts": 2})
+                creds = S3Credentials.model_validate(spec["s3Credentials"]) if spec.get("s3Credentials") else None
             except ValidationError:
                 return False  # the reconcile reports the spec's problem
-            if not output:
-                return False
-            if self.endpoints is not None and (s3.endpoint_url or "aws") not in self.endpoints:
+            if not output or not is_s3(output):
+                return False  # the CRD admits s3:// only; never a path on the operator's disk
+            refused = self._refusal(s3, creds)
+            if refused:
                 if key not in self._refused:
                     self._refused.add(key)
-                    log.warning(
-                        "%s/%s: progress not read: S3 endpoint %s is not one the operator may read "
-                        "(DISNEY_OPERATOR_PROGRESS_ENDPOINTS)",
-                        *key,
-                        s3.endpoint_url or "aws",
-                    )
+                    log.warning("%s/%s: progress not read: %s", *key, refused)
                 return False
+            assert creds is not None
             self._busy.add(key)
             self._read_at[key] = now
         evaluated = bool(spec.get("evaluation"))
         owner = owner_of(vft["metadata"])
-        self._pool.submit(self._read, key, f"{output.rstrip('/')}/{key[1]}", s3, final, evaluated, owner)
+        run = f"{output.rstrip('/')}/{key[1]}"
+        self._pool.submit(self._read, key, run, s3, creds, final, evaluated, owner)
         return True
 
-    def _read(self, key: Key, uri: str, s3: S3Options, final: str | None, evaluated: bool, owner: str) -> None:
+    def _refusal(self, s3: S3Options, creds: S3Credentials | None) -> str | None:
+        """Why a run's files are not to be read, or None."""
+        endpoint = s3.endpoint_url or "aws"
+        if "*" not in self.endpoints and endpoint not in self.endpoints:
+            return (
+                f"S3 endpoint {endpoint} is not one the operator may read (the chart's operator.progressEndpoints: "
+                f"{', '.join(self.endpoints) or 'none'})"
+            )
+        if creds is None:
+            return "spec.s3Credentials names no Secret (the operator reads a run's files only with its tenant's keys)"
+        return None
+
+    def _files(self, key: Key, uri: str, s3: S3Options, creds: S3Credentials) -> RunFiles:
+        """The run's files, read with the keys the VideoFineTune's Secret holds now (read at every poll: keys
+        rotate), through one S3 client while they and the place stay the same."""
+        data = self.secrets(key[0], creds.secretName)
+        missing = [k for k in (creds.accessKeyIdKey, creds.secretAccessKeyKey) if not data.get(k)]
+        if missing:
+            raise LookupError(f"Secret {key[0]}/{creds.secretName} has no {' or '.join(missing)}")
+        keys = S3Keys(data[creds.accessKeyIdKey], data[creds.secretAccessKeyKey])
+        where = (f"{uri} {s3.model_dump_json()}", keys)
+        if key not in self._runs or self._runs[key][0] != where:
+            self._runs[key] = (where, RunFiles.at(uri, s3, keys, self.deadline))
+        return self._runs[key][1]
+
+    def _read(
+        self, key: Key, uri: str, s3: S3Options, creds: S3Credentials, final: str | None, evaluated: bool, owner: str
+    ) -> None:
         ok, progress, summary = False, None, None
         try:
+            files = self._files(key, uri, s3, creds)
             where = f"{uri} {s3.model_dump_json()}"
-            if key not in self._runs or self._runs[key][0] != where:
-                self._runs[key] = (where, RunFiles.at(uri, s3))
-            files = self._runs[key][1]
             # only the run this VideoFineTune owns (its owner.json, written at its first start): never another
             # tenant's figures, of a VideoFineTune of the same name elsewhere or of one deleted before it
             # (once found this VideoFineTune's, a run stays its own: owner.json is not read again)

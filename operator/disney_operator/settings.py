@@ -46,10 +46,11 @@ class Settings(BaseModel):
     field_manager: str = "disney-train-operator"
     resync_seconds: float = Field(default=30.0, gt=0, description="Every VideoFineTune is reconciled this often.")
     progress_seconds: float = Field(default=30.0, ge=0, description="How often a running run's progress is read.")
-    progress_endpoints: list[str] | None = Field(
-        default=None,
-        description='S3 endpoints the operator may read progress from with its own keys ("aws" for AWS '
-        "itself); unset: any. The endpoint is the VideoFineTune's choice, so a shared cluster lists its own.",
+    progress_endpoints: list[str] = Field(
+        default=["aws"],
+        max_length=64,
+        description='S3 endpoints the operator may read progress from, with the VideoFineTune\'s own Secret ("aws" '
+        'for AWS itself, "*" for any). The endpoint is the tenant\'s choice: the operator reads nowhere else.',
     )
     cluster_ttl_seconds: int = Field(
         default=60, ge=0, description="KubeRay keeps a finished run's Ray cluster this long (for its logs)."

@@ -11,6 +11,7 @@ test_uninstall (it removes the install), and test_up_again last (it kills the cl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def inputs(s3: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path
 @pytest.fixture(scope="session")
 def installed(kube: Kube, s3: dict[str, str], inputs: Path) -> Iterator[None]:
     """Steps 1 and 2 of the README: the chart (the operator as a pod from the operator image, its RBAC),
-    then the S3 Secret in the jobs' namespace. The operator reads progress with keys of its own."""
+    then the S3 Secret in the jobs' namespace. The operator holds no S3 keys: it reads a run's progress with
+    the Secret its VideoFineTune names (the chart lets it `get` Secrets), at the cluster's S3 only."""
     for ns in (RELEASE_NS, JOBS_NS):
         kube.kubectl("create", "namespace", ns, check=False)
     secret = ("create", "secret", "generic", "disney-train-s3")
@@ -58,13 +60,15 @@ def installed(kube: Kube, s3: dict[str, str], inputs: Path) -> Iterator[None]:
         f"--from-literal=AWS_ACCESS_KEY_ID={s3['AWS_ACCESS_KEY_ID']}",
         f"--from-literal=AWS_SECRET_ACCESS_KEY={s3['AWS_SECRET_ACCESS_KEY']}",
     )
-    for ns in (RELEASE_NS, JOBS_NS):
-        kube.kubectl("-n", ns, "delete", "secret", "disney-train-s3", "--ignore-not-found")
-        kube.kubectl("-n", ns, *secret, *creds)
+    # the jobs' namespace only: the release's namespace (the operator's) has no S3 keys
+    kube.kubectl("-n", RELEASE_NS, "delete", "secret", "disney-train-s3", "--ignore-not-found")
+    kube.kubectl("-n", JOBS_NS, "delete", "secret", "disney-train-s3", "--ignore-not-found")
+    kube.kubectl("-n", JOBS_NS, *secret, *creds)
     kube.helm("uninstall", "disney-train", "-n", RELEASE_NS, "--wait", check=False)
     kube.helm(
         "install", "disney-train", str(ROOT / "charts" / "disney-train"), "-n", RELEASE_NS,
-        "--set", "s3Credentials.secretName=disney-train-s3",
+        # the operator reads progress with each VideoFineTune's Secret, at endpoints listed here only
+        "--set-json", f"operator.progressEndpoints={json.dumps([s3['AWS_ENDPOINT_URL']])}",
         "--set", "operator.progressSeconds=5",
         "--set", "metrics.podMonitor.interval=5s",
         "--set", "jobDefaults.clusterTTLSeconds=600",  # a failed run's Ray cluster stays to be read

@@ -4,7 +4,8 @@ Requests are forwarded byte-for-byte (headers untouched, so SigV4 signatures sta
 - `fail(n, ...)`: the next n matching requests get an S3 503 SlowDown without reaching S3;
 - `truncate(n, ...)`: the next n matching responses are cut off half-way through their body;
 - `drop_after(n, ...)`: after n matching requests, every further one is answered 503;
-- `down = True`: every request is answered by closing the connection (S3 gone).
+- `down = True`: every request is answered by closing the connection (S3 gone);
+- `frozen = True`: every request is read and left unanswered while it stays so (S3 hung).
 It records every request as (method, path) in `seen`.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -43,6 +45,7 @@ class FaultProxy:
     rules: list[Rule] = field(default_factory=list)
     seen: list[tuple[str, str]] = field(default_factory=list)
     down: bool = False
+    frozen: bool = False
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -74,6 +77,8 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
+                while proxy.frozen:
+                    time.sleep(0.05)
                 action = proxy._decide(self.command, self.path)
                 if action == "down":
                     self.close_connection = True

@@ -4,6 +4,7 @@ through the same API server the operator uses.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -20,6 +21,22 @@ from tests.support.apiserver import ApiServer, api_client, eventually
 from tests.support.seaweed import free_ports
 
 
+class Secrets:
+    """What `Kube.secret_data` answers: each namespace's s3-keys Secret (the one the tests' specs name in
+    spec.s3Credentials), and who asked."""
+
+    def __init__(self, keys: dict[str, tuple[str, str]]) -> None:
+        self.keys = keys
+        self.asked: list[tuple[str, str]] = []
+
+    def __call__(self, namespace: str, name: str) -> dict[str, str]:
+        self.asked.append((namespace, name))
+        if name != "s3-keys" or namespace not in self.keys:
+            raise LookupError(f"no Secret {namespace}/{name}")
+        access, secret = self.keys[namespace]
+        return {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
+
+
 class Cluster:
     """VideoFineTunes, RayJobs and RayClusters on the test server, as a user and as KubeRay see them."""
 
@@ -29,6 +46,19 @@ class Cluster:
         self.server = server
         self.custom = client.CustomObjectsApi(api_client(server.kubeconfig))
         self.core = client.CoreV1Api(api_client(server.kubeconfig))
+
+    def s3_secret(self, ns: str, keys: tuple[str, str], name: str = "s3-keys") -> None:
+        """The tenant's S3 Secret (the one the specs name in spec.s3Credentials), as `kubectl create secret`."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name},
+            "data": {
+                "AWS_ACCESS_KEY_ID": base64.b64encode(keys[0].encode()).decode(),
+                "AWS_SECRET_ACCESS_KEY": base64.b64encode(keys[1].encode()).decode(),
+            },
+        }
+        self.core.create_namespaced_secret(ns, body)
 
     # ------------------------------------------------------------------ VideoFineTunes (the user)
     def create(self, ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:

@@ -86,6 +86,11 @@ the requests it makes (tests/test_chart_operator.py reads them from a real API s
   resources: [networkpolicies]
   verbs: [create, patch, delete]
 {{- end }}
+# the S3 keys a VideoFineTune names (spec.s3Credentials, in its own namespace): the operator reads its
+# run's progress with them, and holds no keys of its own (get only: never a list of the namespace's Secrets)
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
 # an elastic run's RayCluster is resized in place
 - apiGroups: [ray.io]
   resources: [rayclusters]
