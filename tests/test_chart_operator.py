@@ -23,7 +23,7 @@ from disney_operator.reconcile import rfc3339
 from tests.support.apiserver import KUBERAY_SCHEMAS, ApiServer, eventually, start_apiserver
 from tests.support.chart import CHART, allows, bound_rules, chart_copy, find, granted, one, render, requests_of
 from tests.support.kuberay import Cluster, OperatorProcess, launch_operator
-from tests.support.seaweed import free_ports
+from tests.support.seaweed import RW, free_ports
 
 # Granted though the audit log cannot show them: a server-side apply that creates the object is also
 # authorized as `create` (the API server's create-on-update check), while the log records only the
@@ -123,7 +123,6 @@ def test_the_rendered_operator_runs_one_active_replica_within_its_rbac(
         "replicaCount": 2,
         "watchNamespaces": [ns, f"vft-{uuid.uuid4().hex[:6]}"] if mode == "named-namespaces" else [],
         "operator": {"resyncSeconds": 1, "progressSeconds": 0.5},
-        "s3Credentials": {"secretName": "operator-s3"},
         # this API server serves no networking.k8s.io (tests/e2e runs the policies on the real cluster)
         "networkPolicy": {"enabled": False},
         "jobDefaults": {
@@ -151,7 +150,7 @@ def test_the_rendered_operator_runs_one_active_replica_within_its_rbac(
     start = len(audited.audit(USER))
 
     kubeconfig = audited.kubeconfig_for(USER)
-    secrets = {"operator-s3/AWS_ACCESS_KEY_ID": "AKIDTEST", "operator-s3/AWS_SECRET_ACCESS_KEY": "not-a-secret"}
+    secrets: dict[str, str] = {}  # the operator's Deployment references no Secret (it holds no S3 keys)
     pods = ["dt-disney-train-0", "dt-disney-train-1"]
     cluster = Cluster(audited)
     spec: dict[str, Any] = {
@@ -159,7 +158,9 @@ def test_the_rendered_operator_runs_one_active_replica_within_its_rbac(
         "dataset": {"uri": "s3://data/disney"},
         "output": {"uri": "s3://runs/out"},
         "workers": {"replicas": 2, "maxReplicas": 4},
+        "s3Credentials": {"secretName": "s3-keys"},  # the running run's progress is read with it
     }
+    cluster.s3_secret(ns, RW)
     ops = [replica(renders[0], pods[0], kubeconfig, tmp_path / f"{pods[0]}.log", secrets)]
     try:
         eventually(lambda: working(ops[0]), what="the first replica working")
