@@ -12,6 +12,16 @@ dir=$(go mod download -json "github.com/prometheus-operator/prometheus-operator@
 for kind in servicemonitors podmonitors prometheusrules; do
   "$KUBECTL" apply --server-side --force-conflicts -f "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" >/dev/null
 done
+# polled, not `kubectl wait --for=condition=Established`: that fails at once ("status.conditions accessor
+# error: <nil>") on a CRD whose status the API server has not written yet, as a cold machine's CI run met
+# (and tidb-operator#1511 before it)
+established() {
+  [ "$("$KUBECTL" get "crd/$1" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ]
+}
 for kind in servicemonitors podmonitors prometheusrules; do
-  "$KUBECTL" wait --for=condition=Established --timeout=60s "crd/$kind.monitoring.coreos.com" >/dev/null
+  crd=$kind.monitoring.coreos.com deadline=$((SECONDS + 60))
+  until established "$crd"; do
+    [ $SECONDS -lt $deadline ] || { echo "monitoring-crds.sh: crd/$crd not Established in 60 s" >&2; exit 1; }
+    sleep 0.5
+  done
 done
