@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -34,12 +33,14 @@ from disney_train.data.pack import PackOptions, load_manifest, pack  # noqa: E40
 from disney_train.data.reader import ClipDataset  # noqa: E402
 from disney_train.data.sample import encode_clip, source_video, write_sample  # noqa: E402
 from disney_train.model.encode import encode_prompts, encode_video_dist  # noqa: E402
-from disney_train.model.load import load_encoders, load_scheduler, load_transformer  # noqa: E402
+from disney_train.model.load import load_encoders, load_transformer  # noqa: E402
+from disney_train.model.spec import load_encoders as spec_encoders  # noqa: E402
+from disney_train.model.spec import spec_for  # noqa: E402
 from disney_train.model.tiny import write_tiny_model  # noqa: E402
 from disney_train.storage import open_store  # noqa: E402
 from disney_train.train.cache import CachedClipDataset, build_entries, cache_set, missing_entries  # noqa: E402
 from disney_train.train.lora import add_lora  # noqa: E402
-from disney_train.train.objective import diffusion_loss, model_facts, step_generator  # noqa: E402
+from disney_train.train.objective import diffusion_loss, step_generator  # noqa: E402
 from tests.support.training import train_config  # noqa: E402
 
 STEPS = 3
@@ -69,17 +70,14 @@ class Step:
         self.transformer.enable_gradient_checkpointing()
         torch.manual_seed(0)
         params = add_lora(self.transformer, cfg.lora)
-        self.scheduler = load_scheduler(model)
-        vae = SimpleNamespace(**json.loads((model / "vae" / "config.json").read_text()))
-        self.facts = model_facts(self.transformer, vae, self.scheduler)
+        self.spec = spec_for(model, "t2v")
         self.opt = torch.optim.AdamW([p for _, p in params], lr=cfg.optim.learning_rate)
         self.n = 0
 
     def __call__(self, batch: dict[str, Any]) -> float:
         loss = diffusion_loss(
             self.transformer,
-            self.scheduler,
-            self.facts,
+            self.spec,
             batch,
             step_generator(0, self.n, 0),
             torch.device("cpu"),
@@ -111,14 +109,15 @@ def bench_cache(tmp: Path, model: Path) -> dict[str, Any]:
         encode_times.append(time.perf_counter() - t0)
         print(f"encode every step: {encode_times[-1]:.2f} s")
 
-    cs = cache_set(cfg, model, 226)
+    cs = cache_set(cfg, model, step.spec)
     t0 = time.perf_counter()
     build_entries(
         cs,
         cfg,
         manifest,
         open_store(str(data)),
-        SimpleNamespace(vae=vae, text_encoder=te, tokenizer=tok),
+        step.spec,
+        spec_encoders(model),
         missing_entries(cs, manifest, cfg),
         torch.device("cpu"),
     )
@@ -182,7 +181,7 @@ def bench_overhead(tmp: Path, model: Path) -> dict[str, Any]:
         ray.shutdown()
 
     manifest = load_manifest(str(data))
-    cs = cache_set(cfg, model, 226)
+    cs = cache_set(cfg, model, spec_for(model, "t2v"))
     cached = CachedClipDataset(cs, manifest, cfg)
     step = Step(model, cfg)
     times = []

@@ -243,10 +243,10 @@ def data_read(
 
 def _read_epochs(cfg: RunConfig, epochs: int, rank: int, world_size: int) -> dict[str, Any]:
     from disney_train.data.reader import TrainingClips
+    from disney_train.model.spec import SPECS
 
-    clips = TrainingClips(
-        cfg.data, seed=cfg.seed, rank=rank, world_size=world_size, variant=cfg.model.variant, s3=cfg.s3
-    )
+    with_image = SPECS[cfg.model.variant].wants_image
+    clips = TrainingClips(cfg.data, seed=cfg.seed, rank=rank, world_size=world_size, with_image=with_image, s3=cfg.s3)
     seen = 0
     shape: tuple[int, ...] = ()
     lo, hi = 1.0, -1.0
@@ -275,12 +275,15 @@ def model_tiny(
     out: Annotated[Path, typer.Argument(help="Folder to write the model to (diffusers layout).")],
     i2v: Annotated[bool, typer.Option("--i2v", help="An image-to-video model.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    generation: Annotated[str, typer.Option(help="CogVideoX 1.0 (as the 2b) or 1.5 (as CogVideoX1.5-5B).")] = "1.0",
 ) -> None:
     """Write a tiny CogVideoX with random weights, loadable like the real ones (tests, `make run`)."""
     from disney_train.model.tiny import write_tiny_model
 
-    write_tiny_model(out, "i2v" if i2v else "t2v", seed)
-    console.print(f"wrote a tiny {'image' if i2v else 'text'}-to-video CogVideoX to {out}")
+    if generation not in ("1.0", "1.5"):
+        raise typer.BadParameter(f"{generation!r}: 1.0 or 1.5", param_hint="--generation")
+    write_tiny_model(out, "i2v" if i2v else "t2v", seed, "1.5" if generation == "1.5" else "1.0")
+    console.print(f"wrote a tiny CogVideoX {generation} {'image' if i2v else 'text'}-to-video model to {out}")
 
 
 @model_app.command("tiny-clip")

@@ -12,9 +12,12 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from disney_train.model.spec import CogVideoXSpec
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,11 @@ def pick_device(requested: str) -> tuple[str, Any]:
     return device, torch.bfloat16 if device == "cuda" else torch.float32
 
 
-def load_pipeline(model_path: Path, variant: Literal["t2v", "i2v"], device: str, dtype: Any) -> Any:
-    from diffusers import CogVideoXImageToVideoPipeline, CogVideoXPipeline
-
-    cls = CogVideoXImageToVideoPipeline if variant == "i2v" else CogVideoXPipeline
-    pipe = cls.from_pretrained(str(model_path), torch_dtype=dtype)
+def load_pipeline(model_path: Path, model: CogVideoXSpec, device: str, dtype: Any) -> Any:
+    """The model's diffusers pipeline, with the model folder's own scheduler: what a user of the
+    published LoRA gets from `from_pretrained` (the reference scripts switch validation to
+    CogVideoXDPMScheduler; the videos here show what the LoRA does with the model as shipped)."""
+    pipe = model.pipeline_class().from_pretrained(str(model_path), torch_dtype=dtype)
     if device == "cuda":
         pipe.enable_model_cpu_offload()  # beside a training worker's memory
         pipe.vae.enable_tiling()
@@ -69,12 +72,9 @@ def apply_loras(pipe: Any, loras: list[tuple[bytes, float]]) -> None:
         pipe.set_adapters(names, [scale for _, scale in loras])
 
 
-def render(pipe: Any, spec: RenderSpec, variant: Literal["t2v", "i2v"]) -> list[np.ndarray]:
+def render(pipe: Any, spec: RenderSpec, model: CogVideoXSpec) -> list[np.ndarray]:
     """One uint8 video [F, H, W, 3] per prompt, each from the generator seeded by (seed, index)."""
-    import io
-
     import torch
-    from PIL import Image
 
     videos = []
     for i, prompt in enumerate(spec.prompts):
@@ -88,8 +88,7 @@ def render(pipe: Any, spec: RenderSpec, variant: Literal["t2v", "i2v"]) -> list[
             "generator": torch.Generator().manual_seed(spec.seed + i),
             "output_type": "np",
         }
-        if variant == "i2v":
-            kwargs["image"] = Image.open(io.BytesIO(spec.images[i])).convert("RGB")
+        kwargs.update(model.render_inputs(spec.images[i] if spec.images else None))
         frames = pipe(**kwargs).frames[0]  # float [F, H, W, 3] in [0, 1]
         videos.append((np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
     return videos
@@ -192,26 +191,22 @@ def generate(req: GenerateRequest, s3: Any = None) -> list[str]:
     Returns the videos' URIs."""
     import json
 
-    from disney_train.model.load import model_variant
     from disney_train.model.source import resolve_model
+    from disney_train.model.spec import model_task, spec_for
     from disney_train.storage import open_store, read_uri
 
     req.check()
     model_path = resolve_model(req.model, s3)
-    variant = model_variant(model_path)
-    if variant == "t2v" and req.images:
-        raise GenerateError(f"--image: {req.model} is a text-to-video model; images are for image-to-video")
-    if variant == "i2v" and len(req.images) not in (1, len(req.prompts)):
-        raise GenerateError(
-            f"--image: {req.model} is an image-to-video model: give one image, or one per prompt "
-            f"({len(req.prompts)}), not {len(req.images)}"
-        )
+    model = spec_for(model_path, model_task(model_path))
+    refusal = model.check_render_images(len(req.images), len(req.prompts))
+    if refusal is not None:
+        raise GenerateError(f"--image: {req.model}: {refusal}")
     images = [read_uri(u, s3) for u in req.images]
-    if variant == "i2v" and len(images) == 1:
+    if len(images) == 1:
         images = images * len(req.prompts)
     loras = [(lora_file(ref, s3), ref.scale) for ref in req.loras]
     device, dtype = pick_device(req.device)
-    pipe = load_pipeline(model_path, variant, device, dtype)
+    pipe = load_pipeline(model_path, model, device, dtype)
     apply_loras(pipe, loras)
     spec = RenderSpec(
         prompts=req.prompts,
@@ -226,12 +221,13 @@ def generate(req: GenerateRequest, s3: Any = None) -> list[str]:
     )
     store = open_store(req.out, s3)
     names = []
-    for i, frames in enumerate(render(pipe, spec, variant)):
+    for i, frames in enumerate(render(pipe, spec, model)):
         names.append(f"video-{i:02d}.mp4")
         store.write_bytes(names[-1], mp4_bytes(frames, req.fps))
     record = {
         "model": req.model,
-        "variant": variant,
+        "variant": model.task,
+        "model_spec": model.name,
         "loras": [{"uri": r.uri, "scale": r.scale} for r in req.loras],
         "frames": req.num_frames,
         "height": req.height,

@@ -12,9 +12,14 @@ from disney_train.data.pack import PackOptions, load_manifest, pack
 from disney_train.data.reader import ClipDataset, DataError, TrainingClips
 from disney_train.model.encode import encode_prompts, encode_video_dist
 from disney_train.model.load import load_encoders
+from disney_train.model.spec import CogVideoXSpec, spec_for
 from disney_train.storage import open_store
 from disney_train.train.cache import CachedClipDataset, cache_set, missing_entries, model_revision
 from tests.support.training import build_cache, train_config
+
+
+def T2V(path: Path) -> CogVideoXSpec:
+    return spec_for(path, "t2v")
 
 
 def test_entries_hold_the_encoders_outputs_and_are_reused(tiny_t2v: Path, packed: Path, tmp_path: Path) -> None:
@@ -22,7 +27,7 @@ def test_entries_hold_the_encoders_outputs_and_are_reused(tiny_t2v: Path, packed
     assert build_cache(cfg, tiny_t2v) == 4
     assert build_cache(cfg, tiny_t2v) == 0  # a second run finds every entry
     manifest = load_manifest(cfg.data.uri)
-    cs = cache_set(cfg, tiny_t2v, 226)
+    cs = cache_set(cfg, tiny_t2v, T2V(tiny_t2v))
     entry = CachedClipDataset(cs, manifest, cfg)[2]
     assert entry["latent_dist"].shape == (5, 8, 8, 12)  # 17 frames -> 5 latent frames; mean+logvar; 64x96 / 8
     assert entry["prompt_embeds"].shape == (226, 32)
@@ -40,11 +45,11 @@ def test_entries_hold_the_encoders_outputs_and_are_reused(tiny_t2v: Path, packed
 
 def test_keys_follow_model_shape_and_prompt(tiny_t2v: Path, tiny_i2v: Path, packed: Path, tmp_path: Path) -> None:
     cfg = train_config(tiny_t2v, packed, tmp_path / "out")
-    base = cache_set(cfg, tiny_t2v, 226)
-    assert cache_set(cfg, tiny_t2v, 226).key == base.key
+    base = cache_set(cfg, tiny_t2v, T2V(tiny_t2v))
+    assert cache_set(cfg, tiny_t2v, T2V(tiny_t2v)).key == base.key
     other_size = train_config(tiny_t2v, packed, tmp_path / "out", **{"data.height": 48})
-    assert cache_set(other_size, tiny_t2v, 226).key != base.key
-    assert cache_set(cfg, tiny_i2v, 226).key != base.key  # another model revision
+    assert cache_set(other_size, tiny_t2v, T2V(tiny_t2v)).key != base.key
+    assert cache_set(cfg, tiny_i2v, T2V(tiny_t2v)).key != base.key  # another model revision
     assert model_revision(tiny_t2v) != model_revision(tiny_i2v)
     manifest = load_manifest(cfg.data.uri)
     rec = manifest.samples[0]
@@ -52,14 +57,14 @@ def test_keys_follow_model_shape_and_prompt(tiny_t2v: Path, tiny_i2v: Path, pack
 
     build_cache(cfg, tiny_t2v)
     with_token = train_config(tiny_t2v, packed, tmp_path / "out", **{"data.id_token": "sks"})
-    assert len(missing_entries(cache_set(with_token, tiny_t2v, 226), manifest, with_token)) == 4
+    assert len(missing_entries(cache_set(with_token, tiny_t2v, T2V(tiny_t2v)), manifest, with_token)) == 4
 
 
 def test_corrupt_entry_is_named(tiny_t2v: Path, packed: Path, tmp_path: Path) -> None:
     cfg = train_config(tiny_t2v, packed, tmp_path / "out")
     build_cache(cfg, tiny_t2v)
     manifest = load_manifest(cfg.data.uri)
-    cs = cache_set(cfg, tiny_t2v, 226)
+    cs = cache_set(cfg, tiny_t2v, T2V(tiny_t2v))
     ds = CachedClipDataset(cs, manifest, cfg)
     path = packed / "cache" / ds.keys[1]
     path.write_bytes(path.read_bytes()[:100])

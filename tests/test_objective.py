@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -10,8 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from disney_train.model.load import load_scheduler, load_transformer
-from disney_train.train.objective import ModelFacts, diffusion_loss, model_facts, step_generator
+from disney_train.model.load import load_transformer
+from disney_train.model.spec import CogVideoXSpec, ImageRecipe, spec_for
+from disney_train.train.objective import diffusion_loss, step_generator
 
 
 class Oracle(torch.nn.Module):
@@ -33,12 +33,8 @@ class Oracle(torch.nn.Module):
         return (v if self.exact else torch.zeros_like(v),)
 
 
-def _facts(tiny: Path, i2v: bool = False) -> tuple[Any, ModelFacts]:
-    scheduler = load_scheduler(tiny)
-    vae = SimpleNamespace(**json.loads((tiny / "vae" / "config.json").read_text()))
-    facts = model_facts(load_transformer(tiny), vae, scheduler)
-    facts.i2v = i2v
-    return scheduler, facts
+def _spec(tiny: Path, i2v: bool = False, dropout: float = 0.0) -> CogVideoXSpec:
+    return spec_for(tiny, "i2v" if i2v else "t2v", ImageRecipe(noise=False, draws=1, dropout=dropout))
 
 
 def _batch(b: int = 2, f: int = 3, c: int = 4, h: int = 4, w: int = 6) -> dict[str, torch.Tensor]:
@@ -53,22 +49,21 @@ def _batch(b: int = 2, f: int = 3, c: int = 4, h: int = 4, w: int = 6) -> dict[s
 
 
 def test_true_velocity_gives_zero_loss_and_zero_output_the_weighted_x0_error(tiny_t2v: Path) -> None:
-    scheduler, facts = _facts(tiny_t2v)
+    spec = _spec(tiny_t2v)
+    ac = spec.scheduler.alphas_cumprod
     batch = _batch()
-    x0 = batch["latent_dist"].chunk(2, dim=2)[0] * facts.scaling_factor
+    x0 = batch["latent_dist"].chunk(2, dim=2)[0] * spec.scaling_factor
     cpu = torch.device("cpu")
-    exact = diffusion_loss(
-        Oracle(x0, facts.alphas_cumprod, True, 4), scheduler, facts, batch, step_generator(1, 0, 0), cpu, torch.float32
-    )
+    exact = diffusion_loss(Oracle(x0, ac, True, 4), spec, batch, step_generator(1, 0, 0), cpu, torch.float32)
     assert float(exact) == pytest.approx(0.0, abs=1e-6)
 
-    zero = Oracle(x0, facts.alphas_cumprod, False, 4)
-    loss = diffusion_loss(zero, scheduler, facts, batch, step_generator(1, 0, 0), cpu, torch.float32)
+    zero = Oracle(x0, ac, False, 4)
+    loss = diffusion_loss(zero, spec, batch, step_generator(1, 0, 0), cpu, torch.float32)
     # recompute by hand: with v = 0, x0_pred = sqrt(a) x_t, so the error is sqrt(a) x_t - x0
     g = step_generator(1, 0, 0)
     torch.randn(x0.shape, generator=g)  # the latent sample's draw (a point mass here)
-    t = torch.randint(0, facts.num_train_timesteps, (2,), generator=g)
-    a = facts.alphas_cumprod[t].view(-1, 1, 1, 1, 1)
+    t = torch.randint(0, 1000, (2,), generator=g)
+    a = ac[t].view(-1, 1, 1, 1, 1)
     x_t = zero.inputs[0]
     expected = ((1 / (1 - a)) * (a.sqrt() * x_t - x0) ** 2).reshape(2, -1).mean(dim=1).mean()
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
@@ -76,21 +71,18 @@ def test_true_velocity_gives_zero_loss_and_zero_output_the_weighted_x0_error(tin
 
 
 def test_image_to_video_conditions_on_the_first_frame_latent(tiny_i2v: Path) -> None:
-    scheduler, facts = _facts(tiny_i2v, i2v=True)
+    spec = _spec(tiny_i2v, i2v=True)
     batch = _batch()
-    x0 = batch["latent_dist"].chunk(2, dim=2)[0] * facts.scaling_factor
-    oracle = Oracle(x0, facts.alphas_cumprod, True, 4)
-    loss = diffusion_loss(
-        oracle, scheduler, facts, batch, step_generator(1, 0, 0), torch.device("cpu"), torch.float32, image_dropout=0.0
-    )
+    x0 = batch["latent_dist"].chunk(2, dim=2)[0] * spec.scaling_factor
+    oracle = Oracle(x0, spec.scheduler.alphas_cumprod, True, 4)
+    loss = diffusion_loss(oracle, spec, batch, step_generator(1, 0, 0), torch.device("cpu"), torch.float32)
     assert float(loss) == pytest.approx(0.0, abs=1e-6)
     x = oracle.inputs[0]
     assert x.shape == (2, 3, 8, 4, 6)  # noisy latents and the image latents on channels
     torch.testing.assert_close(x[:, 0, 4:], x0[:, 0])  # frame 0: the image's latent
     assert torch.count_nonzero(x[:, 1:, 4:]) == 0  # later frames: zero padding
-    diffusion_loss(
-        oracle, scheduler, facts, batch, step_generator(1, 0, 0), torch.device("cpu"), torch.float32, image_dropout=1.0
-    )
+    dropped = _spec(tiny_i2v, i2v=True, dropout=1.0)
+    diffusion_loss(oracle, dropped, batch, step_generator(1, 0, 0), torch.device("cpu"), torch.float32)
     assert torch.count_nonzero(oracle.inputs[-1][:, :, 4:]) == 0  # dropped: no image at all
 
 
@@ -98,10 +90,9 @@ def test_steps_are_deterministic_per_seed_step_and_rank(tiny_t2v: Path) -> None:
     from disney_train.config import LoraConfig
     from disney_train.train.lora import add_lora
 
-    scheduler, facts = _facts(tiny_t2v)
+    spec = _spec(tiny_t2v)
     transformer = load_transformer(tiny_t2v)
     add_lora(transformer, LoraConfig(rank=4, alpha=4))
-    facts.transformer_config = transformer.config
     batch = _batch(h=8, w=12)
     batch["prompt_embeds"] = torch.randn((2, 226, 32), generator=torch.Generator().manual_seed(3))
 
@@ -109,8 +100,7 @@ def test_steps_are_deterministic_per_seed_step_and_rank(tiny_t2v: Path) -> None:
         return float(
             diffusion_loss(
                 transformer,
-                scheduler,
-                facts,
+                spec,
                 batch,
                 step_generator(seed, step, rank),
                 torch.device("cpu"),
@@ -122,53 +112,28 @@ def test_steps_are_deterministic_per_seed_step_and_rank(tiny_t2v: Path) -> None:
     assert len({loss(5, 3, 0), loss(5, 4, 0), loss(5, 3, 1), loss(6, 3, 0)}) == 4
 
 
-def test_cogvideox_1_5_image_to_video_shapes_train(tiny_t2v: Path) -> None:
-    """CogVideoX 1.5 patches time by 2 (odd latent frame counts are padded), uses 3D rotary
-    embeddings and, for i2v, the `ofs` embedding: one forward and backward goes through."""
-    from diffusers import CogVideoXTransformer3DModel
+def test_finding_1_cogvideox_1_5_image_to_video_conditions_as_its_pipeline(tmp_path: Path) -> None:
+    """CogVideoX 1.5 patches time by 2: 3 latent frames are padded to 4 (a copy of the first in front
+    of the noisy latents); the image latents are divided by the factor (`invert_scale_latents`) and
+    laid out [image, 0, 0, 0] over the padded frames, as the 1.5 I2V pipeline feeds them (it pads the
+    frame count first), not [image, image, 0, 0]. One forward and backward goes through, with 3D
+    rotary embeddings and `ofs`."""
+    from disney_train.model.tiny import write_tiny_model
 
-    transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=8,
-        out_channels=4,
-        time_embed_dim=2,
-        ofs_embed_dim=2,
-        text_embed_dim=32,
-        num_layers=1,
-        sample_width=12,
-        sample_height=8,
-        sample_frames=9,
-        patch_size=2,
-        patch_size_t=2,
-        temporal_compression_ratio=4,
-        max_text_seq_length=226,
-        use_rotary_positional_embeddings=True,
-        use_learned_positional_embeddings=False,
-        patch_bias=False,
-    )
-    scheduler = load_scheduler(tiny_t2v)
-    vae = SimpleNamespace(
-        **{**json.loads((tiny_t2v / "vae" / "config.json").read_text()), "invert_scale_latents": True}
-    )
-    facts = model_facts(transformer, vae, scheduler)
-    assert facts.i2v and facts.image_scaling_factor == 1 / facts.scaling_factor
+    tiny = write_tiny_model(tmp_path / "tiny-15", "i2v", generation="1.5")
+    spec = spec_for(tiny, "i2v", ImageRecipe(noise=False, draws=1, dropout=0.0))
+    assert spec.name == "cogvideox-1.5-i2v"
+    transformer = load_transformer(tiny)
     seen: list[torch.Tensor] = []
     transformer.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["hidden_states"]), with_kwargs=True)
-    batch = _batch(b=1, f=3, h=8, w=12)  # 3 latent frames: padded to 4 for patch_size_t=2
+    batch = _batch(b=1, f=3, h=8, w=12)
     batch["prompt_embeds"] = torch.randn((1, 226, 32), generator=torch.Generator().manual_seed(1))
-    gen = step_generator(0, 0, 0)
-    loss = diffusion_loss(
-        transformer, scheduler, facts, batch, gen, torch.device("cpu"), torch.float32, image_dropout=0
-    )
+    loss = diffusion_loss(transformer, spec, batch, step_generator(0, 0, 0), torch.device("cpu"), torch.float32)
     assert torch.isfinite(loss)
-    # the image latents as the 1.5 i2v pipeline builds them: divided by the factor, then
-    # [image, image (time padding), zeros, zeros]
-    image = batch["image_dist"].chunk(2, dim=2)[0][:, 0] / facts.scaling_factor
+    image = batch["image_dist"].chunk(2, dim=2)[0][:, 0] / spec.scaling_factor
     x = seen[0]
     assert x.shape == (1, 4, 8, 8, 12)
     torch.testing.assert_close(x[:, 0, 4:], image)
-    torch.testing.assert_close(x[:, 1, 4:], image)
-    assert torch.count_nonzero(x[:, 2:, 4:]) == 0
+    assert torch.count_nonzero(x[:, 1:, 4:]) == 0
     loss.backward()  # type: ignore[no-untyped-call]
     assert all(p.grad is not None for p in transformer.parameters() if p.requires_grad)

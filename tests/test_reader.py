@@ -109,7 +109,7 @@ def test_batches_and_id_token(packed12: str, s3: S3Options) -> None:
     assert all(p.startswith("DISNEY A ") for b in batches for p in b["prompt"])
 
 
-def test_image_to_video_first_frame_and_packed_images(
+def test_finding_3_image_to_video_first_frame_and_packed_images(
     sample_src: Path, tmp_path: Path, s3: S3Options, s3_uri: str
 ) -> None:
     from PIL import Image
@@ -125,17 +125,28 @@ def test_image_to_video_first_frame_and_packed_images(
     (src / "prompt.txt").write_text("".join(f"{s.prompt}\n" for s in SEGMENTS))
     m = pack(src, s3_uri, PackOptions(min_frames=17), s3).manifest
     assert m.has_images and all(s.image is not None for s in m.samples)
-    cfg = DataConfig(uri=s3_uri, decode_workers=0, **SMALL)
-    for sample in TrainingClips(cfg, seed=0, variant="i2v", s3=s3):
-        img = sample["image"]
-        assert img.shape == (3, 48, 80)
-        assert torch.allclose(img[0], torch.ones(48, 80)) and torch.allclose(img[1], -torch.ones(48, 80))
+    # 9 frames of the 33-frame clips at 8 fps span 25 source frames: windows can start at 0..7
+    window = {**SMALL, "num_frames": 9}
+    cfg = DataConfig(uri=s3_uri, decode_workers=0, **window)
+    clips = TrainingClips(cfg, seed=0, with_image=True, s3=s3)
+    for _epoch in range(3):
+        for sample in clips:
+            img = sample["image"]
+            assert img.shape == (3, 48, 80)
+            assert torch.allclose(img[0], torch.ones(48, 80)) and torch.allclose(img[1], -torch.ones(48, 80))
+            # the packed image is the video's first frame: the window starts there (issue 17, finding 3)
+            assert sample["frame_indices"][0] == 0, sample["key"]
 
     plain = pack(sample_src, s3_uri + "-plain", PackOptions(min_frames=17), s3).manifest
     assert not plain.has_images
-    cfg = DataConfig(uri=s3_uri + "-plain", decode_workers=0, **SMALL)
-    for sample in TrainingClips(cfg, seed=0, variant="i2v", s3=s3):
-        assert torch.equal(sample["image"], sample["video"][0])
+    cfg = DataConfig(uri=s3_uri + "-plain", decode_workers=0, **window)
+    starts = []
+    clips = TrainingClips(cfg, seed=0, with_image=True, s3=s3)
+    for _epoch in range(3):
+        for sample in clips:  # no packed image: the window's own first frame, wherever it starts
+            assert torch.equal(sample["image"], sample["video"][0])
+            starts.append(sample["frame_indices"][0])
+    assert max(starts) > 0  # windows still start anywhere in the clip
 
 
 def test_aspect_ratio_is_kept(tmp_path: Path, s3: S3Options, s3_uri: str) -> None:

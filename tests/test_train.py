@@ -253,6 +253,7 @@ def test_image_to_video_trains_the_same_from_the_cache_as_encoding_every_step(
     Image.new("RGB", (96, 64), (200, 120, 40)).save(image)
     common = {
         "model.variant": "i2v",
+        "train.image_noise": False,  # fresh noise every step vs. cached draws: not comparable step for step
         "optim.max_steps": 2,
         "train.report_every": 1,
         "validation.prompts": ["A chubby grey cartoon rabbit."],
@@ -271,3 +272,51 @@ def test_image_to_video_trains_the_same_from_the_cache_as_encoding_every_step(
     video = tmp_path / "out" / "cached" / "validation" / "step-000000002" / "video-00.mp4"
     with av.open(str(video)) as c:
         assert len(list(c.decode(video=0))) == 17
+
+
+def test_cogvideox_1_5_image_to_video_trains_resumes_and_evaluates(
+    ray_local: None, packed: Path, tmp_path: Path, tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny CogVideoX 1.5 I2V (time patched by 2, RoPE, `ofs`, inverted image scaling) with the
+    references' image noise from the cache: a worker killed after step 3 (checkpoint at 2) resumes
+    to the uninterrupted run's losses; the LoRA is then evaluated with an image per prompt."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from disney_train.cli import app
+    from disney_train.eval.results import EvalResults
+    from disney_train.model.tiny import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "tiny-15-i2v", "i2v", generation="1.5")
+    image = tmp_path / "first-frame.png"
+    Image.new("RGB", (96, 64), (200, 120, 40)).save(image)
+    common = {"model.variant": "i2v", "optim.max_steps": 4, "train.checkpoint_every": 2, "train.report_every": 1}
+    straight = train_config(model, packed, tmp_path / "out", name="straight", **common)
+    launch(straight, storage_path=tmp_path / "ray")
+    killed = train_config(model, packed, tmp_path / "out", name="killed", **{**common, "train.workers.max_failures": 1})
+    monkeypatch.setenv("DISNEY_TRAIN_CHAOS", f"kill:3:1:{tmp_path / 'killed-once'}")
+    launch(killed, storage_path=tmp_path / "ray")
+    monkeypatch.delenv("DISNEY_TRAIN_CHAOS")
+    assert (tmp_path / "killed-once").exists()
+    expected, got = _history(straight), _history(killed)
+    assert got[-1]["restarts"] == 1 and [h["step"] for h in got] == [1, 2, 3, 4]
+    assert [h["loss"] for h in got] == pytest.approx([h["loss"] for h in expected], rel=1e-5, abs=1e-7)
+
+    evaluated = killed.model_copy(deep=True)
+    config = tmp_path / "eval.yaml"
+    run = json.loads(json.dumps(evaluated.model_dump(mode="json", exclude_none=True)))
+    run["evaluation"] = {
+        "prompts": ["A grey rabbit hops across a meadow."],
+        "images": [str(image)],
+        "clip_uri": str(tiny_clip_dir),
+        "seeds": 1,
+        "steps": 2,
+        "num_frames": 9,
+        "reference_clips": 2,
+        "reference_frames": 4,
+    }
+    config.write_text(json.dumps(run))
+    result = CliRunner().invoke(app, ["eval", "--device", "cpu", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    results = EvalResults.model_validate_json((tmp_path / "out" / "killed" / "eval" / "eval.json").read_text())
+    assert results.variant == "i2v" and results.prompts[0].image == str(image) and results.all_finite()

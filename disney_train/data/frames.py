@@ -10,7 +10,10 @@ Frame sampling (CogVideoX wants 8N+1 frames, 49 by default, at a target fps, 8 b
    padded or looped. A clip with fewer than `num_frames` frames cannot be used: `data pack
    --min-frames` rejects it, and the reader refuses a dataset packed with a lower minimum.
 3. The start is drawn from the slack uniformly, by a generator seeded with (seed, epoch, clip
-   line), so it changes per epoch and is the same on every resume.
+   line), so it changes per epoch and is the same on every resume. Image-to-video clips packed
+   with an image (`images.txt`: the video's first frame) start at frame 0, so that the frame the
+   model is conditioned on is the first of the frames it learns to produce; without a packed
+   image, the window's own first frame is the image, wherever the window starts.
 
 Size: keep the aspect ratio: cut the largest centred box of the training aspect out of the frame,
 then scale it to height x width (area filter) — the same picture as "scale to cover, crop the
@@ -31,9 +34,10 @@ class ClipTooShortError(ValueError):
 
 
 def frame_indices(
-    n_src: int, src_fps: float, num_frames: int, target_fps: float, rng: np.random.Generator
+    n_src: int, src_fps: float, num_frames: int, target_fps: float, rng: np.random.Generator, from_start: bool = False
 ) -> tuple[list[int], float]:
-    """Return the source frame indices to take and the fps they represent."""
+    """Return the source frame indices to take and the fps they represent. `from_start`: the
+    window starts at the clip's first frame (an image-to-video clip whose packed image is that frame)."""
     if n_src < num_frames:
         raise ClipTooShortError(f"{n_src} frames, {num_frames} needed")
     step = max(1.0, src_fps / target_fps) if src_fps > 0 else 1.0
@@ -41,7 +45,7 @@ def frame_indices(
         step = max(1.0, (n_src - 1) / (num_frames - 1))
     span = (num_frames - 1) * step
     slack = n_src - 1 - span
-    start = float(rng.uniform(0.0, slack)) if slack > 0 else 0.0
+    start = float(rng.uniform(0.0, slack)) if slack > 0 and not from_start else 0.0
     idx = [min(n_src - 1, math.floor(start + k * step + 0.5)) for k in range(num_frames)]
     return idx, (src_fps / step if src_fps > 0 else target_fps)
 

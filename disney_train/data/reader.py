@@ -81,7 +81,12 @@ def training_prompt(cfg: DataConfig, prompt: str) -> str:
 
 
 def decode_video(
-    data: bytes, rec: SampleRecord, cfg: DataConfig, rng: np.random.Generator, threads: int = 1
+    data: bytes,
+    rec: SampleRecord,
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    threads: int = 1,
+    from_start: bool = False,
 ) -> tuple[torch.Tensor, list[int], float]:
     """mp4 bytes -> float tensor [F, 3, H, W] in [-1, 1] (see `disney_train.data.frames`).
 
@@ -89,7 +94,7 @@ def decode_video(
     scales and converts to RGB only the frames taken: per clip it was faster here than decord
     scaling every decoded frame (bench/data_throughput.py)."""
 
-    idx, fps = frame_indices(rec.clip.frames, rec.clip.fps, cfg.num_frames, cfg.fps, rng)
+    idx, fps = frame_indices(rec.clip.frames, rec.clip.fps, cfg.num_frames, cfg.fps, rng, from_start)
     box = centre_crop_box(rec.clip.width, rec.clip.height, cfg.width, cfg.height)
     frames = np.empty((len(idx), cfg.height, cfg.width, 3), dtype=np.uint8)
     want = {i: k for k, i in enumerate(idx)}
@@ -178,8 +183,10 @@ class ClipDataset(Dataset[Sample]):
         rec = self.manifest.samples[i]
         data = self._read(rec, rec.video.offset, rec.video.size, rec.sha256)
         try:
+            # a packed image is the video's first frame: the window starts there (see data.frames)
+            from_start = self.with_image and rec.image is not None
             video, idx, fps = decode_video(
-                data, rec, self.cfg, clip_rng(self.seed, self.epoch, rec.line), self.decode_threads
+                data, rec, self.cfg, clip_rng(self.seed, self.epoch, rec.line), self.decode_threads, from_start
             )
         except (av.error.FFmpegError, ValueError) as err:
             shard = self.store.url(self.manifest.shards[rec.shard].key)
@@ -214,7 +221,7 @@ class TrainingClips:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
-        variant: str = "t2v",
+        with_image: bool = False,
         batch_size: int | None = None,
         even_ranks: bool = False,
         s3: S3Options | None = None,
@@ -234,7 +241,7 @@ class TrainingClips:
         self.world_size = world_size
         self.batch_size = batch_size
         self.even_ranks = even_ranks
-        self.with_image = variant == "i2v"
+        self.with_image = with_image
         self.store = store or open_store(cfg.uri, s3)
         try:
             self.manifest = load_manifest(cfg.uri, store=self.store)

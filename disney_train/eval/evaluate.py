@@ -147,14 +147,13 @@ def _render_both(
     import torch
 
     from disney_train.generate import RenderSpec, apply_loras, load_pipeline, pick_device, render
-    from disney_train.model.load import check_variant
     from disney_train.model.source import resolve_model
+    from disney_train.model.spec import run_spec
 
     model_path = resolve_model(cfg.model.uri, cfg.s3)
-    check_variant(model_path, cfg.model.variant)  # as training checks it
-    variant = cfg.model.variant
+    spec_of_model = run_spec(cfg, model_path)  # checks the variant, as training does
     device, dtype = pick_device(settings.device)
-    pipe = load_pipeline(model_path, variant, device, dtype)
+    pipe = load_pipeline(model_path, spec_of_model, device, dtype)
     videos: dict[VideoKey, np.ndarray] = {}
     sets = first_seeds(ev)
     s = settings
@@ -165,7 +164,7 @@ def _render_both(
         for k, first in enumerate(sets):
             say(f"rendering {model}: seed set {k + 1} of {len(sets)}, {len(ev.prompts)} prompt(s)")
             spec = dataclasses.replace(spec, seed=first)
-            for i, frames in enumerate(render(pipe, spec, variant)):
+            for i, frames in enumerate(render(pipe, spec, spec_of_model)):
                 videos[(model, i, first + i)] = frames
     del pipe
     gc.collect()

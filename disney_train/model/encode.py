@@ -80,11 +80,3 @@ def rotary_embeddings(
             device=device,
         )
     return cos, sin
-
-
-def pad_for_patch_t(latents: torch.Tensor, patch_size_t: int | None) -> torch.Tensor:
-    """CogVideoX 1.5 patches time by 2: prepend copies of the first latent frame until F' divides."""
-    if not patch_size_t or latents.shape[1] % patch_size_t == 0:
-        return latents
-    extra = patch_size_t - latents.shape[1] % patch_size_t
-    return torch.cat([latents[:, :1].expand(-1, extra, -1, -1, -1), latents], dim=1)

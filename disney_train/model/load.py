@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from disney_train.model.source import check_layout
-
 
 @dataclass
 class CogVideoXComponents:
@@ -18,12 +16,6 @@ class CogVideoXComponents:
     scheduler: Any
     variant: Literal["t2v", "i2v"]
     path: Path
-
-
-def model_variant(path: Path) -> Literal["t2v", "i2v"]:
-    """Image-to-video transformers take the image latents on extra channels."""
-    t, v = component_config(path, "transformer"), component_config(path, "vae")
-    return "i2v" if int(t["in_channels"]) == 2 * int(v["latent_channels"]) else "t2v"
 
 
 def component_config(path: Path, part: str) -> dict[str, Any]:
@@ -37,18 +29,6 @@ def component_config(path: Path, part: str) -> dict[str, Any]:
 def max_text_length(path: Path) -> int:
     """The T5 sequence length the transformer was trained with (226 for CogVideoX)."""
     return int(component_config(path, "transformer")["max_text_seq_length"])
-
-
-def check_variant(path: Path, variant: Literal["t2v", "i2v"]) -> None:
-    from disney_train.model.source import ModelError
-
-    check_layout(path)
-    found = model_variant(path)
-    if found != variant:
-        raise ModelError(
-            f"{path}: this is a {'image' if found == 'i2v' else 'text'}-to-video model "
-            f"(transformer in_channels vs vae latent_channels), but model.variant is {variant!r}"
-        )
 
 
 def load_transformer(path: Path, dtype: Any = None, device: Any = "cpu") -> Any:
@@ -85,7 +65,9 @@ def load_encoders(path: Path, dtype: Any = None, device: Any = "cpu") -> tuple[A
 def load_components(
     path: Path, variant: Literal["t2v", "i2v"], dtype: Any = None, device: Any = "cpu"
 ) -> CogVideoXComponents:
-    check_variant(path, variant)
+    from disney_train.model.spec import check_task
+
+    check_task(path, variant)
     vae, text_encoder, tokenizer = load_encoders(path, dtype, device)
     return CogVideoXComponents(
         transformer=load_transformer(path, dtype, device),

@@ -49,35 +49,55 @@ def _tokenizer(workdir: Path) -> Any:
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
-def write_tiny_model(out: Path, variant: Literal["t2v", "i2v"] = "t2v", seed: int = 0) -> Path:
+def write_tiny_model(
+    out: Path, variant: Literal["t2v", "i2v"] = "t2v", seed: int = 0, generation: Literal["1.0", "1.5"] = "1.0"
+) -> Path:
+    """CogVideoX 1.0 as the 2b (sinusoidal positions); 1.5 as CogVideoX1.5-5B: time patched by 2,
+    3D rotary embeddings, no patch bias, the VAE's `invert_scale_latents` and, for I2V, `ofs`."""
     import torch
     from diffusers import (
         AutoencoderKLCogVideoX,
         CogVideoXDPMScheduler,
-        CogVideoXImageToVideoPipeline,
-        CogVideoXPipeline,
         CogVideoXTransformer3DModel,
     )
     from transformers import T5Config, T5EncoderModel
 
+    from disney_train.model.spec import SPECS
+
+    spec = SPECS[variant]
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory(prefix="tiny-tokenizer-") as tmp:
         tokenizer = _tokenizer(Path(tmp))
     vocab = len(tokenizer)
+    v15: dict[str, Any] = {}
+    if generation == "1.5":  # sample sizes in latents: RoPE's grid is sliced from them (up to 192x256 px)
+        v15 = {
+            "attention_head_dim": 16,  # 3D RoPE splits it 4 / 6 / 6 over time, height, width
+            "sample_width": 32,
+            "sample_height": 24,
+            "patch_size_t": 2,
+            "use_rotary_positional_embeddings": True,
+            "use_learned_positional_embeddings": False,
+            "patch_bias": False,
+            "ofs_embed_dim": 2 if spec.wants_image else None,
+        }
     transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=4,
-        attention_head_dim=8,
-        in_channels=LATENT_CHANNELS * (2 if variant == "i2v" else 1),
-        out_channels=LATENT_CHANNELS,
-        time_embed_dim=2,
-        text_embed_dim=TEXT_DIM,
-        num_layers=1,
-        sample_width=8,
-        sample_height=8,
-        sample_frames=9,
-        patch_size=2,
-        temporal_compression_ratio=4,
-        max_text_seq_length=226,
+        **{
+            "num_attention_heads": 4,
+            "attention_head_dim": 8,
+            "in_channels": LATENT_CHANNELS * spec.input_latents,
+            "out_channels": LATENT_CHANNELS,
+            "time_embed_dim": 2,
+            "text_embed_dim": TEXT_DIM,
+            "num_layers": 1,
+            "sample_width": 8,
+            "sample_height": 8,
+            "sample_frames": 9,
+            "patch_size": 2,
+            "temporal_compression_ratio": 4,
+            "max_text_seq_length": 226,
+            **v15,
+        }
     )
     vae = AutoencoderKLCogVideoX(
         in_channels=3,
@@ -89,6 +109,7 @@ def write_tiny_model(out: Path, variant: Literal["t2v", "i2v"] = "t2v", seed: in
         layers_per_block=1,
         norm_num_groups=2,
         temporal_compression_ratio=4,
+        invert_scale_latents=generation == "1.5",
     )
     text_encoder = T5EncoderModel(
         T5Config(
@@ -101,8 +122,7 @@ def write_tiny_model(out: Path, variant: Literal["t2v", "i2v"] = "t2v", seed: in
             relative_attention_num_buckets=8,
         )
     )
-    pipeline_cls = CogVideoXImageToVideoPipeline if variant == "i2v" else CogVideoXPipeline
-    pipe = pipeline_cls(
+    pipe = spec.pipeline_class()(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=vae,

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from disney_train.config import RunConfig
 from disney_train.data.manifest import Manifest, SampleRecord
 from disney_train.data.reader import ClipDataset, DataError, Sample, training_prompt
+from disney_train.model.spec import CogVideoXSpec, Encoders
 from disney_train.storage import StorageError, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -94,20 +95,24 @@ class CacheSet:
     store: Store
     key: str
     info: dict[str, Any]
+    with_image: bool  # the clip's conditioning image is part of each entry
 
     @property
     def uri(self) -> str:
         return self.store.url(self.key)
 
     def entry_key(self, rec: SampleRecord, prompt: str) -> str:
-        image = (rec.image_sha256 or "first-frame") if self.info["variant"] == "i2v" else ""
+        image = (rec.image_sha256 or "first-frame") if self.with_image else ""
         digest = hashlib.sha256(f"{rec.sha256}\0{prompt}\0{image}".encode()).hexdigest()[:40]
         return f"{self.key}/{digest}.safetensors"
 
 
-def cache_set(cfg: RunConfig, model_path: Path, max_text_length: int) -> CacheSet:
+def cache_set(cfg: RunConfig, model_path: Path, spec: CogVideoXSpec) -> CacheSet:
+    from disney_train.model.load import max_text_length
+
     uri = cfg.train.cache_uri or f"{cfg.data.uri.rstrip('/')}/cache"
     info = {
+        **spec.cache_facts(),  # i2v: the image's window and noise (nothing for t2v: its sets keep their keys)
         "format": CACHE_FORMAT,
         "model_revision": model_revision(model_path),
         "variant": cfg.model.variant,
@@ -115,11 +120,11 @@ def cache_set(cfg: RunConfig, model_path: Path, max_text_length: int) -> CacheSe
         "fps": cfg.data.fps,
         "height": cfg.data.height,
         "width": cfg.data.width,
-        "max_text_length": max_text_length,
+        "max_text_length": max_text_length(model_path),
         "seed": cfg.seed,  # picks each clip's frame window (clip_rng(seed, 0, line))
     }
     key = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
-    return CacheSet(open_store(uri, cfg.s3), key, info)
+    return CacheSet(open_store(uri, cfg.s3), key, info, spec.wants_image)
 
 
 def entry_keys(cs: CacheSet, manifest: Manifest, cfg: RunConfig) -> list[str]:
@@ -132,19 +137,13 @@ def missing_entries(cs: CacheSet, manifest: Manifest, cfg: RunConfig) -> list[in
     return [i for i, k in enumerate(entry_keys(cs, manifest, cfg)) if k not in present]
 
 
-def _encode_entry(comps: Any, sample: Sample, max_text_length: int, device: torch.device) -> dict[str, torch.Tensor]:
-    from disney_train.model.encode import encode_prompts, encode_video_dist
-
-    video = sample["video"].to(device)  # [1, F, 3, H, W]
-    out = {
-        "latent_dist": encode_video_dist(comps.vae, video)[0],
-        "prompt_embeds": encode_prompts(
-            comps.tokenizer, comps.text_encoder, list(sample["prompt"]), max_text_length, device
-        )[0],
-    }
-    if "image" in sample:
-        out["image_dist"] = encode_video_dist(comps.vae, sample["image"][:, None].to(device))[0]
-    return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
+def _encode_entry(
+    spec: CogVideoXSpec, enc: Encoders, sample: Sample, key: str, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """One clip's entry: the specification's encoding of a batch of one, its draws (the image
+    noise) seeded by the entry's key, so that an entry is the same whoever builds it."""
+    out = spec.encode(enc, sample, device, [key])
+    return {k: v[0].detach().to("cpu").contiguous() for k, v in out.items()}
 
 
 def build_entries(
@@ -152,7 +151,8 @@ def build_entries(
     cfg: RunConfig,
     manifest: Manifest,
     data_store: Store,
-    comps: Any,
+    spec: CogVideoXSpec,
+    enc: Encoders,
     indices: list[int],
     device: torch.device,
     on_entry: Callable[[int], None] | None = None,
@@ -164,14 +164,14 @@ def build_entries(
         return 0
     cs.store.write_bytes(f"{cs.key}/info.json", json.dumps(cs.info, indent=1).encode())
     keys = entry_keys(cs, manifest, cfg)
-    dataset = ClipDataset(data_store, manifest, cfg.data, seed=cfg.seed, epoch=0, with_image=cfg.model.variant == "i2v")
+    dataset = ClipDataset(data_store, manifest, cfg.data, seed=cfg.seed, epoch=0, with_image=spec.wants_image)
     workers = min(cfg.data.decode_workers, len(indices))
     loader: DataLoader[Sample] = DataLoader(
         dataset, sampler=indices, batch_size=1, num_workers=workers, prefetch_factor=2 if workers else None
     )
     written = 0
     for i, sample in zip(indices, loader, strict=True):
-        tensors = _encode_entry(comps, sample, cs.info["max_text_length"], device)
+        tensors = _encode_entry(spec, enc, sample, keys[i], device)
         meta = {"clip": manifest.samples[i].key, "sha256": manifest.samples[i].sha256, "set": cs.key}
         cs.store.write_bytes(keys[i], save(tensors, metadata=meta))
         written += 1

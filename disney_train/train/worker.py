@@ -12,15 +12,13 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from disney_train.config import RunConfig, dump_config
 from disney_train.metrics.worker import WorkerMetrics, cuda_reading
-from disney_train.model.load import component_config, max_text_length
 from disney_train.storage import open_store, read_uri
 from disney_train.train import chaos, zero_state
 from disney_train.train.checkpoint import Checkpoint, CheckpointStore
@@ -100,27 +98,26 @@ def _serve_metrics(cfg: RunConfig, dist: Dist, device: str) -> WorkerMetrics:
     return metrics
 
 
-def ensure_cache(cfg: RunConfig, model_path: Any, dist: Dist, device: torch.device, dtype: torch.dtype) -> Any:
+def ensure_cache(
+    cfg: RunConfig, model_path: Any, spec: Any, dist: Dist, device: torch.device, dtype: torch.dtype
+) -> Any:
     """Every worker encodes its share of the missing entries; all wait until the cache is complete."""
     from disney_train.data.pack import load_manifest
-    from disney_train.model.load import load_encoders
+    from disney_train.model.spec import load_encoders
     from disney_train.train.cache import build_entries, cache_set, missing_entries
 
     data_store = open_store(cfg.data.uri, cfg.s3)
     manifest = load_manifest(cfg.data.uri, store=data_store)
-    max_len = max_text_length(model_path)
-    cs = cache_set(cfg, model_path, max_len)
+    cs = cache_set(cfg, model_path, spec)
     dist.barrier()  # every rank lists the same state: none has written an entry yet
     missing = missing_entries(cs, manifest, cfg)
     mine = missing[dist.rank :: dist.world_size]
     if mine:
         t0 = time.perf_counter()
-        vae, text_encoder, tokenizer = load_encoders(model_path, dtype, device)
-
-        comps = SimpleNamespace(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
-        n = build_entries(cs, cfg, manifest, data_store, comps, mine, device)
+        enc = load_encoders(model_path, dtype, device)
+        n = build_entries(cs, cfg, manifest, data_store, spec, enc, mine, device)
         log.info("rank %d cached %d clip(s) in %.1f s into %s", dist.rank, n, time.perf_counter() - t0, cs.uri)
-        del vae, text_encoder, comps
+        del enc
     dist.barrier()
     still = missing_entries(cs, manifest, cfg) if missing else []
     if still:
@@ -187,31 +184,32 @@ def _run(
     import deepspeed
 
     from disney_train.data.reader import TrainingClips
-    from disney_train.model.load import check_variant, load_scheduler, load_transformer
+    from disney_train.model.load import load_transformer
     from disney_train.model.source import resolve_model
+    from disney_train.model.spec import run_spec
     from disney_train.train.cache import CachedClipDataset
     from disney_train.train.lora import add_lora, lora_file_bytes, peft_key, read_lora_file
-    from disney_train.train.objective import diffusion_loss, model_facts, step_generator
+    from disney_train.train.objective import diffusion_loss, step_generator
 
     device = torch.device(f"cuda:{dist.local_rank}" if place.device == "cuda" else "cpu")
     if place.device == "cuda":
         torch.cuda.set_device(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[place.precision]
     model_path = resolve_model(cfg.model.uri, cfg.s3)
-    check_variant(model_path, cfg.model.variant)
+    spec = run_spec(cfg, model_path)  # checks the folder holds a model of cfg.model.variant
     files = RunFiles(cfg)
     data_store = open_store(cfg.data.uri, cfg.s3)
-    encode: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    encode: Callable[[dict[str, Any], tuple[int, ...]], dict[str, Any]] | None = None
     source = None
     built = 0
     if cfg.train.use_cache or cache_only:
         metrics.set_stage("caching")
-        cs, manifest, data_store, built = ensure_cache(cfg, model_path, dist, device, dtype)
+        cs, manifest, data_store, built = ensure_cache(cfg, model_path, spec, dist, device, dtype)
         if cache_only:
             return
         source = CachedClipDataset(cs, manifest, cfg)
     else:  # the reference trainers' way: decode and encode every clip at every step
-        encode = _step_encoder(model_path, device, dtype)
+        encode = _step_encoder(model_path, spec, cfg.seed, device, dtype)
     metrics.set_stage("loading")
 
     transformer = load_transformer(model_path, dtype, device)
@@ -219,16 +217,13 @@ def _run(
         transformer.enable_gradient_checkpointing()
     torch.manual_seed(cfg.seed)  # LoRA A's initialisation: the same on every rank and every start
     params = add_lora(transformer, cfg.lora)
-    scheduler = load_scheduler(model_path)
-    vae_config = _vae_config(model_path)
-    facts = model_facts(transformer, vae_config, scheduler)
 
     reader = TrainingClips(
         cfg.data,
         seed=cfg.seed,
         rank=dist.rank,
         world_size=dist.world_size,
-        variant=cfg.model.variant,
+        with_image=spec.wants_image,
         batch_size=cfg.optim.batch_size,
         even_ranks=True,
         store=data_store,
@@ -280,7 +275,7 @@ def _run(
     metrics.started(
         info={
             "model": cfg.model.uri,
-            "variant": cfg.model.variant,
+            "variant": spec.name,
             "device": place.device,
             "precision": place.precision,
             "zero_stage": str(cfg.train.zero_stage),
@@ -354,8 +349,8 @@ def _run(
         t0 = time.perf_counter()
         gen = step_generator(cfg.seed, step, dist.rank, micro)
         if encode is not None:
-            batch = encode(batch)
-        loss = diffusion_loss(engine, scheduler, facts, batch, gen, device, dtype)
+            batch = encode(batch, (cfg.seed, step, dist.rank, micro))
+        loss = diffusion_loss(engine, spec, batch, gen, device, dtype)
         engine.backward(loss)
         rs = reader.state_dict()
         position["step"] = step + 1  # the scheduler steps after this optimizer step: set the next
@@ -457,30 +452,20 @@ def _latest_usable(ckpts: CheckpointStore, cfg: RunConfig) -> Checkpoint | None:
 
 
 def _step_encoder(
-    model_path: Any, device: torch.device, dtype: torch.dtype
-) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Without the cache: the frozen VAE and T5 run on every batch (what the cache saves)."""
-    from disney_train.model.encode import encode_prompts, encode_video_dist
-    from disney_train.model.load import load_encoders
+    model_path: Any, spec: Any, seed: int, device: torch.device, dtype: torch.dtype
+) -> Callable[[dict[str, Any], tuple[int, ...]], dict[str, Any]]:
+    """Without the cache: the frozen VAE and T5 run on every batch (what the cache saves); the image
+    noise of i2v is drawn afresh at every step, seeded by (seed, step, rank, micro-batch) and clip."""
+    from disney_train.model.spec import load_encoders
 
-    vae, text_encoder, tokenizer = load_encoders(model_path, dtype, device)
-    max_len = max_text_length(model_path)
+    enc = load_encoders(model_path, dtype, device)
+    fresh = replace(spec, image=replace(spec.image, draws=1))
 
-    def encode(batch: dict[str, Any]) -> dict[str, Any]:
-        out = {
-            "key": batch["key"],
-            "latent_dist": encode_video_dist(vae, batch["video"].to(device)),
-            "prompt_embeds": encode_prompts(tokenizer, text_encoder, list(batch["prompt"]), max_len, device),
-        }
-        if "image" in batch:
-            out["image_dist"] = encode_video_dist(vae, batch["image"][:, None].to(device))
-        return out
+    def encode(batch: dict[str, Any], where: tuple[int, ...]) -> dict[str, Any]:
+        seeds = [(*where, key) for key in batch["key"]]
+        return {"key": batch["key"], **fresh.encode(enc, batch, device, seeds)}
 
     return encode
-
-
-def _vae_config(model_path: Any) -> Any:
-    return SimpleNamespace(**component_config(model_path, "vae"))
 
 
 def _window_record(
@@ -536,6 +521,7 @@ def _validate(
 ) -> None:
     """Validation videos for the current LoRA, rendered on rank 0 with a fresh pipeline."""
     from disney_train.generate import RenderSpec, apply_lora, load_pipeline, mp4_bytes, render
+    from disney_train.model.spec import run_spec
     from disney_train.train.lora import lora_file_bytes, peft_key
 
     v = cfg.validation
@@ -546,7 +532,8 @@ def _validate(
         t0 = time.perf_counter()
         images = [read_uri(u, cfg.s3) for u in v.images]
         dtype = torch.bfloat16 if place.precision == "bf16" else torch.float32
-        pipe = load_pipeline(model_path, cfg.model.variant, place.device, dtype)
+        model = run_spec(cfg, model_path)
+        pipe = load_pipeline(model_path, model, place.device, dtype)
         apply_lora(pipe, lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora))
         spec = RenderSpec(
             prompts=v.prompts,
@@ -559,7 +546,7 @@ def _validate(
             guidance_scale=v.guidance_scale,
             seed=v.seed,
         )
-        videos = [mp4_bytes(frames, cfg.data.fps) for frames in render(pipe, spec, cfg.model.variant)]
+        videos = [mp4_bytes(frames, cfg.data.fps) for frames in render(pipe, spec, model)]
         files.write_validation(step, videos, v.prompts)
         log.info("validation videos for step %d in %.1f s", step, time.perf_counter() - t0)
         del pipe

@@ -23,18 +23,16 @@ def train_config(model: Path | str, data: Path | str, output: Path | str, **over
 
 def build_cache(cfg: RunConfig, model: Path) -> int:
     """The latent cache's missing entries for `cfg`, encoded here on the CPU without Ray; how many were built."""
-    from types import SimpleNamespace
-
     import torch
 
     from disney_train.data.pack import load_manifest
-    from disney_train.model.load import load_encoders, max_text_length
+    from disney_train.model.spec import load_encoders, run_spec
     from disney_train.storage import open_store
     from disney_train.train.cache import build_entries, cache_set, missing_entries
 
     manifest = load_manifest(cfg.data.uri, s3=cfg.s3)
-    cs = cache_set(cfg, model, max_text_length(model))  # as the workers key it
+    spec = run_spec(cfg, model)
+    cs = cache_set(cfg, model, spec)  # as the workers key it
     missing = missing_entries(cs, manifest, cfg)
-    vae, te, tok = load_encoders(model)
-    comps = SimpleNamespace(vae=vae, text_encoder=te, tokenizer=tok)
-    return build_entries(cs, cfg, manifest, open_store(cfg.data.uri, cfg.s3), comps, missing, torch.device("cpu"))
+    store = open_store(cfg.data.uri, cfg.s3)
+    return build_entries(cs, cfg, manifest, store, spec, load_encoders(model), missing, torch.device("cpu"))
