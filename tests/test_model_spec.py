@@ -34,11 +34,15 @@ from disney_train.model.tiny import LATENT_CHANNELS, write_tiny_model
 
 FRAMES, HEIGHT, WIDTH = 9, 64, 96  # 9 frames: 3 latent frames, odd: CogVideoX 1.5 pads them to 4
 PROMPT = "A cartoon mouse whistles at the wheel of a steamboat."
+# (task, generation, like the 5b): 1.0 as the 2b (sinusoidal positions) and as the 5b and 5b-I2V
+# (3D RoPE; the I2V also learned positions)
 VARIANTS = {
-    "cogvideox-1.0-t2v": ("t2v", "1.0"),
-    "cogvideox-1.0-i2v": ("i2v", "1.0"),
-    "cogvideox-1.5-t2v": ("t2v", "1.5"),
-    "cogvideox-1.5-i2v": ("i2v", "1.5"),
+    "cogvideox-1.0-t2v": ("t2v", "1.0", False),
+    "cogvideox-1.0-t2v-5b": ("t2v", "1.0", True),
+    "cogvideox-1.0-i2v": ("i2v", "1.0", False),
+    "cogvideox-1.0-i2v-5b": ("i2v", "1.0", True),
+    "cogvideox-1.5-t2v": ("t2v", "1.5", False),
+    "cogvideox-1.5-i2v": ("i2v", "1.5", False),
 }
 EXACT = ImageRecipe(noise=False, draws=1, dropout=0.0)
 
@@ -49,8 +53,8 @@ class _Stop(Exception):
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def variant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    task, generation = VARIANTS[request.param]
-    path = write_tiny_model(tmp_path_factory.mktemp(request.param), task, seed=3, generation=generation)  # type: ignore[arg-type]
+    task, generation, like_5b = VARIANTS[request.param]
+    path = write_tiny_model(tmp_path_factory.mktemp(request.param), task, 3, generation, like_5b)  # type: ignore[arg-type]
     return request.param, path
 
 
@@ -118,9 +122,11 @@ def test_training_inputs_are_what_the_diffusers_pipeline_feeds_the_transformer(
     variant: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name, path = variant
-    task, generation = VARIANTS[name]
+    task, generation, like_5b = VARIANTS[name]
     spec = spec_for(path, task, EXACT)  # type: ignore[arg-type]
-    assert spec.name == name and spec.generation == generation
+    assert spec.name == name.removesuffix("-5b") and spec.generation == generation
+    rope = like_5b or generation == "1.5"
+    assert spec.transformer_config.use_rotary_positional_embeddings == rope
     image = _image_png()
     seen = _pipeline_inputs(spec, path, image, monkeypatch)
     mine, _ = _training_inputs(spec, path, image, seen["timestep"].long())
@@ -131,6 +137,7 @@ def test_training_inputs_are_what_the_diffusers_pipeline_feeds_the_transformer(
     if spec.wants_image:  # the layout itself: the image in the first latent frame, zeros after it
         assert torch.count_nonzero(want[:, 0, LATENT_CHANNELS:]) > 0
         assert torch.count_nonzero(want[:, 1:, LATENT_CHANNELS:]) == 0
+    assert (seen["image_rotary_emb"] is not None) == rope
     if seen["image_rotary_emb"] is None:
         assert mine["image_rotary_emb"] is None
     else:

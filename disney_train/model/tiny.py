@@ -50,10 +50,16 @@ def _tokenizer(workdir: Path) -> Any:
 
 
 def write_tiny_model(
-    out: Path, variant: Literal["t2v", "i2v"] = "t2v", seed: int = 0, generation: Literal["1.0", "1.5"] = "1.0"
+    out: Path,
+    variant: Literal["t2v", "i2v"] = "t2v",
+    seed: int = 0,
+    generation: Literal["1.0", "1.5"] = "1.0",
+    like_5b: bool = False,
 ) -> Path:
-    """CogVideoX 1.0 as the 2b (sinusoidal positions); 1.5 as CogVideoX1.5-5B: time patched by 2,
-    3D rotary embeddings, no patch bias, the VAE's `invert_scale_latents` and, for I2V, `ofs`."""
+    """CogVideoX 1.0 as the 2b (sinusoidal positions), or with `like_5b` as the 5b (3D rotary
+    embeddings) and the 5b-I2V (rotary and learned positions, which fix the size: 96x64 pixels);
+    1.5 as CogVideoX1.5-5B: time patched by 2, 3D rotary embeddings, no patch bias, the VAE's
+    `invert_scale_latents` and, for I2V, `ofs`."""
     import torch
     from diffusers import (
         AutoencoderKLCogVideoX,
@@ -70,6 +76,14 @@ def write_tiny_model(
         tokenizer = _tokenizer(Path(tmp))
     vocab = len(tokenizer)
     v15: dict[str, Any] = {}
+    if like_5b and generation == "1.0":
+        v15 = {
+            "attention_head_dim": 16,
+            "sample_width": 12,
+            "sample_height": 8,
+            "use_rotary_positional_embeddings": True,
+            "use_learned_positional_embeddings": spec.wants_image,
+        }
     if generation == "1.5":  # sample sizes in latents: RoPE's grid is sliced from them (up to 192x256 px)
         v15 = {
             "attention_head_dim": 16,  # 3D RoPE splits it 4 / 6 / 6 over time, height, width
