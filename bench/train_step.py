@@ -34,12 +34,12 @@ from disney_train.data.reader import ClipDataset  # noqa: E402
 from disney_train.data.sample import encode_clip, source_video, write_sample  # noqa: E402
 from disney_train.model.encode import encode_prompts, encode_video_dist  # noqa: E402
 from disney_train.model.load import load_encoders, load_transformer  # noqa: E402
+from disney_train.model.lora import add_lora  # noqa: E402
 from disney_train.model.spec import load_encoders as spec_encoders  # noqa: E402
 from disney_train.model.spec import spec_for  # noqa: E402
 from disney_train.model.tiny import write_tiny_model  # noqa: E402
 from disney_train.storage import open_store  # noqa: E402
 from disney_train.train.cache import CachedClipDataset, build_entries, cache_set, missing_entries  # noqa: E402
-from disney_train.train.lora import add_lora  # noqa: E402
 from disney_train.train.objective import diffusion_loss, step_generator  # noqa: E402
 from tests.support.training import train_config  # noqa: E402
 
@@ -143,9 +143,9 @@ def bench_cache(tmp: Path, model: Path) -> dict[str, Any]:
 
 
 def bench_overhead(tmp: Path, model: Path) -> dict[str, Any]:
+    from disney_train.runs import RunFiles
     from disney_train.train.checkpoint import CheckpointStore
     from disney_train.train.launch import launch, local_ray_init
-    from disney_train.train.run_files import RunFiles
 
     write_sample(tmp / "sample")
     data = tmp / "packed-small"

@@ -392,8 +392,8 @@ def _ray_storage() -> Path:
 
 
 def _train(cfg: RunConfig, ray_address: str | None, cache_only: bool = False) -> dict[str, Any]:
+    from disney_train.runs import RunFiles
     from disney_train.train.launch import launch
-    from disney_train.train.run_files import RunFiles
 
     files = RunFiles(cfg)
     if cfg.metrics.port and not cache_only:
@@ -494,7 +494,7 @@ def cache(
 
 
 def _print_outputs(cfg: RunConfig) -> None:
-    from disney_train.train.run_files import FINAL_LORA, RunFiles
+    from disney_train.runs import FINAL_LORA, RunFiles
 
     def out(text: str) -> None:  # paths are never broken across lines
         console.print(text, soft_wrap=True, highlight=False)
@@ -663,8 +663,7 @@ def eval_cmd(
 def _evaluate_once(cfg: RunConfig) -> None:
     """`run`'s last step: the evaluation, unless the run has one already (`disney-train eval` redoes it)."""
     from disney_train.eval.evaluate import run_evaluation
-    from disney_train.eval.results import SUMMARY_JSON
-    from disney_train.train.run_files import RunFiles
+    from disney_train.runs import SUMMARY_JSON, RunFiles
 
     console.rule("[bold]5. evaluation: baseline versus fine-tuned")
     files = RunFiles(cfg)

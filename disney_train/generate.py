@@ -60,7 +60,7 @@ def apply_lora(pipe: Any, lora_file: bytes, scale: float = 1.0) -> None:
 
 def apply_loras(pipe: Any, loras: list[tuple[bytes, float]]) -> None:
     """Each LoRA file (its bytes) as its own adapter, all active with their scales."""
-    from disney_train.train.lora import LORA_FILE
+    from disney_train.runs import LORA_FILE
 
     names = []
     for i, (data, _) in enumerate(loras):
@@ -128,8 +128,8 @@ class LoraRef:
 def lora_file(ref: LoraRef, s3: Any = None) -> bytes:
     """The LoRA file's bytes: the URI itself when it names a .safetensors file, else the file in that
     folder or prefix, or in its final/ (a training run's output)."""
+    from disney_train.runs import LORA_FILE
     from disney_train.storage import StorageError, read_uri
-    from disney_train.train.lora import LORA_FILE
 
     base = ref.uri.rstrip("/")
     tried = [base] if base.endswith(".safetensors") else [f"{base}/{LORA_FILE}", f"{base}/final/{LORA_FILE}"]

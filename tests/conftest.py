@@ -154,7 +154,7 @@ def tiny_lora(tiny_t2v: Path) -> bytes:
 
     from disney_train.config import LoraConfig
     from disney_train.model.load import load_transformer
-    from disney_train.train.lora import add_lora, lora_file_bytes, peft_key
+    from disney_train.model.lora import add_lora, lora_file_bytes, peft_key
 
     cfg = LoraConfig(rank=4, alpha=8)
     params = add_lora(load_transformer(tiny_t2v), cfg)

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from disney_train.config import LoraConfig, S3Options
+from disney_train.model.lora import lora_file_bytes, read_lora_file
 from disney_train.storage import Store, open_store
 from disney_train.train.checkpoint import (
     COMMIT,
@@ -20,7 +21,6 @@ from disney_train.train.checkpoint import (
     config_of,
     step_prefix,
 )
-from disney_train.train.lora import lora_file_bytes, read_lora_file
 
 
 def _ckpt(step: int) -> Checkpoint:
@@ -78,7 +78,7 @@ def test_lora_file_loads_into_the_diffusers_pipeline(tiny_t2v: Path) -> None:
 
     from disney_train.generate import apply_lora
     from disney_train.model.load import load_transformer
-    from disney_train.train.lora import add_lora, peft_key
+    from disney_train.model.lora import add_lora, peft_key
 
     cfg = LoraConfig(rank=4, alpha=8)
     transformer = load_transformer(tiny_t2v)
@@ -108,8 +108,8 @@ def test_a_checkpoint_of_another_run_is_refused_before_any_worker_starts(
     """The same run name with another LoRA shape: `launch` refuses on the driver, naming the
     checkpoint and the field, before it starts Ray; the workers' own check says the same."""
     from disney_train.config import dump_config
+    from disney_train.runs import RunFiles
     from disney_train.train.launch import TrainingError, _resume_refusal, launch
-    from disney_train.train.run_files import RunFiles
     from disney_train.train.worker import _latest_usable
     from tests.support.training import train_config
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from disney_train.runs import RunFiles
 from disney_train.train.checkpoint import CheckpointStore
 from disney_train.train.launch import LOCAL_ENV, launch
-from disney_train.train.run_files import RunFiles
 from tests.support.training import train_config
 
 pytestmark = pytest.mark.timeout(600)

@@ -24,14 +24,13 @@ from disney_train.eval.results import (
     EVAL_JSON,
     REPORT_HTML,
     REPORT_MD,
-    SUMMARY_JSON,
     EvalResults,
     ModelName,
     Summary,
 )
 from disney_train.model.tiny_clip import MAX_TOKENS
+from disney_train.runs import FINAL_LORA, SUMMARY_JSON
 from disney_train.storage import open_store, sha256_file
-from disney_train.train.run_files import FINAL_LORA
 
 LONG = " ".join(["a cartoon mouse whistling on a steamboat"] * 8)  # far over the tiny CLIP's 32 tokens
 PROMPTS = ["STEAMBOAT a cartoon mouse steers a boat down the river", f"STEAMBOAT {LONG}"]

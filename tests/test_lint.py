@@ -19,3 +19,11 @@ def test_ruff() -> None:
 def test_mypy() -> None:
     res = subprocess.run([str(BIN / "mypy")], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_layers() -> None:
+    """The architecture in pyproject.toml's [tool.importlinter]: cli above eval above train above generate
+    above model and metrics, above data, runs, storage and config; the operator takes only the run's
+    files, the configuration and storage from the library, and nothing of torch, Ray or diffusers."""
+    res = subprocess.run([str(BIN / "lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

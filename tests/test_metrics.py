@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from disney_operator.metrics import OperatorMetrics, phase_counts
 from disney_train.config import RunConfig
 from disney_train.metrics.worker import STAGES, GpuReading, WorkerMetrics
+from disney_train.runs import RunFiles
 from disney_train.storage import IO
-from disney_train.train.run_files import RunFiles
 from tests.support.seaweed import free_ports
 
 INFO = {"model": "s3://models/x", "variant": "t2v", "device": "cpu", "precision": "fp32", "zero_stage": "2"}

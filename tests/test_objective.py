@@ -88,7 +88,7 @@ def test_image_to_video_conditions_on_the_first_frame_latent(tiny_i2v: Path) -> 
 
 def test_steps_are_deterministic_per_seed_step_and_rank(tiny_t2v: Path) -> None:
     from disney_train.config import LoraConfig
-    from disney_train.train.lora import add_lora
+    from disney_train.model.lora import add_lora
 
     spec = _spec(tiny_t2v)
     transformer = load_transformer(tiny_t2v)

@@ -20,7 +20,7 @@ from disney_operator.rayjob import LABEL_VFT, owner_of, run_config_of
 from disney_operator.reconcile import FINALIZER, rfc3339
 from disney_operator.settings import Settings
 from disney_train.config import S3Options
-from disney_train.train.run_files import RunFiles
+from disney_train.runs import RunFiles
 from tests.support.apiserver import ApiServer, api_client, eventually
 from tests.support.kuberay import Cluster, OperatorProcess, start_operator
 from tests.support.seaweed import BUCKET, RW, SeaweedS3

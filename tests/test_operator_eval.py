@@ -25,8 +25,8 @@ import pytest
 from disney_operator.progress import Key, ProgressReader
 from disney_operator.rayjob import CONFIG_DIR, EVAL_ENTRYPOINT, run_config_of
 from disney_train.config import EvaluationConfig, S3Options, dump_config
-from disney_train.eval.results import EVAL_JSON, REPORT_HTML, REPORT_MD, SUMMARY_JSON, Headline, Summary
-from disney_train.train.run_files import RunFiles
+from disney_train.eval.results import EVAL_JSON, REPORT_HTML, REPORT_MD, Headline, Summary
+from disney_train.runs import SUMMARY_JSON, RunFiles
 from tests.support.apiserver import ApiServer, eventually
 from tests.support.kuberay import Cluster, OperatorProcess, Secrets
 from tests.support.seaweed import RW, free_ports

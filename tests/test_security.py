@@ -51,9 +51,9 @@ from disney_operator.settings import Settings
 from disney_train.config import EVALUATION_PROMPTS, PROMPT_CHARS, VALIDATION_PROMPTS, RunConfig, S3Options, dump_config
 from disney_train.data.layout import LayoutError, read_source
 from disney_train.model.source import ModelError, resolve_model
+from disney_train.runs import RunFiles
 from disney_train.storage import IO, S3Keys, StorageError
 from disney_train.train.launch import RunFinishedError, TrainingError, launch
-from disney_train.train.run_files import RunFiles
 from tests.support.apiserver import (
     VFT_CRD,
     ApiServer,

@@ -21,12 +21,12 @@ import torch
 
 from disney_train.config import RunConfig, S3Options, dump_config
 from disney_train.data.pack import PackOptions, pack
+from disney_train.model.lora import read_lora_file
+from disney_train.runs import FINAL_LORA, RunFiles
 from disney_train.storage import open_store
 from disney_train.train.checkpoint import CheckpointStore
 from disney_train.train.engine import lr_factor
 from disney_train.train.launch import RunFinishedError, TrainingError, launch, local_ray_init
-from disney_train.train.lora import read_lora_file
-from disney_train.train.run_files import FINAL_LORA, RunFiles
 from tests.support.raywatch import ListenWatch
 from tests.support.training import build_cache, train_config
 

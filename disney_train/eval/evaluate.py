@@ -33,12 +33,10 @@ import numpy as np
 
 from disney_train.config import EvaluationConfig, RunConfig
 from disney_train.eval.results import (
-    EVAL_DIR,
     EVAL_JSON,
     MODELS,
     REPORT_HTML,
     REPORT_MD,
-    SUMMARY_JSON,
     EvalResults,
     ModelName,
     ModelSummary,
@@ -51,6 +49,7 @@ from disney_train.eval.results import (
     VideoResult,
     headline,
 )
+from disney_train.runs import EVAL_DIR, SUMMARY_JSON
 
 if TYPE_CHECKING:
     from disney_train.storage import Store
@@ -257,7 +256,7 @@ def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info, ran_on: 
     from disney_train.eval.metrics import count_tokens, embed_frames, embed_text, load_clip
     from disney_train.eval.report import write_report
     from disney_train.generate import mp4_bytes, pick_device
-    from disney_train.train.run_files import FINAL_LORA, RunFiles
+    from disney_train.runs import FINAL_LORA, RunFiles
 
     t0 = time.perf_counter()
     if device not in ("auto", "cpu", "cuda"):

@@ -37,7 +37,6 @@ import numpy as np
 
 from disney_train.eval.metrics import evenly_spaced
 from disney_train.eval.results import (
-    EVAL_DIR,
     LABELS,
     METRICS,
     MODELS,
@@ -51,6 +50,7 @@ from disney_train.eval.results import (
     VideoKey,
     VideoResult,
 )
+from disney_train.runs import EVAL_DIR
 from disney_train.storage import Store
 
 if TYPE_CHECKING:

@@ -13,14 +13,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from disney_train.runs import EVAL_DIR
+
 ModelName = Literal["baseline", "finetuned"]
 VideoKey = tuple[ModelName, int, int]  # (model, prompt index, seed)
 MODELS: tuple[ModelName, ModelName] = ("baseline", "finetuned")
 LABELS: dict[ModelName, str] = {"baseline": "Baseline", "finetuned": "Fine-tuned"}
 
-EVAL_DIR = "eval"  # under the run's prefix
 EVAL_JSON = f"{EVAL_DIR}/eval.json"
-SUMMARY_JSON = f"{EVAL_DIR}/summary.json"
 REPORT_MD = f"{EVAL_DIR}/report.md"
 REPORT_HTML = f"{EVAL_DIR}/report.html"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from disney_train.config import RunConfig
-from disney_train.train.run_files import RunFiles, RunOwnedError, checkpoint_identity_error, identity_mismatch
+from disney_train.runs import RunFiles, RunOwnedError, checkpoint_identity_error, identity_mismatch
 
 log = logging.getLogger(__name__)
 

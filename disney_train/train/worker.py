@@ -19,6 +19,7 @@ import torch
 
 from disney_train.config import RunConfig, dump_config
 from disney_train.metrics.worker import WorkerMetrics, cuda_reading
+from disney_train.runs import RunFiles, checkpoint_identity_error
 from disney_train.storage import open_store, read_uri
 from disney_train.train import chaos, zero_state
 from disney_train.train.checkpoint import Checkpoint, CheckpointStore
@@ -31,7 +32,6 @@ from disney_train.train.engine import (
     set_accelerator_env,
     steps_per_epoch,
 )
-from disney_train.train.run_files import RunFiles, checkpoint_identity_error
 from disney_train.train.zero_state import skip_shm_comm
 
 log = logging.getLogger("disney_train.worker")
@@ -185,10 +185,10 @@ def _run(
 
     from disney_train.data.reader import TrainingClips
     from disney_train.model.load import load_transformer
+    from disney_train.model.lora import add_lora, lora_file_bytes, peft_key, read_lora_file
     from disney_train.model.source import resolve_model
     from disney_train.model.spec import run_spec
     from disney_train.train.cache import CachedClipDataset
-    from disney_train.train.lora import add_lora, lora_file_bytes, peft_key, read_lora_file
     from disney_train.train.objective import diffusion_loss, step_generator
 
     device = torch.device(f"cuda:{dist.local_rank}" if place.device == "cuda" else "cpu")
@@ -521,8 +521,8 @@ def _validate(
 ) -> None:
     """Validation videos for the current LoRA, rendered on rank 0 with a fresh pipeline."""
     from disney_train.generate import RenderSpec, apply_lora, load_pipeline, mp4_bytes, render
+    from disney_train.model.lora import lora_file_bytes, peft_key
     from disney_train.model.spec import run_spec
-    from disney_train.train.lora import lora_file_bytes, peft_key
 
     v = cfg.validation
     if not v.prompts:

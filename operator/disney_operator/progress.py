@@ -28,9 +28,8 @@ from pydantic import ValidationError
 from disney_operator.api import S3Credentials
 from disney_operator.rayjob import owner_of
 from disney_train.config import S3Options
-from disney_train.eval.results import SUMMARY_JSON
+from disney_train.runs import OWNER, PROGRESS, SUMMARY_JSON, RunFiles, same_owner
 from disney_train.storage import S3Keys, is_s3
-from disney_train.train.run_files import OWNER, PROGRESS, RunFiles, same_owner
 
 log = logging.getLogger(__name__)
 

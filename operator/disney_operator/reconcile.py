@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from disney_operator import api
 from disney_operator.rayjob import ANNOTATION_TEMPLATE, SpecError, desired, is_elastic
 from disney_operator.settings import Settings
-from disney_train.eval.results import SUMMARY_JSON
+from disney_train.runs import SUMMARY_JSON
 
 FINALIZER = f"{api.GROUP}/rayjobs"
 CONDITION_TYPES: tuple[api.Phase, ...] = ("Pending", "Running", "Suspended", "Succeeded", "Failed")

@@ -21,8 +21,8 @@ import pytest
 
 from disney_train.config import config_from_dict
 from disney_train.metrics.prometheus import LocalPrometheus
+from disney_train.runs import RunFiles
 from disney_train.train.checkpoint import CheckpointStore
-from disney_train.train.run_files import RunFiles
 from tests.e2e.jobs import (
     BUCKET,
     JOBS_NS,

@@ -1,4 +1,6 @@
-"""The files of a run under `<output.uri>/<name>/`, besides its checkpoints.
+"""The files of a run under `<output.uri>/<name>/`, besides its checkpoints: their names, and reading
+and writing them. Shared by training, evaluation and the operator (pydantic and storage only: the
+operator imports it without torch).
 
 progress.json                 live progress (step, epoch, loss, last checkpoint): the operator
                               and `disney-train status` read it
@@ -24,15 +26,17 @@ from typing import Any
 import yaml
 
 from disney_train.config import RunConfig, S3Options
-from disney_train.eval.results import SUMMARY_JSON  # pydantic only: the operator imports this module
 from disney_train.storage import S3Keys, Store, open_store
 
 PROGRESS = "progress.json"
-FINAL_LORA = "final/pytorch_lora_weights.safetensors"
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save_lora_weights gives the file
+FINAL_LORA = f"final/{LORA_FILE}"
 FINAL_CONFIG = "final/config.yaml"
 FINISHED = "finished.json"
 STARTS = "starts.json"
 OWNER = "owner.json"
+EVAL_DIR = "eval"  # `disney-train eval`'s outputs (disney_train.eval.results)
+SUMMARY_JSON = f"{EVAL_DIR}/summary.json"  # the headline figures the operator copies into the status
 MAX_RECORD_BYTES = 256 * 1024  # progress.json, owner.json, eval/summary.json are a few kB
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from disney_train.config import LoraConfig
+from disney_train.runs import LORA_FILE
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER = "default"
 
 
