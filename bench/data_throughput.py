@@ -32,7 +32,8 @@ from disney_train.config import DataConfig, S3Options  # noqa: E402
 from disney_train.data.frames import clip_rng, frame_indices  # noqa: E402
 from disney_train.data.pack import PackOptions, pack  # noqa: E402
 from disney_train.data.reader import TrainingClips  # noqa: E402
-from disney_train.data.sample import encode_clip, source_video  # noqa: E402
+from disney_train.data.sample import source_video  # noqa: E402
+from disney_train.media import encode_clip  # noqa: E402
 from tests.support.seaweed import BUCKET, RW, start_seaweed  # noqa: E402
 
 CLIPS = int(os.environ.get("BENCH_CLIPS", "16"))

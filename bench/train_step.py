@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 from disney_train.config import RunConfig  # noqa: E402
 from disney_train.data.pack import PackOptions, load_manifest, pack  # noqa: E402
 from disney_train.data.reader import ClipDataset  # noqa: E402
-from disney_train.data.sample import encode_clip, source_video, write_sample  # noqa: E402
+from disney_train.data.sample import source_video, write_sample  # noqa: E402
+from disney_train.media import encode_clip  # noqa: E402
 from disney_train.model.encode import encode_prompts, encode_video_dist  # noqa: E402
 from disney_train.model.load import load_encoders, load_transformer  # noqa: E402
 from disney_train.model.lora import add_lora  # noqa: E402

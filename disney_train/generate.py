@@ -94,15 +94,6 @@ def render(pipe: Any, spec: RenderSpec, model: CogVideoXSpec) -> list[np.ndarray
     return videos
 
 
-def mp4_bytes(frames: np.ndarray, fps: float) -> bytes:
-    from disney_train.data.sample import encode_clip
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "video.mp4"
-        encode_clip(list(frames), path, max(1, round(fps)))
-        return path.read_bytes()
-
-
 # --------------------------------------------------------------------------- disney-train generate
 class GenerateError(ValueError):
     """Bad input to `generate`: the message names the option, file or value."""
@@ -191,6 +182,7 @@ def generate(req: GenerateRequest, s3: Any = None) -> list[str]:
     Returns the videos' URIs."""
     import json
 
+    from disney_train.media import mp4_bytes
     from disney_train.model.source import resolve_model
     from disney_train.model.spec import model_task, spec_for
     from disney_train.storage import open_store, read_uri

@@ -23,7 +23,7 @@ def test_mypy() -> None:
 
 def test_layers() -> None:
     """The architecture in pyproject.toml's [tool.importlinter]: cli above eval above train above generate
-    above model and metrics, above data, runs, storage and config; the operator takes only the run's
+    above model and metrics, above data, runs and media, storage and config; the operator takes only the run's
     files, the configuration and storage from the library, and nothing of torch, Ray or diffusers."""
     res = subprocess.run([str(BIN / "lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -12,7 +12,8 @@ import torch
 from disney_train.config import DataConfig, S3Options
 from disney_train.data.pack import PackOptions, pack
 from disney_train.data.reader import DataError, TrainingClips
-from disney_train.data.sample import SEGMENTS, encode_clip
+from disney_train.data.sample import SEGMENTS
+from disney_train.media import encode_clip
 
 SMALL = {"num_frames": 17, "height": 48, "width": 80}
 

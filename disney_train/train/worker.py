@@ -520,7 +520,8 @@ def _validate(
     place: Placement,
 ) -> None:
     """Validation videos for the current LoRA, rendered on rank 0 with a fresh pipeline."""
-    from disney_train.generate import RenderSpec, apply_lora, load_pipeline, mp4_bytes, render
+    from disney_train.generate import RenderSpec, apply_lora, load_pipeline, render
+    from disney_train.media import mp4_bytes
     from disney_train.model.lora import lora_file_bytes, peft_key
     from disney_train.model.spec import run_spec
 

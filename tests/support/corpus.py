@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from disney_train.data.sample import SEGMENTS, encode_clip
+from disney_train.data.sample import SEGMENTS
+from disney_train.media import encode_clip
 
 
 @dataclass
