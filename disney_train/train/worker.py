@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,9 @@ from disney_train.train.engine import (
     steps_per_epoch,
 )
 from disney_train.train.zero_state import skip_shm_comm
+
+if TYPE_CHECKING:
+    from disney_train.model.spec import CogVideoXSpec
 
 log = logging.getLogger("disney_train.worker")
 
@@ -403,7 +406,7 @@ def _run(
             last_ckpt = save_checkpoint()
         if cfg.validation.every and step % cfg.validation.every == 0:
             with metrics.stage("validating"):
-                _validate(cfg, model_path, files, step, params, dist, place)
+                _validate(cfg, model_path, spec, files, step, params, dist, place)
         t_data = time.perf_counter()
 
     metrics.set_stage("finishing")
@@ -417,7 +420,7 @@ def _run(
         files.write_final(lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora), dump_config(cfg))
     if cfg.validation.at_end:
         with metrics.stage("validating"):
-            _validate(cfg, model_path, files, step, params, dist, place)
+            _validate(cfg, model_path, spec, files, step, params, dist, place)
     if dist.rank == 0:
         files.finish(step, _progress(step, horizon, reader, history, last_ckpt, dist.world_size, "finished"))
     engine.destroy()
@@ -513,6 +516,7 @@ def _progress(
 def _validate(
     cfg: RunConfig,
     model_path: Any,
+    model: CogVideoXSpec,
     files: RunFiles,
     step: int,
     params: list[tuple[str, torch.nn.Parameter]],
@@ -523,7 +527,6 @@ def _validate(
     from disney_train.generate import RenderSpec, apply_lora, load_pipeline, render
     from disney_train.media import mp4_bytes
     from disney_train.model.lora import lora_file_bytes, peft_key
-    from disney_train.model.spec import run_spec
 
     v = cfg.validation
     if not v.prompts:
@@ -533,7 +536,6 @@ def _validate(
         t0 = time.perf_counter()
         images = [read_uri(u, cfg.s3) for u in v.images]
         dtype = torch.bfloat16 if place.precision == "bf16" else torch.float32
-        model = run_spec(cfg, model_path)
         pipe = load_pipeline(model_path, model, place.device, dtype)
         apply_lora(pipe, lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora))
         spec = RenderSpec(
