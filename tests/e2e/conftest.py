@@ -7,6 +7,7 @@ The fixtures are the README's set-up, done once for the session: the chart insta
 the inputs on S3 (step 3). The modules run in name order and share that install: test_elastic (scale,
 Prometheus, pod deletions, suspend/resume on one run), test_smoke (the smoke job to Succeeded),
 test_uninstall (it removes the install), and test_up_again last (it kills the cluster and brings it up anew).
+test_node_images needs no cluster: it runs a containerd of its own.
 """
 
 from __future__ import annotations

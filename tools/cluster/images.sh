@@ -13,6 +13,9 @@
 #            small layer of the .venv's scripts and editable-install finder rewritten for those places),
 #            whatever this checkout's path. Layers are cached under $CLUSTER_CACHE by what they hold; the
 #            source layer is made each time.
+#   import SPEC.json  the images of one mkimage.py spec
+# Each import drops the images it replaced (prune), so a node's store holds one .venv layer, not one per
+# checkout that ever ran make cluster.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh
@@ -45,7 +48,23 @@ EOF
   for l in $(python3 -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["layers"]))' "$spec"); do
     [ -f "$l.sha256" ] && ctr --address "$CONTAINERD_SOCK" -n k8s.io content rm "sha256:$(cat "$l.sha256")" >/dev/null 2>&1
   done
-  return 0
+  prune
+}
+
+# prune: the images no name points to any more, with the snapshots only they held. containerd's CRI
+# names every image it sees a second time by its ID (`sha256:<config>`) and keeps that name when the
+# image's own name moves to a new import: each checkout's re-imported .venv layer (6.4 GB, different
+# per checkout path) then stayed on disk for good. Such an ID name whose image no other name points to is
+# deleted; --sync runs containerd's garbage collection now, not after its next 100 changes.
+prune() {
+  local stale
+  stale=$(ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls | awk '
+    NR > 1 { if ($1 ~ /^sha256:/) id[$1] = $3; else named[$3] = 1 }
+    END { for (r in id) if (!(id[r] in named)) print r }')
+  [ -z "$stale" ] && return 0
+  log "dropping images no name points to any more (an earlier import's): $(echo "$stale" | wc -l)"
+  # shellcheck disable=SC2086
+  ctr --address "$CONTAINERD_SOCK" -n k8s.io images rm --sync $stale >/dev/null
 }
 
 # static IMAGE BINARY PATH_IN_IMAGE USER [ARGS...]: one binary on an empty root
@@ -181,5 +200,6 @@ case "${1:-}" in
   base) base ;;
   project) project ;;
   debian-root) debian_root ;;  # the cached Debian root alone (no containerd needed)
-  *) die "usage: images.sh base|project" ;;
+  import) import "${2:?usage: images.sh import SPEC.json}" ;;  # a spec of mkimage.py's (the tests' own images)
+  *) die "usage: images.sh base|project|debian-root|import SPEC.json" ;;
 esac
