@@ -149,15 +149,27 @@ class RunFiles:
 
     def claim(self, owner: str | None) -> None:
         """Record `owner` (`<namespace>/<name>/<uid>`) as the run's owner at its first start; refuse a run
-        another namespace or name recorded. A VideoFineTune made again under the same namespace and name (its
+        another namespace or name recorded. The first record is a conditional write (written only where none
+        is), so of two VideoFineTunes starting on one prefix at once exactly one owns it; it is read back, for
+        a store that ignores the condition. A VideoFineTune made again under the same namespace and name (its
         tenant's own, by the namespace's RBAC) adopts the run: the record takes its uid. None (a local run)
         claims nothing and is refused nothing."""
         if owner is None:
             return
-        recorded = self.owner()
-        if recorded != owner and (recorded is None or same_owner(recorded, owner)):
-            self._json(OWNER, {"owner": owner, "time": time.time(), "before": recorded})
-        elif recorded != owner:
+        record = {"owner": owner, "time": time.time(), "before": None}
+        if self.store.create_bytes(OWNER, json.dumps(record, indent=1, sort_keys=True).encode()):
+            recorded = self.owner()
+        else:
+            recorded = self.owner()
+            if recorded is None:
+                raise RunOwnedError(
+                    f"{self.store.url(OWNER)} names no owner: the run's owner is unknown, so it is not taken; "
+                    "delete that file if the run is yours"
+                )
+            if recorded != owner and same_owner(recorded, owner):
+                self._json(OWNER, record | {"before": recorded})
+                recorded = owner
+        if recorded != owner:
             raise RunOwnedError(
                 f"{self.uri} belongs to {recorded}, not {owner}: a run is never resumed or reported by another "
                 "owner; pick another name or output.uri (or delete that prefix if it is yours)"

@@ -19,6 +19,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,7 @@ class Store(Protocol):
     def read_bytes(self, key: str) -> bytes: ...
     def read_range(self, key: str, offset: int, size: int) -> bytes: ...
     def write_bytes(self, key: str, data: bytes) -> None: ...
+    def create_bytes(self, key: str, data: bytes) -> bool: ...
     def write_file(self, key: str, path: Path, sha256: str) -> None: ...
     def list_keys(self, prefix: str = "") -> list[str]: ...
     def delete(self, keys: list[str]) -> None: ...
@@ -318,6 +320,24 @@ class LocalStore:
     def write_bytes(self, key: str, data: bytes) -> None:
         self._atomic_write(key, lambda f: f.write(data))
 
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """Write the object only when there is none (False when there is): written aside, then linked into
+        place, which fails when the name exists."""
+        dest = self._path(key)
+        if dest.exists():
+            return False
+        aside = f".{dest.name}.{uuid.uuid4().hex}.new"
+        self.write_bytes(str(Path(key).with_name(aside)), data)
+        try:
+            os.link(dest.with_name(aside), dest)
+        except FileExistsError:
+            return False
+        except OSError as err:
+            raise StorageError(f"cannot write {dest}: {err.strerror or err}") from err
+        finally:
+            dest.with_name(aside).unlink(missing_ok=True)
+        return True
+
     def write_file(self, key: str, path: Path, sha256: str) -> None:
         def copy(f: Any) -> None:
             with path.open("rb") as src:
@@ -370,6 +390,7 @@ _TRANSIENT_CODES = {
     "RequestTimeout",
     "Throttling",
     "ThrottlingException",
+    "ConditionalRequestConflict",  # another conditional write to the key in flight (AWS asks for a retry)
     "503",
     "500",
     "502",
@@ -661,6 +682,29 @@ class S3Store:
             ),
         )
         IO.add("written_bytes", len(data))
+
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """Write the object only when there is none (False when there is): a conditional put
+        (`If-None-Match: *`), so of two writers racing for one key exactly one succeeds."""
+        from botocore.exceptions import ClientError
+
+        digest = hashlib.sha256(data).hexdigest()
+
+        def put() -> bool:
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, Metadata={SHA256_META: digest}, IfNoneMatch="*"
+                )
+            except ClientError as err:
+                if str(err.response.get("Error", {}).get("Code")) in ("PreconditionFailed", "412"):
+                    return False
+                raise
+            return True
+
+        created: bool = self._call("write", key, put)
+        if created:
+            IO.add("written_bytes", len(data))
+        return created
 
     def write_file(self, key: str, path: Path, sha256: str) -> None:
         from boto3.s3.transfer import TransferConfig

@@ -51,7 +51,7 @@ from disney_operator.settings import Settings
 from disney_train.config import EVALUATION_PROMPTS, PROMPT_CHARS, VALIDATION_PROMPTS, RunConfig, S3Options, dump_config
 from disney_train.data.layout import LayoutError, read_source
 from disney_train.model.source import ModelError, resolve_model
-from disney_train.runs import RunFiles
+from disney_train.runs import OWNER, RunFiles, RunOwnedError
 from disney_train.storage import IO, S3Keys, StorageError
 from disney_train.train.launch import RunFinishedError, TrainingError, launch
 from tests.support.apiserver import (
@@ -332,6 +332,63 @@ def test_finding_4_a_run_owned_by_another_videofinetune_is_refused_never_resumed
     with pytest.raises(RunFinishedError):
         launch(local(again), storage_path=tmp_path / "ray")
     assert files.owner() == "team-a/disney-2b/9999-uid"
+
+
+class Interleaved:
+    """A real store whose first request about owner.json is followed at once by `then()`: another
+    VideoFineTune's whole claim, in the middle of this one's (the worst moment of a race)."""
+
+    def __init__(self, store: Any, then: Any) -> None:
+        self.store, self.then, self.done = store, then, False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+
+        def call(key: str, *args: Any) -> Any:
+            result = method(key, *args)
+            if key == OWNER and not self.done:
+                self.done = True
+                self.then()
+            return result
+
+        return call
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_finding_4_two_videofinetunes_claiming_one_prefix_at_once_exactly_one_owns_it(
+    where: str, s3: S3Options, s3_uri: str, tmp_path: Path
+) -> None:
+    """The claim read owner.json, then wrote it: two tenants' VideoFineTunes of one name starting on one shared
+    prefix at the same moment both read "no owner" and both went on, each to resume the other's checkpoints."""
+    uri = f"{s3_uri}/disney-2b" if where == "s3" else str(tmp_path / "runs" / "disney-2b")
+    theirs, ours = RunFiles.at(uri, s3), RunFiles.at(uri, s3)
+    outcome: dict[str, str] = {}
+
+    def claim(files: RunFiles, owner: str) -> None:
+        try:
+            files.claim(owner)
+            outcome[owner] = "owns"
+        except RunOwnedError as err:
+            outcome[owner] = str(err)
+
+    ours.store = Interleaved(ours.store, lambda: claim(theirs, "team-a/disney-2b/1234-uid"))
+    claim(ours, "team-b/disney-2b/5678-uid")
+    assert sorted(outcome) == ["team-a/disney-2b/1234-uid", "team-b/disney-2b/5678-uid"]
+    owners = [who for who, said in outcome.items() if said == "owns"]
+    assert len(owners) == 1, outcome
+    loser = next(who for who in outcome if who not in owners)
+    assert f"belongs to {owners[0]}, not {loser}" in outcome[loser]
+    assert RunFiles.at(uri, s3).owner() == owners[0]
+
+
+def test_finding_4_an_owner_record_that_names_nobody_is_not_taken(tmp_path: Path, s3: S3Options) -> None:
+    files = RunFiles.at(str(tmp_path / "disney-2b"), s3)
+    files.store.write_bytes(OWNER, b'{"owner": 7}')
+    with pytest.raises(RunOwnedError, match=r"owner.json names no owner"):
+        files.claim("team-a/disney-2b/1234-uid")
+    files.store.write_bytes(OWNER, b'{"owner": "team-a/disney-2b/0000-uid"}')
+    files.claim("team-a/disney-2b/1234-uid")  # the same namespace and name adopt it
+    assert files.owner() == "team-a/disney-2b/1234-uid"
 
 
 def test_finding_4_the_operator_reads_only_the_figures_of_the_run_its_videofinetune_owns(
