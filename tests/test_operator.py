@@ -374,3 +374,24 @@ def test_a_reconcile_holding_an_old_body_acts_on_the_newest_objects(
     plan = controller.reconcile(old_body, [first])  # stale: planned from these, it would delete `second`
     assert plan is not None and plan.delete == [] and plan.apply is None
     assert [r["metadata"]["name"] for r in cluster.rayjobs(ns, "race")] == [second["metadata"]["name"]]
+
+
+def test_a_running_runs_configmap_deleted_by_hand_comes_back(
+    operator_proc: OperatorProcess, cluster: Cluster, ns: str, spec: dict[str, Any]
+) -> None:
+    """The ConfigMap a RayJob's head mounts, deleted while the run goes on: the next resync applies it again
+    (a head pod restarted without it would wait for its volume for ever)."""
+    rj, _ = running(cluster, ns, "kept", spec)
+    before = cluster.config_map(ns, rj)
+    cluster.core.delete_namespaced_config_map(rj["metadata"]["name"], ns)
+    with pytest.raises(ApiException):
+        cluster.config_map(ns, rj)
+    back = eventually(lambda: _config_map_or_none(cluster, ns, rj), timeout=20, what="the ConfigMap again")
+    assert back["data"] == before["data"] and back["metadata"]["uid"] != before["metadata"]["uid"]
+
+
+def _config_map_or_none(cluster: Cluster, ns: str, rj: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return cluster.config_map(ns, rj)
+    except ApiException:
+        return None

@@ -481,6 +481,24 @@ def test_finding_3_each_run_gets_a_network_policy_admitting_only_its_own() -> No
     assert plan(body, [], None, datetime.now(UTC), SETTINGS).network_policy is None  # the operator's default: off
 
 
+def test_finding_3_a_running_runs_configmap_and_network_policy_are_applied_at_every_reconcile() -> None:
+    """A run's ConfigMap and NetworkPolicy were applied with its RayJob only: one deleted by hand (or by a
+    careless clean-up) stayed gone, the run open to every pod and a restarted head without its configuration.
+    While the RayJob runs, every reconcile now applies both (server-side apply: no change, no write)."""
+    settings = Settings(network_policies=True)
+    body = vft()
+    first = plan(body, [], None, datetime.now(UTC), settings)
+    assert first.apply is not None and first.config_map is not None and first.network_policy is not None
+    rayjob = {**first.apply, "status": {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}}
+    body["status"] = first.status
+    again = plan(body, [rayjob], None, datetime.now(UTC), settings)
+    assert again.apply is None  # the RayJob itself unchanged
+    assert (again.config_map, again.network_policy) == (first.config_map, first.network_policy)
+    ended = {**rayjob, "status": {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}}
+    done = plan(body, [ended], None, datetime.now(UTC), settings)
+    assert done.config_map is None and done.network_policy is None  # an ended run's objects are not made again
+
+
 @pytest.mark.parametrize(
     ("override", "says"),
     [

@@ -401,7 +401,11 @@ def plan(
         template = (current["metadata"].get("annotations") or {}).get(ANNOTATION_TEMPLATE)
         if template != wanted.rayjob["metadata"]["annotations"][ANNOTATION_TEMPLATE] and deployment not in ENDED:
             # an ended RayJob takes no changes
-            out.apply, out.config_map, out.network_policy = wanted.rayjob, wanted.config_map, wanted.network_policy
+            out.apply = wanted.rayjob
+        if deployment not in ENDED:
+            # the run's ConfigMap and NetworkPolicy, applied at every reconcile while it runs (no change, no
+            # write): one deleted by hand is back within a resync, before a restarted head needs its mount
+            out.config_map, out.network_policy = wanted.config_map, wanted.network_policy
         if deployment == "Complete" and job == "SUCCEEDED":
             observed = _Observed("Succeeded", "RayJobSucceeded", f"RayJob {name} succeeded")
         elif deployment == "ValidationFailed":  # KubeRay refuses what this operator built: no retry helps

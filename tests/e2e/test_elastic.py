@@ -157,6 +157,30 @@ def test_the_ray_head_answers_only_with_the_runs_token(kube: Kube, run: dict[str
     assert policy["spec"]["podSelector"] == {"matchLabels": {"disneytrain.dev/videofinetune": NAME}}, policy
 
 
+def test_the_runs_configmap_and_network_policy_deleted_by_hand_come_back(kube: Kube, run: dict[str, Any]) -> None:
+    """Issue 16: a run's ConfigMap (the head's configuration mount) and its NetworkPolicy were applied with the
+    RayJob only; deleted by hand they stayed gone. The operator applies both at every reconcile of a running
+    run: they are back within its resync (the chart's 30 s). The head pod deleted later in this module then
+    starts from the ConfigMap made again."""
+    (head,) = ray_pods(kube, NAME, "head")
+    rayjob = head["metadata"]["labels"]["ray.io/cluster"].rsplit("-", 1)[0]
+
+    def get(kind: str) -> dict[str, Any] | None:
+        got = kube.kubectl("-n", JOBS_NS, "get", kind, rayjob, "-o", "json", check=False)
+        return json.loads(got.stdout) if got.returncode == 0 else None
+
+    uids = {}
+    for kind in ("configmap", "networkpolicy"):
+        uids[kind] = (get(kind) or {})["metadata"]["uid"]
+        kube.kubectl("-n", JOBS_NS, "delete", kind, rayjob)
+    started = time.monotonic()
+
+    for kind in ("configmap", "networkpolicy"):
+        again = wait_until(f"the run's {kind} made again", lambda k=kind: get(k), 120)
+        assert again["metadata"]["uid"] != uids[kind]
+    print(f"ConfigMap and NetworkPolicy deleted -> both back in {time.monotonic() - started:.0f} s")
+
+
 def starts(s3: dict[str, str]) -> int:
     """How often the run's worker group has started (its starts.json, written by rank 0 at each start)."""
     body = bucket(s3).get_object(Bucket=BUCKET, Key=f"smoke/{NAME}/starts.json")["Body"].read()
