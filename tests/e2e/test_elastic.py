@@ -10,6 +10,7 @@ checkpoint, so the run is long enough (STEPS) to outlast them all; if it ends fi
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
 import urllib.error
@@ -176,7 +177,7 @@ def test_the_runs_configmap_and_network_policy_deleted_by_hand_come_back(kube: K
     started = time.monotonic()
 
     for kind in ("configmap", "networkpolicy"):
-        again = wait_until(f"the run's {kind} made again", lambda k=kind: get(k), 120)
+        again = wait_until(f"the run's {kind} made again", functools.partial(get, kind), 120)
         assert again["metadata"]["uid"] != uids[kind]
     print(f"ConfigMap and NetworkPolicy deleted -> both back in {time.monotonic() - started:.0f} s")
 
