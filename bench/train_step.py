@@ -36,8 +36,7 @@ from disney_train.media import encode_clip  # noqa: E402
 from disney_train.model.encode import encode_prompts, encode_video_dist  # noqa: E402
 from disney_train.model.load import load_encoders, load_transformer  # noqa: E402
 from disney_train.model.lora import add_lora  # noqa: E402
-from disney_train.model.spec import load_encoders as spec_encoders  # noqa: E402
-from disney_train.model.spec import spec_for  # noqa: E402
+from disney_train.model.spec import frozen_encoders, spec_for  # noqa: E402
 from disney_train.model.tiny import write_tiny_model  # noqa: E402
 from disney_train.storage import open_store  # noqa: E402
 from disney_train.train.cache import CachedClipDataset, build_entries, cache_set, missing_entries  # noqa: E402
@@ -118,7 +117,7 @@ def bench_cache(tmp: Path, model: Path) -> dict[str, Any]:
         manifest,
         open_store(str(data)),
         step.spec,
-        spec_encoders(model),
+        frozen_encoders(model),
         missing_entries(cs, manifest, cfg),
         torch.device("cpu"),
     )

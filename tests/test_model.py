@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from disney_train.config import S3Options
-from disney_train.model.load import load_components
 from disney_train.model.source import SYNC_MARKER, ModelError, push_model, resolve_model
+from disney_train.model.spec import load_components
 from tests.support.faultproxy import FaultProxy
 from tests.support.seaweed import BUCKET, SeaweedS3
 

@@ -26,7 +26,7 @@ from disney_train.model.spec import (
     CogVideoXI2V,
     CogVideoXSpec,
     ImageRecipe,
-    load_encoders,
+    frozen_encoders,
     seeded,
     spec_for,
 )
@@ -103,7 +103,7 @@ def _training_inputs(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """What training builds for the same frames, size, image and prompt: the entry the cache stage
     encodes (from a random video of the same shape), then one step's transformer inputs."""
-    enc = load_encoders(path)
+    enc = frozen_encoders(path)
     video = torch.rand((1, FRAMES, 3, HEIGHT, WIDTH)) * 2 - 1
     batch: dict[str, Any] = {"video": video, "prompt": [PROMPT]}
     if spec.wants_image:
@@ -195,7 +195,7 @@ def test_image_noise_draws_are_the_references_and_each_step_takes_one(tiny_i2v_1
     assert isinstance(clean, CogVideoXI2V)
     assert torch.equal(clean.noised_images(image, 4, seeded("a")), image[None])  # off: one clean copy
 
-    enc = load_encoders(tiny_i2v_15)
+    enc = frozen_encoders(tiny_i2v_15)
     batch = {
         "video": torch.zeros((1, FRAMES, 3, HEIGHT, WIDTH)),
         "prompt": [PROMPT],

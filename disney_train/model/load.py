@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-
-@dataclass
-class CogVideoXComponents:
-    transformer: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler: Any
-    variant: Literal["t2v", "i2v"]
-    path: Path
+from typing import Any
 
 
 def component_config(path: Path, part: str) -> dict[str, Any]:
@@ -60,21 +48,3 @@ def load_encoders(path: Path, dtype: Any = None, device: Any = "cpu") -> tuple[A
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
     return vae, text_encoder, tokenizer
-
-
-def load_components(
-    path: Path, variant: Literal["t2v", "i2v"], dtype: Any = None, device: Any = "cpu"
-) -> CogVideoXComponents:
-    from disney_train.model.spec import check_task
-
-    check_task(path, variant)
-    vae, text_encoder, tokenizer = load_encoders(path, dtype, device)
-    return CogVideoXComponents(
-        transformer=load_transformer(path, dtype, device),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=load_scheduler(path),
-        variant=variant,
-        path=path,
-    )

@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from disney_train.config import RunConfig, TrainOptions
+from disney_train.model import load
 from disney_train.model.encode import encode_prompts, encode_video_dist, rotary_embeddings, sample_latents
 
 Task = Literal["t2v", "i2v"]
@@ -294,11 +295,10 @@ def model_spec(
 
 def model_task(path: Path) -> Task:
     """Which task the model in folder `path` is for, from its configs (no weights read)."""
-    from disney_train.model.load import component_config
     from disney_train.model.source import ModelError, check_layout
 
     check_layout(path)
-    transformer, vae = component_config(path, "transformer"), component_config(path, "vae")
+    transformer, vae = load.component_config(path, "transformer"), load.component_config(path, "vae")
     for task, cls in SPECS.items():
         if cls.fits(transformer, vae):
             return task
@@ -329,9 +329,7 @@ def run_spec(cfg: RunConfig, path: Path) -> CogVideoXSpec:
     return spec_for(path, cfg.model.variant, image_recipe(cfg.train))
 
 
-def load_encoders(path: Path, dtype: Any = None, device: Any = "cpu") -> Encoders:
-    from disney_train.model import load
-
+def frozen_encoders(path: Path, dtype: Any = None, device: Any = "cpu") -> Encoders:
     vae, text_encoder, tokenizer = load.load_encoders(path, dtype, device)
     return Encoders(vae, text_encoder, tokenizer, load.max_text_length(path))
 
@@ -341,11 +339,36 @@ def spec_for(path: Path, task: Task, image: ImageRecipe | None = None) -> CogVid
     no weights)."""
     from types import SimpleNamespace
 
-    from disney_train.model.load import component_config, load_scheduler
-
     check_task(path, task)
     transformer = SimpleNamespace(
-        **{"patch_size_t": None, "ofs_embed_dim": None, **component_config(path, "transformer")}
+        **{"patch_size_t": None, "ofs_embed_dim": None, **load.component_config(path, "transformer")}
     )
-    vae = SimpleNamespace(**component_config(path, "vae"))
-    return model_spec(transformer, vae, load_scheduler(path), task, image)
+    vae = SimpleNamespace(**load.component_config(path, "vae"))
+    return model_spec(transformer, vae, load.load_scheduler(path), task, image)
+
+
+@dataclass
+class CogVideoXComponents:
+    transformer: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    variant: Literal["t2v", "i2v"]
+    path: Path
+
+
+def load_components(
+    path: Path, variant: Literal["t2v", "i2v"], dtype: Any = None, device: Any = "cpu"
+) -> CogVideoXComponents:
+    check_task(path, variant)
+    vae, text_encoder, tokenizer = load.load_encoders(path, dtype, device)
+    return CogVideoXComponents(
+        transformer=load.load_transformer(path, dtype, device),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=load.load_scheduler(path),
+        variant=variant,
+        path=path,
+    )

@@ -106,7 +106,7 @@ def ensure_cache(
 ) -> Any:
     """Every worker encodes its share of the missing entries; all wait until the cache is complete."""
     from disney_train.data.pack import load_manifest
-    from disney_train.model.spec import load_encoders
+    from disney_train.model.spec import frozen_encoders
     from disney_train.train.cache import build_entries, cache_set, missing_entries
 
     data_store = open_store(cfg.data.uri, cfg.s3)
@@ -117,7 +117,7 @@ def ensure_cache(
     mine = missing[dist.rank :: dist.world_size]
     if mine:
         t0 = time.perf_counter()
-        enc = load_encoders(model_path, dtype, device)
+        enc = frozen_encoders(model_path, dtype, device)
         n = build_entries(cs, cfg, manifest, data_store, spec, enc, mine, device)
         log.info("rank %d cached %d clip(s) in %.1f s into %s", dist.rank, n, time.perf_counter() - t0, cs.uri)
         del enc
@@ -459,9 +459,9 @@ def _step_encoder(
 ) -> Callable[[dict[str, Any], tuple[int, ...]], dict[str, Any]]:
     """Without the cache: the frozen VAE and T5 run on every batch (what the cache saves); the image
     noise of i2v is drawn afresh at every step, seeded by (seed, step, rank, micro-batch) and clip."""
-    from disney_train.model.spec import load_encoders
+    from disney_train.model.spec import frozen_encoders
 
-    enc = load_encoders(model_path, dtype, device)
+    enc = frozen_encoders(model_path, dtype, device)
     fresh = replace(spec, image=replace(spec.image, draws=1))
 
     def encode(batch: dict[str, Any], where: tuple[int, ...]) -> dict[str, Any]:

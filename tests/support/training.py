@@ -26,7 +26,7 @@ def build_cache(cfg: RunConfig, model: Path) -> int:
     import torch
 
     from disney_train.data.pack import load_manifest
-    from disney_train.model.spec import load_encoders, run_spec
+    from disney_train.model.spec import frozen_encoders, run_spec
     from disney_train.storage import open_store
     from disney_train.train.cache import build_entries, cache_set, missing_entries
 
@@ -35,4 +35,4 @@ def build_cache(cfg: RunConfig, model: Path) -> int:
     cs = cache_set(cfg, model, spec)  # as the workers key it
     missing = missing_entries(cs, manifest, cfg)
     store = open_store(cfg.data.uri, cfg.s3)
-    return build_entries(cs, cfg, manifest, store, spec, load_encoders(model), missing, torch.device("cpu"))
+    return build_entries(cs, cfg, manifest, store, spec, frozen_encoders(model), missing, torch.device("cpu"))
