@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,7 +35,7 @@ from disney_train.config import (
     embedded_default,
     load_config,
 )
-from disney_train.storage import StorageError
+from disney_train.errors import UserError
 
 if TYPE_CHECKING:
     from disney_train.eval.results import EvalResults
@@ -90,41 +91,16 @@ def progress_bar() -> Progress:
 
 
 def _guard(fn: Callable[[], T]) -> T:
-    """Run a command body; expected failures become one clear red message and exit status 1."""
-    from disney_train.data.layout import LayoutError
-    from disney_train.data.manifest import ManifestError
-    from disney_train.data.pack import PackError
-    from disney_train.model.source import ModelError
-
-    known: tuple[type[BaseException], ...] = (
-        ConfigError,
-        StorageError,
-        LayoutError,
-        PackError,
-        ModelError,
-        ManifestError,
-    )
-    from disney_train.train.launch import TrainingError
-
-    known += (TrainingError,)
-    try:
-        from disney_train.data.reader import DataError
-        from disney_train.eval.evaluate import EvalError
-        from disney_train.generate import GenerateError
-        from disney_train.train.checkpoint import CheckpointError
-
-        known += (DataError, CheckpointError, GenerateError, EvalError)
-    except ImportError:  # the reader needs torch (the train extra); pack and inspect do not
-        pass
+    """Run a command body; an error the user can act on (`UserError`) becomes one red line and exit status 1.
+    Anything else is a bug and keeps its traceback."""
     try:
         return fn()
-    except known as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
-        raise typer.Exit(1) from None
+    except UserError as err:
+        _fail(str(err))
 
 
 def _fail(message: str) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)  # a message is text
     raise typer.Exit(1)
 
 
@@ -169,13 +145,9 @@ def data_sample(
     copies: Annotated[int, typer.Option(min=1, help="Repeat the clips under new names (benchmarks).")] = 1,
 ) -> None:
     """Write a small real dataset in the Disney layout, cut from Big Buck Bunny (CC-BY)."""
-    from disney_train.data.sample import SampleError, write_sample
+    from disney_train.data.sample import write_sample
 
-    try:
-        written = write_sample(out, copies=copies)
-    except SampleError as err:
-        err_console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(1) from None
+    written = _guard(lambda: write_sample(out, copies=copies))
     console.print(f"wrote {len(written)} clip(s), prompt.txt and videos.txt to {out}")
 
 

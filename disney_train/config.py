@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from disney_train.errors import UserError
+
 # Control characters (terminal escapes among them) and what YAML must escape: never in a prompt, a token
 # or a URI (prompts may hold tabs and line breaks).
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
@@ -384,7 +386,7 @@ class RunConfig(TrainingSpec):
         return self
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used; the message names the file and every bad field."""
 
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from disney_train.errors import UserError
+
 if TYPE_CHECKING:
     from disney_train.model.spec import CogVideoXSpec
 
@@ -95,7 +97,7 @@ def render(pipe: Any, spec: RenderSpec, model: CogVideoXSpec) -> list[np.ndarray
 
 
 # --------------------------------------------------------------------------- disney-train generate
-class GenerateError(ValueError):
+class GenerateError(UserError, ValueError):
     """Bad input to `generate`: the message names the option, file or value."""
 
 

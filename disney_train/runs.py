@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from disney_train.config import RunConfig, S3Options
+from disney_train.errors import UserError
 from disney_train.storage import S3Keys, Store, open_store
 
 PROGRESS = "progress.json"
@@ -45,7 +46,7 @@ def same_owner(a: str, b: str) -> bool:
     return a.rsplit("/", 1)[0] == b.rsplit("/", 1)[0]
 
 
-class RunOwnedError(ValueError):
+class RunOwnedError(UserError, ValueError):
     """The run's prefix belongs to another owner (another VideoFineTune, in this or another namespace)."""
 
 

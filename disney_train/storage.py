@@ -35,6 +35,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from disney_train.config import S3Options
+from disney_train.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ SHA256_META = "sha256"
 WRITE_CHECK_KEY = ".disney-train-write-check"
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """An object could not be read or written; the message names it and the cause."""
 
 

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from disney_train.data.manifest import Reject
+from disney_train.errors import UserError
 
 PROMPT_FILES = ("prompt.txt", "prompts.txt")
 VIDEOS_FILE = "videos.txt"
 IMAGES_FILE = "images.txt"
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """The folder is not a dataset at all (a list file missing or unreadable)."""
 
 

@@ -10,10 +10,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from disney_train.errors import UserError
+
 MANIFEST_KEY = "manifest.json"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """manifest.json is not a disney-train manifest (or not one this version reads)."""
 
 

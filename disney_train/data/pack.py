@@ -35,13 +35,14 @@ from disney_train.data.manifest import (
     Totals,
 )
 from disney_train.data.probe import ProbeResult, probe_clip
+from disney_train.errors import UserError
 from disney_train.storage import Store, open_store, sha256_file
 
 SHARD_DIR = "shards"
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
 
 
-class PackError(RuntimeError):
+class PackError(UserError, RuntimeError):
     """Packing stopped; the message says why and what, if anything, was written."""
 
 

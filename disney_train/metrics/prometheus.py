@@ -22,10 +22,12 @@ from typing import Any
 
 import yaml
 
+from disney_train.errors import UserError
+
 HOST = "127.0.0.1"
 
 
-class PrometheusError(RuntimeError):
+class PrometheusError(UserError, RuntimeError):
     """Prometheus is missing, did not start, or refused a query (the message says which and why)."""
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from disney_train.config import S3Options
+from disney_train.errors import UserError
 from disney_train.storage import S3Store, StorageError, cache_root, is_s3, open_store, sha256_file, split_s3
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -21,7 +22,7 @@ INDEX = "model_index.json"
 SYNC_MARKER = ".disney-train-sync.json"
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """A model folder or prefix cannot be used; the message names what is missing or wrong."""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import yaml
 
+from disney_train.errors import UserError
 from disney_train.storage import NoSuchObjectError, StorageError, Store
 
 COMMIT = "commit.json"
@@ -34,7 +35,7 @@ CONFIG = "config.yaml"
 _STEP_DIR = re.compile(r"^checkpoints/step-(\d{9})/")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be used; the message names it and what is wrong."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from disney_train.config import RunConfig
+from disney_train.errors import UserError
 from disney_train.runs import RunFiles, RunOwnedError, checkpoint_identity_error, identity_mismatch
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class RunFinishedError(RuntimeError):
     """The run of this name already finished; a rerun would train nothing."""
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """The worker group failed for good (after FailureConfig's restarts); the message says why."""
 
 
