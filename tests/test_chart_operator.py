@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from disney_operator.rayjob import LABEL_VFT
-from disney_operator.reconcile import rfc3339
+from disney_operator.status import rfc3339
 from tests.support.apiserver import KUBERAY_SCHEMAS, ApiServer, eventually, start_apiserver
 from tests.support.chart import CHART, allows, bound_rules, chart_copy, find, granted, one, render, requests_of
 from tests.support.kuberay import Cluster, OperatorProcess, launch_operator

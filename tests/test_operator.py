@@ -17,8 +17,9 @@ from kubernetes.client.rest import ApiException
 from disney_operator.controller import Controller
 from disney_operator.kube import Kube
 from disney_operator.rayjob import LABEL_VFT, owner_of, run_config_of
-from disney_operator.reconcile import FINALIZER, rfc3339
+from disney_operator.reconcile import FINALIZER
 from disney_operator.settings import Settings
+from disney_operator.status import rfc3339
 from disney_train.config import S3Options
 from disney_train.runs import RunFiles
 from tests.support.apiserver import ApiServer, api_client, eventually

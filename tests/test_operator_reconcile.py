@@ -7,9 +7,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
+from disney_operator import api
 from disney_operator.rayjob import EVAL_ENTRYPOINT
-from disney_operator.reconcile import FINALIZER, Plan, plan, rfc3339
+from disney_operator.reconcile import FINALIZER, Plan, observe, plan
 from disney_operator.settings import Settings
+from disney_operator.status import rfc3339
 from disney_train.eval.results import Headline, Summary
 from tests.test_operator_rayjob import evaluation, vft
 
@@ -530,3 +534,29 @@ def test_an_evaluation_the_pods_cannot_read_waits_with_the_reason() -> None:
     w.spec(evaluation=evaluation(clip_uri="s3://models/clip"))
     p = w.step()
     assert p.apply is not None and p.apply["spec"]["entrypoint"] == EVAL_ENTRYPOINT
+
+
+@pytest.mark.parametrize(
+    ("deployment", "job", "suspend", "attempt", "want"),
+    [
+        ("", "", False, 1, ("Pending", "RayJobCreated", False)),
+        ("Initializing", "", False, 1, ("Pending", "Initializing", False)),
+        ("Running", "RUNNING", False, 1, ("Running", "RayJobRunning", False)),
+        ("Suspending", "", True, 1, ("Suspended", "Suspending", False)),
+        ("Suspended", "", True, 1, ("Suspended", "Suspended", False)),
+        ("Complete", "SUCCEEDED", False, 1, ("Succeeded", "RayJobSucceeded", False)),
+        ("Complete", "FAILED", False, 1, ("Pending", "Retrying", True)),
+        ("Failed", "", False, 3, ("Pending", "Retrying", True)),  # backoffLimit 3: attempts 1..3 may fail
+        ("Failed", "", False, 4, ("Failed", "BackoffLimitExceeded", False)),
+        ("Complete", "STOPPED", True, 4, ("Failed", "BackoffLimitExceeded", False)),  # a failure outranks suspend
+        ("ValidationFailed", "", False, 1, ("Failed", "RayJobInvalid", False)),
+    ],
+)
+def test_observe_is_the_phase_table(
+    deployment: str, job: str, suspend: bool, attempt: int, want: tuple[str, str, bool]
+) -> None:
+    """The module docstring's table, KubeRay's RayJob status -> the VideoFineTune's phase."""
+    spec = api.VideoFineTuneSpec.model_validate({**vft()["spec"], "suspend": suspend, "backoffLimit": 3})
+    seen = observe("rj", {"jobDeploymentStatus": deployment, "jobStatus": job, "message": "boom"}, attempt, spec)
+    assert (seen.observed.phase, seen.observed.reason, seen.retry) == want
+    assert (seen.failure is not None) == (want[1] in ("Retrying", "BackoffLimitExceeded"))

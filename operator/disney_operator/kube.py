@@ -21,7 +21,8 @@ from kubernetes.client.rest import ApiException
 
 from disney_operator import api
 from disney_operator.rayjob import RAY_GROUP, RAY_VERSION, RAYCLUSTERS, RAYJOBS, WORKER_GROUP
-from disney_operator.reconcile import Event, rfc3339
+from disney_operator.reconcile import Event
+from disney_operator.status import rfc3339
 
 log = logging.getLogger(__name__)
 
