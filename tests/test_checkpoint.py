@@ -110,7 +110,7 @@ def test_a_checkpoint_of_another_run_is_refused_before_any_worker_starts(
     from disney_train.config import dump_config
     from disney_train.runs import RunFiles
     from disney_train.train.launch import TrainingError, _resume_refusal, launch
-    from disney_train.train.worker import _latest_usable
+    from disney_train.train.trainer import latest_usable as _latest_usable
     from tests.support.training import train_config
 
     saved = train_config(tmp_path / "model", tmp_path / "data", tmp_path / "out", name="shape")

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +42,9 @@ from torch.utils.data import DataLoader, Dataset
 from disney_train.config import RunConfig
 from disney_train.data.manifest import Manifest, SampleRecord
 from disney_train.data.reader import ClipDataset, DataError, Sample, training_prompt
-from disney_train.model.spec import CogVideoXSpec, Encoders
+from disney_train.model.spec import CogVideoXSpec, Encoders, frozen_encoders
 from disney_train.storage import StorageError, Store, open_store
+from disney_train.train.dist import Dist
 
 log = logging.getLogger(__name__)
 
@@ -212,3 +214,28 @@ def describe(cs: CacheSet) -> str:
         f"{cs.uri} (model {i['model_revision']}, {i['variant']}, {i['num_frames']} frames at {i['fps']:g} fps, "
         f"{i['height']}x{i['width']})"
     )
+
+
+def ensure_cache(
+    cfg: RunConfig, model_path: Path, spec: CogVideoXSpec, dist: Dist, device: torch.device, dtype: torch.dtype
+) -> tuple[CacheSet, Manifest, Store, int]:
+    """Every worker encodes its share of the missing entries; all wait until the cache is complete."""
+    from disney_train.data.pack import load_manifest
+
+    data_store = open_store(cfg.data.uri, cfg.s3)
+    manifest = load_manifest(cfg.data.uri, store=data_store)
+    cs = cache_set(cfg, model_path, spec)
+    dist.barrier()  # every rank lists the same state: none has written an entry yet
+    missing = missing_entries(cs, manifest, cfg)
+    mine = missing[dist.rank :: dist.world_size]
+    if mine:
+        t0 = time.perf_counter()
+        enc = frozen_encoders(model_path, dtype, device)
+        n = build_entries(cs, cfg, manifest, data_store, spec, enc, mine, device)
+        log.info("rank %d cached %d clip(s) in %.1f s into %s", dist.rank, n, time.perf_counter() - t0, cs.uri)
+        del enc
+    dist.barrier()
+    still = missing_entries(cs, manifest, cfg) if missing else []
+    if still:
+        raise RuntimeError(f"latent cache {cs.uri}: {len(still)} entr(ies) still missing after the cache stage")
+    return cs, manifest, data_store, len(missing)

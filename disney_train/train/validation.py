@@ -1,0 +1,63 @@
+"""Validation videos for the current LoRA, rendered on rank 0 with a fresh pipeline during training."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from disney_train.config import RunConfig
+from disney_train.model.spec import CogVideoXSpec
+from disney_train.runs import RunFiles
+from disney_train.storage import read_uri
+from disney_train.train import zero_state
+from disney_train.train.dist import Dist
+from disney_train.train.engine import Placement
+
+log = logging.getLogger("disney_train.worker")
+
+
+def validate(
+    cfg: RunConfig,
+    model_path: Path,
+    model: CogVideoXSpec,
+    files: RunFiles,
+    step: int,
+    params: list[tuple[str, torch.nn.Parameter]],
+    dist: Dist,
+    place: Placement,
+) -> None:
+    """Collective (every rank gathers the LoRA); rank 0 renders the validation prompts and writes the videos
+    under the run's `validation/step-N/`."""
+    from disney_train.generate import RenderSpec, apply_lora, load_pipeline, render
+    from disney_train.media import mp4_bytes
+    from disney_train.model.lora import lora_file_bytes, peft_key
+
+    v = cfg.validation
+    if not v.prompts:
+        return
+    weights = zero_state.gather_weights(params)  # collective: every rank takes part
+    if dist.rank == 0:
+        t0 = time.perf_counter()
+        images = [read_uri(u, cfg.s3) for u in v.images]
+        dtype = torch.bfloat16 if place.precision == "bf16" else torch.float32
+        pipe = load_pipeline(model_path, model, place.device, dtype)
+        apply_lora(pipe, lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora))
+        spec = RenderSpec(
+            prompts=v.prompts,
+            images=images,
+            num_frames=v.num_frames or cfg.data.num_frames,
+            height=cfg.data.height,
+            width=cfg.data.width,
+            fps=cfg.data.fps,
+            steps=v.steps,
+            guidance_scale=v.guidance_scale,
+            seed=v.seed,
+        )
+        videos = [mp4_bytes(frames, cfg.data.fps) for frames in render(pipe, spec, model)]
+        files.write_validation(step, videos, v.prompts)
+        log.info("validation videos for step %d in %.1f s", step, time.perf_counter() - t0)
+        del pipe
+    dist.barrier()
