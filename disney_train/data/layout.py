@@ -92,7 +92,23 @@ def find_prompt_file(root: Path) -> Path:
     return present[0]
 
 
-def read_source(src: Path) -> SourceListing:
+@dataclass(frozen=True)
+class _Lists:
+    """The dataset's list files, read: line N of each belongs together."""
+
+    root: Path
+    prompt_file: str
+    prompts: list[bytes]
+    videos: list[bytes]
+    images: list[bytes]
+    has_images: bool
+
+    @property
+    def paired(self) -> int:
+        return min(len(self.prompts), len(self.videos))
+
+
+def _read_lists(src: Path) -> _Lists:
     root = src.resolve()
     if not root.is_dir():
         raise LayoutError(f"{src}: no such folder")
@@ -102,74 +118,85 @@ def read_source(src: Path) -> SourceListing:
         raise LayoutError(f"{root}: no {VIDEOS_FILE} (one video path per line)")
     images_path = _list_file(root, IMAGES_FILE)
     has_images = images_path.is_file()
-
-    prompts = _read_lines(prompt_path)
-    videos = _read_lines(videos_path)
     images = _read_lines(images_path) if has_images else []
-    pname, vname, iname = prompt_path.name, VIDEOS_FILE, IMAGES_FILE
+    return _Lists(root, prompt_path.name, _read_lines(prompt_path), _read_lines(videos_path), images, has_images)
 
-    rejects: list[Reject] = []
+
+def _unpaired(lists: _Lists) -> list[Reject]:
+    """The lines of one list that the others have no line for."""
+    pname, vname, iname = lists.prompt_file, VIDEOS_FILE, IMAGES_FILE
+    prompts, videos, images = lists.prompts, lists.videos, lists.images
+    rejects = [
+        Reject(where=f"{pname}:{extra + 1}", reason=f"prompt has no video ({vname} has {len(videos)} lines)")
+        for extra in range(len(videos), len(prompts))
+    ]
+    rejects += [
+        Reject(
+            where=f"{vname}:{extra + 1}",
+            reason=f"video {videos[extra].decode('utf-8', 'replace').strip()!r} has no prompt "
+            f"({pname} has {len(prompts)} lines)",
+        )
+        for extra in range(len(prompts), len(videos))
+    ]
+    if lists.has_images and len(images) != lists.paired:
+        rejects += [
+            Reject(where=f"{iname}:{extra + 1}", reason=f"no image for line {extra + 1}")
+            for extra in range(len(images), lists.paired)
+        ]
+        rejects += [
+            Reject(where=f"{iname}:{extra + 1}", reason="image has no video and prompt")
+            for extra in range(lists.paired, len(images))
+        ]
+    return rejects
+
+
+def _image(lists: _Lists, i: int) -> tuple[str, Path] | Reject:
+    where = f"{IMAGES_FILE}:{i + 1}"
+    image, ierr = _decode(lists.images[i])
+    if ierr or not image:
+        return Reject(where=where, reason=f"image path {ierr or 'is empty'}")
+    ipath, why = _inside(lists.root, image)
+    if ipath is None or not ipath.is_file():
+        return Reject(where=where, reason=str(why or f"image {image} not found"))
+    return image, ipath
+
+
+def _entry(lists: _Lists, i: int, seen: dict[Path, int]) -> SourceEntry | Reject | None:
+    """Line i+1 as an entry, or why it cannot be one (None: its image line is missing, rejected already)."""
+    line, pname, vname = i + 1, lists.prompt_file, VIDEOS_FILE
+    video, verr = _decode(lists.videos[i])
+    if verr or not video:
+        return Reject(where=f"{vname}:{line}", reason=f"video path {verr or 'is empty'}")
+    prompt, perr = _decode(lists.prompts[i])
+    if perr or not prompt:
+        return Reject(where=f"{pname}:{line}", reason=f"prompt for {video} is {perr or 'empty'}")
+    vpath, why = _inside(lists.root, video)
+    if vpath is None:
+        return Reject(where=f"{vname}:{line}", reason=str(why))
+    if not vpath.is_file():
+        return Reject(where=f"{vname}:{line}", reason=f"video {video} not found")
+    if vpath in seen:
+        return Reject(where=f"{vname}:{line}", reason=f"video {video} is listed again (first on line {seen[vpath]})")
+    if not lists.has_images:
+        return SourceEntry(line, video, vpath, prompt)
+    if i >= len(lists.images):
+        return None
+    image = _image(lists, i)
+    if isinstance(image, Reject):
+        return image
+    return SourceEntry(line, video, vpath, prompt, *image)
+
+
+def read_source(src: Path) -> SourceListing:
+    lists = _read_lists(src)
+    rejects = _unpaired(lists)
     entries: list[SourceEntry] = []
     seen: dict[Path, int] = {}
-
-    for extra in range(len(videos), len(prompts)):
-        rejects.append(
-            Reject(where=f"{pname}:{extra + 1}", reason=f"prompt has no video ({vname} has {len(videos)} lines)")
-        )
-    for extra in range(len(prompts), len(videos)):
-        rejects.append(
-            Reject(
-                where=f"{vname}:{extra + 1}",
-                reason=f"video {videos[extra].decode('utf-8', 'replace').strip()!r} has no prompt "
-                f"({pname} has {len(prompts)} lines)",
-            )
-        )
-    if has_images and len(images) != min(len(prompts), len(videos)):
-        for extra in range(len(images), min(len(prompts), len(videos))):
-            rejects.append(Reject(where=f"{iname}:{extra + 1}", reason=f"no image for line {extra + 1}"))
-        for extra in range(min(len(prompts), len(videos)), len(images)):
-            rejects.append(Reject(where=f"{iname}:{extra + 1}", reason="image has no video and prompt"))
-
-    for i in range(min(len(prompts), len(videos))):
-        line = i + 1
-        video, verr = _decode(videos[i])
-        if verr or not video:
-            rejects.append(Reject(where=f"{vname}:{line}", reason=f"video path {verr or 'is empty'}"))
-            continue
-        prompt, perr = _decode(prompts[i])
-        if perr:
-            rejects.append(Reject(where=f"{pname}:{line}", reason=f"prompt for {video} is {perr}"))
-            continue
-        if not prompt:
-            rejects.append(Reject(where=f"{pname}:{line}", reason=f"prompt for {video} is empty"))
-            continue
-        vpath, why = _inside(root, video)
-        if vpath is None:
-            rejects.append(Reject(where=f"{vname}:{line}", reason=str(why)))
-            continue
-        if not vpath.is_file():
-            rejects.append(Reject(where=f"{vname}:{line}", reason=f"video {video} not found"))
-            continue
-        if vpath in seen:
-            rejects.append(
-                Reject(
-                    where=f"{vname}:{line}",
-                    reason=f"video {video} is listed again (first on line {seen[vpath]})",
-                )
-            )
-            continue
-        image = ipath = None
-        if has_images:
-            if i >= len(images):
-                continue  # already rejected above
-            image, ierr = _decode(images[i])
-            if ierr or not image:
-                rejects.append(Reject(where=f"{iname}:{line}", reason=f"image path {ierr or 'is empty'}"))
-                continue
-            ipath, why = _inside(root, image)
-            if ipath is None or not ipath.is_file():
-                rejects.append(Reject(where=f"{iname}:{line}", reason=str(why or f"image {image} not found")))
-                continue
-        seen[vpath] = line
-        entries.append(SourceEntry(line, video, vpath, prompt, image, ipath))
-    return SourceListing(root, pname, entries, rejects, has_images)
+    for i in range(lists.paired):
+        got = _entry(lists, i, seen)
+        if isinstance(got, Reject):
+            rejects.append(got)
+        elif got is not None:
+            seen[got.video_path] = got.line
+            entries.append(got)
+    return SourceListing(lists.root, lists.prompt_file, entries, rejects, lists.has_images)

@@ -154,30 +154,39 @@ class Controller:
         self._written[key] = ([*replaced[-7:], before["metadata"]["resourceVersion"]], after)
         return after
 
-    def _execute(self, key: Key, vft: dict[str, Any], p: Plan) -> None:
-        if p.add_finalizer:
-            vft = self._wrote(
-                key, vft, self.kube.set_finalizers(vft, [*(vft["metadata"].get("finalizers") or []), FINALIZER])
-            )
-            self._chaos("finalizer")
+    def _delete_rayjobs(self, key: Key, names: list[str]) -> None:
+        """RayJobs of earlier attempts, with their ConfigMaps and NetworkPolicies (of the same names)."""
         recent = self._rayjob_writes.setdefault(key, {})
-        for name in p.delete:
+        for name in names:
             self.kube.delete_rayjob(key[0], name)
             self.kube.delete_config_map(key[0], name)
             if self.settings.network_policies:
                 self.kube.delete_network_policy(key[0], name)
             recent[name] = (time.monotonic(), None)
             log.info("%s/%s: deleted RayJob %s and its ConfigMap", *key, name)
+
+    def _apply_run(self, key: Key, p: Plan) -> None:
+        """The run's ConfigMap before the RayJob whose head mounts it, its NetworkPolicy before its pods start,
+        then the RayJob. RefusedError when the API server refuses one of them."""
+        if p.config_map is not None:
+            self.kube.apply_config_map(p.config_map)
+        if p.network_policy is not None:
+            self.kube.apply_network_policy(p.network_policy)
+        if p.apply is not None:
+            applied = self.kube.apply_rayjob(p.apply)
+            self._rayjob_writes.setdefault(key, {})[p.apply["metadata"]["name"]] = (time.monotonic(), applied)
+            log.info("%s/%s: applied RayJob %s", *key, p.apply["metadata"]["name"])
+            self._chaos("rayjob")
+
+    def _execute(self, key: Key, vft: dict[str, Any], p: Plan) -> None:
+        if p.add_finalizer:
+            vft = self._wrote(
+                key, vft, self.kube.set_finalizers(vft, [*(vft["metadata"].get("finalizers") or []), FINALIZER])
+            )
+            self._chaos("finalizer")
+        self._delete_rayjobs(key, p.delete)
         try:
-            if p.config_map is not None:  # before the RayJob whose head mounts it
-                self.kube.apply_config_map(p.config_map)
-            if p.network_policy is not None:  # before its pods start
-                self.kube.apply_network_policy(p.network_policy)
-            if p.apply is not None:
-                applied = self.kube.apply_rayjob(p.apply)
-                recent[p.apply["metadata"]["name"]] = (time.monotonic(), applied)
-                log.info("%s/%s: applied RayJob %s", *key, p.apply["metadata"]["name"])
-                self._chaos("rayjob")
+            self._apply_run(key, p)
         except RefusedError as err:  # the rest of the plan gives way to saying why, in the status
             log.warning("%s/%s: %s", *key, err)
             p = refused(vft, str(err), self.clock())

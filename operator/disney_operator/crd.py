@@ -61,7 +61,9 @@ class _WithFactoryDefaults(GenerateJsonSchema):
         return out
 
 
-def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+def _inlined(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """The node with its `$ref` inlined and `X | None` as an optional X: not `nullable`, so the API server
+    prunes an explicit null (the same as leaving the field out) and CEL rules never meet a null."""
     if "$ref" in node:
         target = defs[node["$ref"].rsplit("/", 1)[-1]]
         node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
@@ -69,31 +71,34 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         options = [o for o in node["anyOf"] if o != {"type": "null"}]
         if len(options) != 1:
             raise ValueError(f"cannot express a union of {options} in a structural schema")
-        # `X | None` is an optional X: not `nullable`, so the API server prunes an explicit null (the
-        # same as leaving the field out) and CEL rules never meet a null
         rest = {k: v for k, v in node.items() if k != "anyOf"}
         node = {**_structural(options[0], defs), **rest}
+    return node
+
+
+def _keyword(key: str, value: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    """One JSON-schema keyword as the structural schema's keyword(s)."""
+    if key == "properties":
+        return {key: {name: _structural(sub, defs) for name, sub in value.items()}}
+    if key == "items":
+        return {key: _structural(value, defs)}
+    if key == "additionalProperties":
+        if value is True:  # a free-form object
+            return {"x-kubernetes-preserve-unknown-fields": True}
+        # False (extra="forbid"): the API server prunes unknown fields and `kubectl` refuses them
+        return {key: _structural(value, defs)} if isinstance(value, dict) else {}
+    if key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+        return {"minimum" if key == "exclusiveMinimum" else "maximum": value, key: True}
+    if key == "default" and value is None:
+        return {}
+    return {key: value}
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key not in _KEEP:
-            continue
-        if key == "properties":
-            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
-        elif key == "items":
-            out[key] = _structural(value, defs)
-        elif key == "additionalProperties":
-            if value is True:  # a free-form object
-                out["x-kubernetes-preserve-unknown-fields"] = True
-            elif isinstance(value, dict):
-                out[key] = _structural(value, defs)
-            # False (extra="forbid"): the API server prunes unknown fields and `kubectl` refuses them
-        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
-            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
-            out[key] = True
-        elif key == "default" and value is None:
-            continue
-        else:
-            out[key] = value
+    for key, value in _inlined(node, defs).items():
+        if key in _KEEP:
+            out.update(_keyword(key, value, defs))
     return out
 
 

@@ -39,6 +39,88 @@ class Rule:
         )
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """One request through the proxy: decided by `proxy._decide`, then answered with a fault or forwarded."""
+
+    protocol_version = "HTTP/1.1"
+    proxy: FaultProxy  # set on the subclass each proxy makes
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _chunked(self) -> bytes:
+        raw = b""
+        while True:
+            line = self.rfile.readline()
+            raw += line
+            size = int(line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while True:
+                    trailer = self.rfile.readline()
+                    raw += trailer
+                    if trailer in (b"\r\n", b"\n", b""):
+                        return raw
+            raw += self.rfile.read(size + 2)
+
+    def _body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._chunked()
+        return self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+
+    def _hang_up(self) -> None:
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _slow_down(self) -> None:
+        self.send_response_only(503, "Slow Down")
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(SLOWDOWN)))
+        self.end_headers()
+        self.wfile.write(SLOWDOWN)
+
+    def _handle(self) -> None:
+        body = self._body()
+        while self.proxy.frozen:
+            time.sleep(0.05)
+        action = self.proxy._decide(self.command, self.path)
+        if action == "down":
+            self._hang_up()
+        elif action == "fail":
+            self._slow_down()
+        else:
+            self._forward(body, truncate=action == "truncate")
+
+    def _forward(self, body: bytes, truncate: bool) -> None:
+        conn = http.client.HTTPConnection(*self.proxy._up, timeout=60)
+        try:
+            conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+            for k, v in self.headers.items():
+                conn.putheader(k, v)
+            conn.endheaders(body or None)
+            resp = conn.getresponse()
+            data = resp.read()
+            self.send_response_only(resp.status, resp.reason)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            length = resp.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
+            if length is not None:
+                self.send_header("Content-Length", length)
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            if truncate and len(data) > 1:
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self._hang_up()
+                return
+            self.wfile.write(data)
+        finally:
+            conn.close()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+
 @dataclass
 class FaultProxy:
     upstream: str
@@ -51,77 +133,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         up = urlsplit(self.upstream)
         self._up = (up.hostname or "127.0.0.1", up.port or 80)
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def _body(self) -> bytes:
-                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                    raw = b""
-                    while True:
-                        line = self.rfile.readline()
-                        raw += line
-                        size = int(line.split(b";")[0].strip() or b"0", 16)
-                        if size == 0:
-                            while True:
-                                trailer = self.rfile.readline()
-                                raw += trailer
-                                if trailer in (b"\r\n", b"\n", b""):
-                                    return raw
-                        raw += self.rfile.read(size + 2)
-                return self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
-
-            def _handle(self) -> None:
-                body = self._body()
-                while proxy.frozen:
-                    time.sleep(0.05)
-                action = proxy._decide(self.command, self.path)
-                if action == "down":
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                if action == "fail":
-                    self.send_response_only(503, "Slow Down")
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(SLOWDOWN)))
-                    self.end_headers()
-                    self.wfile.write(SLOWDOWN)
-                    return
-                conn = http.client.HTTPConnection(*proxy._up, timeout=60)
-                try:
-                    conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-                    for k, v in self.headers.items():
-                        conn.putheader(k, v)
-                    conn.endheaders(body or None)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    self.send_response_only(resp.status, resp.reason)
-                    for k, v in resp.getheaders():
-                        if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                            self.send_header(k, v)
-                    length = resp.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
-                    if length is not None:
-                        self.send_header("Content-Length", length)
-                    self.end_headers()
-                    if self.command == "HEAD":
-                        return
-                    if action == "truncate" and len(data) > 1:
-                        self.wfile.write(data[: len(data) // 2])
-                        self.wfile.flush()
-                        self.close_connection = True
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                        return
-                    self.wfile.write(data)
-                finally:
-                    conn.close()
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        handler = type("Handler", (_Handler,), {"proxy": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
