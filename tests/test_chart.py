@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from cloudcoil.models.prometheus_operator import v1 as monitoring
 from kubernetes_validate.utils import latest_version
 
 from disney_operator import api
-from disney_operator.settings import GPU_TOLERATIONS, ON_DEMAND_AFFINITY, settings_from_env
+from disney_operator.settings import GPU_TOLERATIONS, ON_DEMAND_AFFINITY, Settings, settings_from_env
+from disney_train import __version__
 from tests.support.chart import CHART, PROMETHEUS_OPERATOR, chart_copy, find, helm, offline_env, one, render
 
 KUBE_VERSIONS = ["1.30.0", latest_version()]
@@ -219,7 +221,7 @@ def test_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
     dep = one(objects, "Deployment")
     pod = dep["spec"]["template"]["spec"]
     c = container(objects)
-    assert c["image"] == "ghcr.io/disney-train/operator:0.1.0"
+    assert c["image"] == f"ghcr.io/disney-train/operator:{__version__}"
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     sc = c["securityContext"]
@@ -237,7 +239,7 @@ def test_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
 
     # the operator's settings, as it parses them, are the chart's defaults
     settings = settings_from_env(operator_env(objects))
-    assert settings.image == "ghcr.io/disney-train/trainer:0.1.0"
+    assert settings.image == f"ghcr.io/disney-train/trainer:{__version__}"
     assert settings.worker_tolerations == GPU_TOLERATIONS and settings.worker_node_selector == {}
     assert settings.head_affinity == ON_DEMAND_AFFINITY  # not set: the operator's default
     assert settings.metrics_port == 8000 and settings.metrics_address == "0.0.0.0"
@@ -536,3 +538,13 @@ def test_with_the_prometheus_operator_a_disabled_one_stays_out(chart: Path, note
     assert ("Alerts:" in said) == (off != "PrometheusRule")
     scraped = {kind for kind in ("ServiceMonitor", "PodMonitor") if f"({kind})" in said}  # the Monitoring line
     assert scraped == {"ServiceMonitor", "PodMonitor"} - {off}, said
+
+
+def test_the_chart_and_the_images_carry_the_packages_version() -> None:
+    """One version: the Python package's (pyproject.toml). The chart's version and appVersion (the images'
+    tag) must equal it; the operator's default trainer image is derived from it."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((CHART.parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert __version__ == project
+    assert (chart["version"], chart["appVersion"]) == (project, project)
+    assert Settings().image.endswith(f":{project}")

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from disney_train import __version__
+
 # The Ray of the trainer image (constraints.txt pins it; a test checks they agree).
 RAY_VERSION = "2.60.0"
 
@@ -41,7 +43,9 @@ GPU_TOLERATIONS: list[dict[str, Any]] = [{"key": "nvidia.com/gpu", "operator": "
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image: str = Field(default="ghcr.io/disney-train/trainer:0.1.0", description="Trainer image (spec.image wins).")
+    image: str = Field(
+        default=f"ghcr.io/disney-train/trainer:{__version__}", description="Trainer image (spec.image wins)."
+    )
     ray_version: str = RAY_VERSION
     field_manager: str = "disney-train-operator"
     resync_seconds: float = Field(default=30.0, gt=0, description="Every VideoFineTune is reconciled this often.")
