@@ -30,16 +30,10 @@ from disney_train.eval.results import (
 )
 from disney_train.model.tiny_clip import MAX_TOKENS
 from disney_train.runs import FINAL_LORA, SUMMARY_JSON
-from disney_train.storage import open_store, sha256_file
+from disney_train.storage import open_store
 
 LONG = " ".join(["a cartoon mouse whistling on a steamboat"] * 8)  # far over the tiny CLIP's 32 tokens
 PROMPTS = ["STEAMBOAT a cartoon mouse steers a boat down the river", f"STEAMBOAT {LONG}"]
-
-
-def upload_folder(folder: Path, uri: str, s3: S3Options) -> None:
-    store = open_store(uri, s3)
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        store.write_file(str(path.relative_to(folder)), path, sha256_file(path))
 
 
 def decoded(data: bytes) -> np.ndarray:

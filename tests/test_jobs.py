@@ -20,8 +20,8 @@ from disney_operator.rayjob import ENTRYPOINT, EVAL_ENTRYPOINT, WORKER_GROUP, de
 from disney_train.config import RunConfig, TrainingSpec
 from disney_train.train.engine import Placement, deepspeed_config, placement
 from tests.support.apiserver import ApiServer
-from tests.test_operator_rayjob import group
-from tests.test_operator_rayjob import render as render_body
+from tests.support.vfts import group
+from tests.support.vfts import render as render_body
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))

@@ -22,7 +22,7 @@ from disney_operator.settings import Settings
 from disney_operator.status import rfc3339
 from disney_train.config import S3Options
 from disney_train.runs import RunFiles
-from tests.support.apiserver import ApiServer, api_client, eventually
+from tests.support.apiserver import ApiServer, api_client, eventually, stub_events
 from tests.support.kuberay import Cluster, OperatorProcess, start_operator
 from tests.support.seaweed import BUCKET, RW, SeaweedS3
 
@@ -65,11 +65,6 @@ def running(cluster: Cluster, ns: str, name: str, spec: dict[str, Any]) -> tuple
 def conflicts(apiserver: ApiServer) -> int:
     """409s the server answered to writes of VideoFineTunes (its own metrics)."""
     return sum(n for what, n in apiserver.writes(("disneytrain.dev",)).items() if what.endswith("(409)"))
-
-
-def stub_events(apiserver: ApiServer, ns: str) -> list[str]:
-    """Events the operator posted (the stub accepts them and logs them, it keeps none)."""
-    return [line for line in apiserver.log().splitlines() if "core-v1-stub: event" in line and f'"{ns}"' in line]
 
 
 def test_lifecycle_from_apply_to_success_and_ttl(

@@ -29,9 +29,8 @@ from disney_train.eval.results import EVAL_JSON, REPORT_HTML, REPORT_MD, Headlin
 from disney_train.runs import SUMMARY_JSON, RunFiles
 from tests.support.apiserver import ApiServer, eventually
 from tests.support.kuberay import Cluster, OperatorProcess, Secrets
-from tests.support.seaweed import RW, free_ports
-from tests.test_eval import upload_folder
-from tests.test_operator_rayjob import evaluation
+from tests.support.seaweed import RW, free_ports, upload_folder
+from tests.support.vfts import evaluation
 
 
 def evaluated_spec(endpoint: str, output_uri: str, **settings: Any) -> dict[str, Any]:

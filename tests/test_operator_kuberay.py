@@ -13,7 +13,7 @@ from disney_operator.kube import Kube
 from disney_operator.reconcile import Event
 from disney_operator.settings import Settings
 from tests.support.apiserver import ApiServer, api_client
-from tests.test_operator_rayjob import render, vft
+from tests.support.vfts import render, vft
 
 SPECS: dict[str, dict[str, Any]] = {
     "2b t2v, 4 GPUs per pod": {"workers": {"replicas": 2, "resources": {"gpus": 4, "cpu": "48", "memory": "400Gi"}}},

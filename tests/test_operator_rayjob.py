@@ -21,57 +21,19 @@ from disney_operator.rayjob import (
     RESIZE_CHECK_SECONDS,
     SpecError,
     desired_config_map,
-    desired_rayjob,
     rayjob_name,
     run_config,
     run_config_of,
 )
 from disney_operator.settings import GPU_TOLERATIONS, ON_DEMAND_AFFINITY, RAY_VERSION, Settings, settings_from_env
 from disney_train.config import EvaluationConfig, RunConfig
-
-SETTINGS = Settings()
-
-
-def vft(name: str = "disney-2b", **spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "model": {"uri": "s3://models/CogVideoX-2b"},
-        "dataset": {"uri": "s3://data/disney"},
-        "output": {"uri": "s3://runs/disney"},
-    }
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": name, "namespace": "team-a", "uid": "1234-uid", "generation": 1},
-        "spec": {**base, **spec},
-    }
-
-
-def evaluation(**settings: Any) -> dict[str, Any]:
-    """A VideoFineTune's evaluation block (the run configuration's `evaluation` section): two held-out t2v
-    prompts and CLIP on S3, with `settings` on top."""
-    return {
-        "prompts": ["BW_STYLE a mouse rows a boat past a lighthouse", "BW_STYLE a parrot sings on a ship's mast"],
-        "clip_uri": "s3://models/clip-vit-base-patch32",
-        **settings,
-    }
-
-
-I2V = {"uri": "s3://models/CogVideoX-5b-I2V", "variant": "i2v"}
-
-
-def render(body: dict[str, Any], attempt: int = 1, settings: Settings = SETTINGS) -> dict[str, Any]:
-    return desired_rayjob(body, api.VideoFineTuneSpec.model_validate(body["spec"]), attempt, settings)
+from tests.support.vfts import I2V, evaluation, group, render, vft
 
 
 def config_of(body: dict[str, Any], attempt: int = 1) -> RunConfig:
     """The run configuration in the ConfigMap the RayJob's head mounts."""
     spec = api.VideoFineTuneSpec.model_validate(body["spec"])
     return run_config_of(desired_config_map(body, spec, attempt))
-
-
-def group(rj: dict[str, Any]) -> dict[str, Any]:
-    g: dict[str, Any] = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
-    return g
 
 
 def head(rj: dict[str, Any]) -> dict[str, Any]:
@@ -263,7 +225,7 @@ def mounted(body: dict[str, Any], tmp_path: Path, attempt: int = 1) -> Path:
 
 def test_the_entrypoint_reads_the_configuration_the_operator_rendered(tmp_path: Path) -> None:
     """`disney-train train --config` on the head gets exactly run_config(): through the real CLI code."""
-    from disney_train.cli import _run_config
+    from disney_train.cli.common import run_config as _run_config
 
     body = vft(training={"data": {"num_frames": 17, "id_token": "DISNEY"}, "optim": {"max_steps": 500}})
     read = _run_config(mounted(body, tmp_path), None, None)
@@ -299,7 +261,7 @@ def test_specs_no_rayjob_can_be_built_from_are_named() -> None:
 
 
 def test_the_evaluation_runs_after_training_with_the_specs_settings(tmp_path: Path) -> None:
-    from disney_train.cli import _run_config
+    from disney_train.cli.common import run_config as _run_config
 
     plain = render(vft())
     assert plain["spec"]["entrypoint"] == ENTRYPOINT and config_of(vft()).evaluation is None

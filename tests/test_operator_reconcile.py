@@ -15,7 +15,7 @@ from disney_operator.reconcile import FINALIZER, Plan, observe, plan
 from disney_operator.settings import Settings
 from disney_operator.status import rfc3339
 from disney_train.eval.results import Headline, Summary
-from tests.test_operator_rayjob import evaluation, vft
+from tests.support.vfts import evaluation, vft
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 SETTINGS = Settings()

@@ -61,12 +61,12 @@ from tests.support.apiserver import (
     eventually,
     kuberay_reference_crds,
     start_apiserver,
+    stub_events,
 )
 from tests.support.faultproxy import FaultProxy
 from tests.support.kuberay import Cluster, Secrets
 from tests.support.seaweed import RW, free_ports
-from tests.test_operator import stub_events
-from tests.test_operator_rayjob import I2V, SETTINGS, render, vft
+from tests.support.vfts import I2V, SETTINGS, render, vft
 
 BASE = {
     "model": {"uri": "s3://models/CogVideoX-2b"},

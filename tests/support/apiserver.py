@@ -213,3 +213,8 @@ def eventually(check: Any, timeout: float = 20.0, every: float = 0.1, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached in {timeout:.0f} s" + (f": {last}" if last else "")) from last
         time.sleep(every)
+
+
+def stub_events(apiserver: ApiServer, ns: str) -> list[str]:
+    """Events the operator posted (the stub accepts them and logs them, it keeps none)."""
+    return [line for line in apiserver.log().splitlines() if "core-v1-stub: event" in line and f'"{ns}"' in line]

@@ -159,3 +159,12 @@ def start_seaweed(workdir: Path, timeout: float = 60.0) -> SeaweedS3:
     server.stop()
     tail = (workdir / "weed.log").read_text(errors="replace")[-2000:]
     raise RuntimeError(f"SeaweedFS did not become ready in {timeout:.0f} s ({last}); log tail:\n{tail}")
+
+
+def upload_folder(folder: Path, uri: str, s3: Any) -> None:
+    """Every file under `folder` to `uri` (s3://... or a local folder), by the project's own store."""
+    from disney_train.storage import open_store, sha256_file
+
+    store = open_store(uri, s3)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        store.write_file(str(path.relative_to(folder)), path, sha256_file(path))
