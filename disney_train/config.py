@@ -502,3 +502,37 @@ DEFAULTS_DIR = Path(__file__).parent / "defaults"
 def embedded_default() -> Path:
     """The run configuration `make run` uses: local Ray, CPU workers, a tiny model, a sample clip."""
     return DEFAULTS_DIR / "local.yaml"
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`--set FIELD=VALUE` items as overrides (each value read as YAML); ConfigError naming a bad one."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set optim.epochs=3")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or "syntax error"
+            raise ConfigError(
+                f"--set {item!r}: the value is not YAML ({problem}); quote text: --set 'x=\"[\"'"
+            ) from None
+    return out
+
+
+def absolute_uris(cfg: RunConfig, base: Path) -> RunConfig:
+    """Local URIs become absolute (relative to `base`): Ray workers do not share our working folder."""
+    for section in (cfg.model, cfg.data, cfg.output):
+        section.uri = _absolute_uri(section.uri, base)
+    if cfg.train.cache_uri:
+        cfg.train.cache_uri = _absolute_uri(cfg.train.cache_uri, base)
+    cfg.validation.images = [_absolute_uri(u, base) for u in cfg.validation.images]
+    if cfg.evaluation is not None:
+        cfg.evaluation.clip_uri = _absolute_uri(cfg.evaluation.clip_uri, base)
+        cfg.evaluation.images = [_absolute_uri(u, base) for u in cfg.evaluation.images]
+    return cfg
+
+
+def _absolute_uri(uri: str, base: Path) -> str:
+    return uri if uri.startswith("s3://") else str((base / uri).resolve())

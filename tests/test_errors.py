@@ -14,7 +14,7 @@ import pytest
 import typer
 
 import disney_train
-from disney_train import cli
+from disney_train.cli.common import guard
 from disney_train.errors import UserError
 
 # Exceptions of the library that are not the user's to act on, each for its reason
@@ -56,7 +56,7 @@ def test_the_cli_prints_any_user_error_as_one_line(error: str, capsys: pytest.Ca
         raise cls(said)
 
     with pytest.raises(typer.Exit) as exited:
-        cli._guard(fails)
+        guard(fails)
     assert exited.value.exit_code == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"error: {said}".strip()], err

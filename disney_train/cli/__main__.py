@@ -1,0 +1,5 @@
+"""`python -m disney_train.cli`."""
+
+from disney_train.cli import main
+
+main()

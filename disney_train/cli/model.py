@@ -1,0 +1,73 @@
+"""`disney-train model`: tiny test models, S3 upload and sync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from disney_train.cli.app import model_app
+from disney_train.cli.common import (
+    EndpointOpt,
+    console,
+    guard,
+    s3_options,
+)
+
+
+@model_app.command("tiny")
+def model_tiny(
+    out: Annotated[Path, typer.Argument(help="Folder to write the model to (diffusers layout).")],
+    i2v: Annotated[bool, typer.Option("--i2v", help="An image-to-video model.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    generation: Annotated[str, typer.Option(help="CogVideoX 1.0 (as the 2b) or 1.5 (as CogVideoX1.5-5B).")] = "1.0",
+) -> None:
+    """Write a tiny CogVideoX with random weights, loadable like the real ones (tests, `make run`)."""
+    from disney_train.model.tiny import write_tiny_model
+
+    if generation not in ("1.0", "1.5"):
+        raise typer.BadParameter(f"{generation!r}: 1.0 or 1.5", param_hint="--generation")
+    write_tiny_model(out, "i2v" if i2v else "t2v", seed, "1.5" if generation == "1.5" else "1.0")
+    console.print(f"wrote a tiny CogVideoX {generation} {'image' if i2v else 'text'}-to-video model to {out}")
+
+
+@model_app.command("tiny-clip")
+def model_tiny_clip(
+    out: Annotated[Path, typer.Argument(help="Folder to write the model to (transformers layout).")],
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write a tiny CLIP with random weights, loadable like the real ones (evaluation of smoke runs, `make run`)."""
+    from disney_train.model.tiny_clip import write_tiny_clip
+
+    write_tiny_clip(out, seed)
+    console.print(f"wrote a tiny CLIP to {out}")
+
+
+@model_app.command("push")
+def model_push(
+    src: Annotated[Path, typer.Argument(help="Model folder: CogVideoX (diffusers layout) or CLIP (transformers).")],
+    dest: Annotated[str, typer.Argument(help="s3://bucket/prefix (or a folder).")],
+    endpoint_url: EndpointOpt = None,
+) -> None:
+    """Upload a model folder, each file with its sha256, skipping files already there."""
+    from disney_train.eval.metrics import check_clip_layout
+    from disney_train.model.source import check_layout, push_model
+
+    clip = (src / "config.json").is_file() and not (src / "model_index.json").is_file()
+    written = guard(
+        lambda: push_model(src, dest, s3_options(endpoint_url), check_clip_layout if clip else check_layout)
+    )
+    console.print(f"{dest}: {len(written)} file(s) uploaded")
+
+
+@model_app.command("fetch")
+def model_fetch(
+    uri: Annotated[str, typer.Argument(help="s3://bucket/prefix of a model (or a local folder to check).")],
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache folder (default ~/.cache/disney-train/models).")] = None,
+    endpoint_url: EndpointOpt = None,
+) -> None:
+    """Sync a model to the local cache with integrity checks and print its folder."""
+    from disney_train.model.source import resolve_model
+
+    print(guard(lambda: resolve_model(uri, s3_options(endpoint_url), cache_dir)))

@@ -1,0 +1,200 @@
+"""`disney-train train`, `cache` and `run` (the embedded default end to end)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from disney_train.cli.app import app
+from disney_train.cli.common import (
+    ConfigEnvOpt,
+    ConfigOpt,
+    RayOpt,
+    SetOpt,
+    console,
+    err_console,
+    evaluate_once,
+    guard,
+    print_evaluation,
+    progress_bar,
+    run_config,
+)
+from disney_train.config import (
+    RunConfig,
+    absolute_uris,
+    embedded_default,
+    load_config,
+    parse_overrides,
+)
+
+
+def _ray_storage() -> Path:
+    from disney_train.storage import cache_root
+
+    return cache_root() / "ray-runs"
+
+
+def _train(cfg: RunConfig, ray_address: str | None, cache_only: bool = False) -> dict[str, Any]:
+    from disney_train.runs import RunFiles
+    from disney_train.train.launch import launch
+
+    files = RunFiles(cfg)
+    if cfg.metrics.port and not cache_only:
+        ports = f"{cfg.metrics.port}..{cfg.metrics.port + cfg.train.workers.bounds[1] - 1}"
+        where = "127.0.0.1" if ray_address is None and not os.environ.get("RAY_ADDRESS") else "<node IP>"
+        console.print(
+            f"metrics     http://{where}:{cfg.metrics.port}/metrics (rank 0; the worker of local rank i "
+            f"serves port {cfg.metrics.port}+i: {ports})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    with progress_bar() as progress:
+        task = progress.add_task("cache stage" if cache_only else f"training {cfg.name}", total=None)
+
+        def on_progress(p: dict[str, Any]) -> None:
+            loss = p.get("loss")
+            text = f"training {cfg.name}: epoch {p.get('epoch')}" + (f", loss {loss:.4f}" if loss is not None else "")
+            progress.update(task, completed=p.get("step", 0), total=p.get("horizon"), description=text)
+
+        return launch(
+            cfg,
+            storage_path=_ray_storage(),
+            cache_only=cache_only,
+            address=ray_address,
+            on_progress=None if cache_only else on_progress,
+            files=files,
+        )
+
+
+@app.command("train")
+def train(
+    config: ConfigOpt = None,
+    config_env: ConfigEnvOpt = None,
+    set_: SetOpt = None,
+    ray_address: RayOpt = None,
+    evaluate: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate",
+            help="Then run the configuration's evaluation (`disney-train eval`), also when the run had finished "
+            "already; its inputs (CLIP, images) are checked before training. What the operator's RayJobs run.",
+        ),
+    ] = False,
+) -> None:
+    """Train (or resume) the run of a configuration on a Ray worker group: what cluster workers run."""
+    from disney_train.train.launch import RunFinishedError
+
+    cfg = guard(lambda: run_config(config, config_env, set_))
+    if evaluate:
+        from disney_train.eval.evaluate import check_inputs
+
+        guard(lambda: check_inputs(cfg))  # a wrong CLIP or image found now, not after hours of training
+    try:
+        guard(lambda: _train(cfg, ray_address))
+        _print_outputs(cfg)
+    except RunFinishedError as err:
+        console.print(f"[bold yellow]{err}[/]", highlight=False)
+    if evaluate:
+        from disney_train.eval.evaluate import run_evaluation
+
+        print_evaluation(guard(lambda: run_evaluation(cfg, "auto", ray_address, say=err_console.print)))
+
+
+@app.command("cache")
+def cache(
+    config: ConfigOpt = None,
+    config_env: ConfigEnvOpt = None,
+    set_: SetOpt = None,
+    ray_address: RayOpt = None,
+) -> None:
+    """Compute the latent cache of a run's dataset (VAE latents, T5 embeddings) on the worker group."""
+    cfg = guard(lambda: run_config(config, config_env, set_))
+    guard(lambda: _train(cfg, ray_address, cache_only=True))
+    console.print(f"latent cache ready beside {cfg.train.cache_uri or cfg.data.uri + '/cache'}")
+
+
+def _print_outputs(cfg: RunConfig) -> None:
+    from disney_train.runs import FINAL_LORA, RunFiles
+
+    def out(text: str) -> None:  # paths are never broken across lines
+        console.print(text, soft_wrap=True, highlight=False)
+
+    files = RunFiles(cfg)
+    progress = files.read_progress() or {}
+    videos = [k for k in files.store.list_keys("validation/") if k.endswith(".mp4")]
+    console.rule("[bold]outputs")
+    out(f"run         {files.uri}")
+    loss = progress.get("loss")
+    out(f"steps       {progress.get('step')} (epoch {progress.get('epoch')}), last loss {loss:.4f}" if loss else "")
+    out(f"checkpoint  {progress.get('last_checkpoint')}")
+    out(f"LoRA        {files.store.url(FINAL_LORA)}")
+    for key in videos[-3:]:
+        out(f"video       {files.store.url(key)}")
+
+
+WorkdirOpt = Annotated[Path, typer.Option(help="Where the embedded default writes its data and outputs.")]
+
+
+EmbeddedConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run configuration; default: embedded.")]
+
+
+@app.command("run")
+def run(
+    workdir: WorkdirOpt = Path(".run"),
+    config: EmbeddedConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """The main job on the embedded default: sample -> pack -> tiny model -> cache -> train -> LoRA -> evaluation."""
+    from disney_train.data.pack import PackOptions, pack
+    from disney_train.data.sample import write_sample
+    from disney_train.data.summary import print_summary
+    from disney_train.model.tiny import write_tiny_model
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg_path = config or embedded_default()
+    cfg = guard(lambda: absolute_uris(load_config(cfg_path, parse_overrides(set_)), workdir))
+    t0 = time.perf_counter()
+    src = workdir / "sample"
+    console.rule("[bold]1. sample dataset")
+    write_sample(src)
+    console.print(f"{src}: 4 clips cut from Big Buck Bunny (CC-BY)")
+    console.rule("[bold]2. pack")
+    with progress_bar() as progress:
+        report = guard(
+            lambda: pack(
+                src,
+                cfg.data.uri,
+                PackOptions(min_frames=cfg.data.num_frames, shard_bytes=512 * 1024),
+                cfg.s3,
+                progress,
+            )
+        )
+    console.print(f"{report.dest}: {len(report.uploaded)} shard(s) written, {len(report.skipped)} already there")
+    print_summary(report.manifest, report.dest, console)
+    console.rule("[bold]3. tiny model")
+    model = Path(cfg.model.uri)
+    if not cfg.model.uri.startswith("s3://") and not (model / "model_index.json").is_file():
+        write_tiny_model(model, cfg.model.variant)
+    console.print(f"{cfg.model.uri}: CogVideoX ({cfg.model.variant}) with tiny random weights")
+    clip = cfg.evaluation.clip_uri if cfg.evaluation else None
+    if clip is not None and not clip.startswith("s3://") and not (Path(clip) / "config.json").is_file():
+        from disney_train.model.tiny_clip import write_tiny_clip
+
+        write_tiny_clip(Path(clip))
+        console.print(f"{clip}: CLIP with tiny random weights (the evaluation's)")
+    console.rule("[bold]4. latent cache and training")
+    from disney_train.train.launch import RunFinishedError
+
+    try:
+        guard(lambda: _train(cfg, None))
+    except RunFinishedError as err:
+        console.print(f"[bold yellow]{err}[/]", highlight=False)
+    _print_outputs(cfg)
+    if cfg.evaluation is not None:
+        evaluate_once(cfg)
+    console.print(f"dataset     {src} -> {report.dest}", soft_wrap=True, highlight=False)
+    console.print(f"took        {time.perf_counter() - t0:.0f} s")
