@@ -22,7 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from disney_train.metrics.worker import WorkerMetrics  # noqa: E402
+from disney_train.metrics.exporter import WorkerMetrics  # noqa: E402
 from tests.support.seaweed import free_ports  # noqa: E402
 
 OUT = ROOT / "bench" / "results"

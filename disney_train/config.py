@@ -317,7 +317,7 @@ class OutputConfig(_Section):
 
 
 class MetricsConfig(_Section):
-    """Prometheus metrics of the training workers (see disney_train.metrics.worker)."""
+    """Prometheus metrics of the training workers (see disney_train.metrics.exporter)."""
 
     port: int = Field(
         default=9500,

@@ -33,7 +33,7 @@ from disney_train.metrics.dashboards import (
     variable_queries,
     write_dashboards,
 )
-from disney_train.metrics.worker import GpuReading, WorkerMetrics
+from disney_train.metrics.exporter import GpuReading, WorkerMetrics
 from tests.support.promql import promtool
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from disney_train.config import ConfigError, RunConfig
-from disney_train.train.engine import Placement, deepspeed_config, lr_factor, placement, run_progress, steps_per_epoch
+from disney_train.train.engine import Placement, deepspeed_config, placement
 from disney_train.train.launch import launch_plan
+from disney_train.train.schedule import lr_factor, run_progress, steps_per_epoch
 from tests.support.training import train_config
 
 

@@ -15,14 +15,12 @@ import pytest
 from markdown_it import MarkdownIt
 from PIL import Image, ImageSequence
 
-from disney_train.eval.metrics import evenly_spaced
 from disney_train.eval.report import (
     ReportError,
     compare,
     md_escape,
     pca_2d,
     render_html,
-    side_by_side_gif,
     write_report,
 )
 from disney_train.eval.results import (
@@ -38,6 +36,7 @@ from disney_train.eval.results import (
     VideoMetrics,
     VideoResult,
 )
+from disney_train.media import evenly_spaced, side_by_side_gif
 from disney_train.storage import LocalStore, open_store
 
 FRAMES, SIZE, DIM = 9, 32, 16

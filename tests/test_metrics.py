@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from disney_operator.metrics import OperatorMetrics, phase_counts
 from disney_train.config import RunConfig
-from disney_train.metrics.worker import STAGES, GpuReading, WorkerMetrics
+from disney_train.metrics.exporter import STAGES, GpuReading, WorkerMetrics
 from disney_train.runs import RunFiles
 from disney_train.storage import IO
 from tests.support.seaweed import free_ports

@@ -25,8 +25,8 @@ from disney_train.model.lora import read_lora_file
 from disney_train.runs import FINAL_LORA, RunFiles
 from disney_train.storage import open_store
 from disney_train.train.checkpoint import CheckpointStore
-from disney_train.train.engine import lr_factor
 from disney_train.train.launch import RunFinishedError, TrainingError, launch, local_ray_init
+from disney_train.train.schedule import lr_factor
 from tests.support.raywatch import ListenWatch
 from tests.support.training import build_cache, train_config
 

@@ -51,7 +51,7 @@ def model_push(
     endpoint_url: EndpointOpt = None,
 ) -> None:
     """Upload a model folder, each file with its sha256, skipping files already there."""
-    from disney_train.eval.metrics import check_clip_layout
+    from disney_train.eval.scores import check_clip_layout
     from disney_train.model.source import check_layout, push_model
 
     clip = (src / "config.json").is_file() and not (src / "model_index.json").is_file()

@@ -3,7 +3,7 @@
 1. The held-out prompts (and images, i2v) are rendered with the base model ("baseline") and then with
    the run's final LoRA ("finetuned"), each prompt at the same seeds for both, by the code that
    renders validation videos and `disney-train generate` (`disney_train.generate`).
-2. Every video is measured (`disney_train.eval.metrics`): prompt fidelity (CLIP text-frame cosine,
+2. Every video is measured (`disney_train.eval.scores`): prompt fidelity (CLIP text-frame cosine,
    CLIPScore) against the prompt without the run's id token, temporal consistency (adjacent frames'
    CLIP cosine, SSIM); each model's frames together against frames of the training clips (decoded
    from the packed dataset as training sees them) for style closeness.
@@ -115,7 +115,7 @@ def reference_frames(cfg: RunConfig, ev: EvaluationConfig, say: Say) -> Referenc
     decoded is reported and left out; none left is an error."""
     from disney_train.data.pack import load_manifest
     from disney_train.data.reader import ClipDataset, DataError
-    from disney_train.eval.metrics import evenly_spaced
+    from disney_train.media import evenly_spaced
     from disney_train.storage import open_store
 
     store = open_store(cfg.data.uri, cfg.s3)
@@ -175,7 +175,7 @@ def _render_both(
 
 # --------------------------------------------------------------------------- measuring
 def _summary(videos: list[VideoResult], generated: np.ndarray, reference: np.ndarray) -> ModelSummary:
-    from disney_train.eval.metrics import mean_cosine_distance, style_distance
+    from disney_train.eval.scores import mean_cosine_distance, style_distance
 
     def values(key: str) -> np.ndarray:
         return np.array([getattr(v.metrics, key) for v in videos], dtype=np.float64)
@@ -197,7 +197,7 @@ def _summary(videos: list[VideoResult], generated: np.ndarray, reference: np.nda
 def _measure(
     clip: Any, videos: dict[VideoKey, np.ndarray], texts: list[np.ndarray], prompts: list[PromptInfo]
 ) -> tuple[list[VideoResult], dict[VideoKey, np.ndarray]]:
-    from disney_train.eval.metrics import adjacent_cosines, adjacent_ssim, embed_frames, text_frame_score
+    from disney_train.eval.scores import adjacent_cosines, adjacent_ssim, embed_frames, text_frame_score
 
     results, embeddings = [], {}
     for key, frames in videos.items():
@@ -226,7 +226,7 @@ def check_inputs(cfg: RunConfig) -> list[bytes]:
 
     from PIL import Image, UnidentifiedImageError
 
-    from disney_train.eval.metrics import check_clip_source
+    from disney_train.eval.scores import check_clip_source
     from disney_train.model.source import ModelError
     from disney_train.storage import StorageError, read_uri
 
@@ -254,8 +254,8 @@ def check_inputs(cfg: RunConfig) -> list[bytes]:
 def evaluate(cfg: RunConfig, device: str = "auto", say: Say = log.info, ran_on: str | None = None) -> EvalResults:
     """Evaluate the run of `cfg` (its evaluation section) and write everything under `<run>/eval/`.
     `ran_on` says where (default: this process and host)."""
-    from disney_train.eval.metrics import count_tokens, embed_frames, embed_text, load_clip
     from disney_train.eval.report import write_report
+    from disney_train.eval.scores import count_tokens, embed_frames, embed_text, load_clip
     from disney_train.generate import pick_device
     from disney_train.media import mp4_bytes
     from disney_train.runs import FINAL_LORA, RunFiles

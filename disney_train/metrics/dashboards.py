@@ -3,7 +3,7 @@
 Two dashboards, both on a Prometheus data source picked by the `datasource` variable:
 
 - "disney-train / training" (`training.json`, uid `disney-train-training`): one run at a time (the
-  `run` variable); what the workers export (see `disney_train.metrics.worker`) plus the NVIDIA DCGM
+  `run` variable); what the workers export (see `disney_train.metrics.exporter`) plus the NVIDIA DCGM
   exporter's GPU figures where the cluster runs it.
 - "disney-train / operator" (`operator.json`, uid `disney-train-operator`): the operator's reconciles,
   the VideoFineTunes by phase and its writes to the Kubernetes API.
@@ -47,7 +47,7 @@ from grafana_foundation_sdk.models.dashboard import (
 )
 from grafana_foundation_sdk.models.prometheus import QueryEditorMode
 
-from disney_train.metrics.worker import STAGES
+from disney_train.metrics.exporter import STAGES
 
 __all__ = [
     "CHART_DASHBOARDS",
@@ -80,7 +80,7 @@ RUN = 'namespace=~"$namespace", run="$run"'
 # Worker pods of a run are named `<run>-<attempt>-<hash5>-...` (the RayJob's name is the run's and a dash).
 RUN_PODS = 'namespace=~"$namespace", pod=~"$run-[0-9]+-[a-z0-9]{5}-.*"'
 RATE = "[$__rate_interval]"
-# one per stage of disney_train.metrics.worker.STAGES (`disney_train_stage{stage}`), in its order
+# one per stage of disney_train.metrics.exporter.STAGES (`disney_train_stage{stage}`), in its order
 STAGE_COLORS = ("yellow", "purple", "super-light-purple", "green", "blue", "orange", "text")
 PHASE_COLORS = {"Pending": "yellow", "Running": "blue", "Suspended": "text", "Succeeded": "green", "Failed": "red"}
 

@@ -1,6 +1,6 @@
 """A tiny CLIP with random weights, built offline in the transformers layout.
 
-The evaluation tests and `make run` load it through `disney_train.eval.metrics.load_clip`, the very code that loads
+The evaluation tests and `make run` load it through `disney_train.eval.scores.load_clip`, the very code that loads
 real CLIP weights (`openai/clip-vit-base-patch32` and the like), so the loading path is exercised
 without a hub. The tokenizer is CLIP's own byte-level BPE: a vocabulary written here (the 256 byte
 symbols, each also as a word end `</w>`, the merges that spell a few words, the two special tokens,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from disney_train.config import RunConfig, dump_config
-from disney_train.metrics.worker import WorkerMetrics
+from disney_train.metrics.exporter import WorkerMetrics
 from disney_train.model.spec import CogVideoXSpec
 from disney_train.runs import RunFiles, checkpoint_identity_error
 from disney_train.storage import open_store
@@ -31,7 +31,8 @@ from disney_train.train import chaos, zero_state
 from disney_train.train.cache import ensure_cache
 from disney_train.train.checkpoint import Checkpoint, CheckpointStore
 from disney_train.train.dist import Dist
-from disney_train.train.engine import Placement, deepspeed_config, lr_factor, run_progress, steps_per_epoch
+from disney_train.train.engine import Placement, deepspeed_config
+from disney_train.train.schedule import lr_factor, run_progress, steps_per_epoch
 from disney_train.train.validation import validate
 
 log = logging.getLogger("disney_train.worker")

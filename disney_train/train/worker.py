@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from disney_train.config import RunConfig
-from disney_train.metrics.worker import WorkerMetrics, cuda_reading
+from disney_train.metrics.exporter import WorkerMetrics, cuda_reading
 from disney_train.train.dist import Dist, ray_dist
 from disney_train.train.engine import placement, set_accelerator_env
 from disney_train.train.trainer import Trainer

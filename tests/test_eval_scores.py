@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from disney_train.config import S3Options
-from disney_train.eval.metrics import (
+from disney_train.eval.scores import (
     Clip,
     clip_consistency,
     clip_score,

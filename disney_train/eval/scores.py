@@ -134,13 +134,6 @@ def load_clip(uri: str, s3: S3Options | None = None, device: str = "cpu", cache_
     return Clip(model=model, processor=CLIPProcessor.from_pretrained(str(path)), device=device, path=path)
 
 
-def evenly_spaced(n: int, k: int) -> list[int]:
-    """k indices evenly spread over range(n), the first and the last included; all of them when k ≥ n."""
-    if k >= n:
-        return list(range(n))
-    return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
-
-
 def _check_video(frames: np.ndarray, min_frames: int = 1) -> None:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"a video is a uint8 array [frames, height, width, 3]; got {frames.dtype} {frames.shape}")
