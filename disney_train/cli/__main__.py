@@ -2,4 +2,5 @@
 
 from disney_train.cli import main
 
-main()
+if __name__ == "__main__":
+    main()
