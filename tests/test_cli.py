@@ -39,6 +39,11 @@ def test_run_on_the_embedded_default(tmp_path: Path) -> None:
     assert summary["videos"] == 4 and summary["report"] == str(run_dir / "eval" / "report.html")
     assert (run_dir / "eval" / "report.md").read_text().count(f"{summary['finetuned']['prompt_fidelity']:.4f}") >= 1
     assert f"report      {run_dir / 'eval' / 'report.html'}" in out
+    # the user's story only: no worker chatter, library bars or warnings (they are in the named log folder)
+    said = res.stdout + res.stderr
+    for noise in ("TrainController", "Reporting training result", "FutureWarning", "Writing model shards", "it/s]"):
+        assert noise not in said, noise
+    assert "worker logs " in out
     again = run("run", "--workdir", str(w))  # a second run reuses every shard and trains nothing
     assert again.returncode == 0, again.stderr
     assert "0 shard(s) written" in again.stdout

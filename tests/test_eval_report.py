@@ -465,3 +465,21 @@ def test_paired_count_follows_the_metrics_direction() -> None:
     lower = Metric(**{**higher.model_dump(), "higher_is_better": False})
     assert (compare(results, higher).paired_better, compare(results, higher).paired) == (3, 4)
     assert (compare(results, lower).paired_better, compare(results, lower).better) == (1, "Baseline")
+
+
+def test_the_cli_figures_table_reads_at_80_columns() -> None:
+    """`make run` printed the figures as one line per metric that broke across lines in an 80-column terminal
+    ("Baseline -0.3951 ⏎ Fine-tuned -0.3889"): the table keeps each metric's two figures on its row."""
+    from rich.console import Console
+
+    from disney_train.cli.common import figures_table
+
+    results = make_results(PROMPTS, SEEDS)
+    out = Console(width=80, record=True, file=io.StringIO())
+    out.print(figures_table(results))
+    lines = out.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    for metric in METRICS:
+        row = " ".join(line for line in lines if metric.label.split()[0] in line)
+        for model in MODELS:
+            assert f"{results.figure(model, metric.key):.4f}" in row, (metric.key, lines)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -19,6 +20,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from disney_train.config import (
     ConfigError,
@@ -160,14 +162,27 @@ def evaluate_once(cfg: RunConfig) -> None:
     print_evaluation(guard(lambda: run_evaluation(cfg, "auto", None, say=err_console.print)))
 
 
-def print_evaluation(results: EvalResults) -> None:
-    from disney_train.eval.results import EVAL_JSON, LABELS, METRICS, MODELS, REPORT_HTML, REPORT_MD
+def figures_table(results: EvalResults) -> Table:
+    """The evaluation's figures, one row per metric, in 80 columns: baseline, fine-tuned, and which way is
+    better (↑ higher, ↓ lower)."""
+    from disney_train.eval.results import LABELS, METRICS, MODELS
 
-    console.rule("[bold]figures")
+    table = Table(title=None, box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("metric", overflow="fold", max_width=46)
+    for m in MODELS:
+        table.add_column(LABELS[m], justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True)
     for metric in METRICS:
-        figures = "  ".join(f"{LABELS[m]} {results.figure(m, metric.key):.4f}" for m in MODELS)
-        arrow = "higher is better" if metric.higher_is_better else "lower is better"
-        console.print(f"{metric.label:<54} {figures}  ({arrow})", highlight=False)
+        figures = [f"{results.figure(m, metric.key):.4f}" for m in MODELS]
+        table.add_row(metric.label, *figures, "↑" if metric.higher_is_better else "↓")
+    return table
+
+
+def print_evaluation(results: EvalResults) -> None:
+    from disney_train.eval.results import EVAL_JSON, REPORT_HTML, REPORT_MD
+
+    console.rule("[bold]figures (↑ higher is better, ↓ lower)")
+    console.print(figures_table(results))
     if results.truncated_prompts():
         console.print(
             f"prompts {', '.join(map(str, results.truncated_prompts()))}: longer than CLIP's "
@@ -176,3 +191,21 @@ def print_evaluation(results: EvalResults) -> None:
         )
     for key in (REPORT_HTML, REPORT_MD, EVAL_JSON):
         console.print(f"report      {results.run}/{key}", soft_wrap=True, highlight=False)
+
+
+def quiet_libraries() -> None:
+    """`make run` shows the user's story: the stages, one progress bar, the outputs, the figures. The
+    libraries' own progress bars, notices and FutureWarnings (here and in the Ray workers this process
+    starts, which inherit its environment) are left out; `--verbose` keeps them."""
+    import warnings
+
+    for key, value in {
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "DIFFUSERS_VERBOSITY": "error",
+        "TQDM_DISABLE": "1",
+        "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning",
+    }.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)

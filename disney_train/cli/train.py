@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from disney_train.cli.common import (
     guard,
     print_evaluation,
     progress_bar,
+    quiet_libraries,
     run_config,
 )
 from disney_train.config import (
@@ -38,7 +40,7 @@ def _ray_storage() -> Path:
     return cache_root() / "ray-runs"
 
 
-def _train(cfg: RunConfig, ray_address: str | None, cache_only: bool = False) -> dict[str, Any]:
+def _train(cfg: RunConfig, ray_address: str | None, cache_only: bool = False, quiet: bool = False) -> dict[str, Any]:
     from disney_train.runs import RunFiles
     from disney_train.train.launch import launch
 
@@ -67,6 +69,7 @@ def _train(cfg: RunConfig, ray_address: str | None, cache_only: bool = False) ->
             address=ray_address,
             on_progress=None if cache_only else on_progress,
             files=files,
+            worker_lines=not quiet,
         )
 
 
@@ -134,6 +137,10 @@ def _print_outputs(cfg: RunConfig) -> None:
     out(f"LoRA        {files.store.url(FINAL_LORA)}")
     for key in videos[-3:]:
         out(f"video       {files.store.url(key)}")
+    from disney_train.train.launch import local_logs
+
+    if (logs := local_logs()) is not None:
+        out(f"worker logs {logs} (the workers' own lines; --verbose shows them as they come)")
 
 
 WorkdirOpt = Annotated[Path, typer.Option(help="Where the embedded default writes its data and outputs.")]
@@ -154,6 +161,9 @@ def run(
     from disney_train.data.summary import print_summary
     from disney_train.model.tiny import write_tiny_model
 
+    quiet = not logging.getLogger().isEnabledFor(logging.INFO)  # the root callback's --verbose
+    if quiet:
+        quiet_libraries()
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = config or embedded_default()
     cfg = guard(lambda: absolute_uris(load_config(cfg_path, parse_overrides(set_)), workdir))
@@ -190,7 +200,7 @@ def run(
     from disney_train.train.launch import RunFinishedError
 
     try:
-        guard(lambda: _train(cfg, None))
+        guard(lambda: _train(cfg, None, quiet=quiet))
     except RunFinishedError as err:
         console.print(f"[bold yellow]{err}[/]", highlight=False)
     _print_outputs(cfg)

@@ -81,7 +81,15 @@ LOCAL_ENV = {
 }
 
 
-def local_ray_init(num_cpus: int | None = None) -> None:
+_last_local_logs: list[str] = []  # the logs folder of the local Ray this process started last
+
+
+def local_logs() -> str | None:
+    """Where the workers of the local Ray this process started last wrote their logs (None: none started)."""
+    return _last_local_logs[-1] if _last_local_logs else None
+
+
+def local_ray_init(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
     """Start a local Ray on loopback only (no dashboard). Not for joining a cluster: the settings
     it makes are process-wide and would keep a multi-node cluster from forming.
 
@@ -99,11 +107,14 @@ def local_ray_init(num_cpus: int | None = None) -> None:
         _node_ip_address=LOCAL_HOST,
         include_dashboard=False,
         configure_logging=False,
-        log_to_driver=True,
+        log_to_driver=log_to_driver,  # False: the workers' lines stay in their log files (local_logs())
     )
+    node = ray._private.worker._global_node
+    if node is not None:
+        _last_local_logs.append(node.get_logs_dir_path())
 
 
-def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
+def ensure_ray(address: str | None, num_cpus: int | None, log_to_driver: bool = True) -> bool:
     """Connect to `address` (or RAY_ADDRESS), else start a local Ray. True when we started it."""
     import ray
 
@@ -113,7 +124,7 @@ def ensure_ray(address: str | None, num_cpus: int | None) -> bool:
     if address:
         ray.init(address=address, configure_logging=False)
         return False
-    local_ray_init(num_cpus)
+    local_ray_init(num_cpus, log_to_driver)
     return True
 
 
@@ -127,8 +138,11 @@ def launch(
     restart_finished: bool = False,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     files: RunFiles | None = None,
+    worker_lines: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) `cfg` to the end on a Ray worker group; returns the last reported metrics."""
+    """Run (or resume) `cfg` to the end on a Ray worker group; returns the last reported metrics. Without
+    `worker_lines`, a local Ray keeps its workers' lines in their log files (`local_logs()`): an error still
+    ends the run with the workers' own words."""
     import ray
     from ray.train import FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
@@ -165,7 +179,7 @@ def launch(
         refusal = _resume_refusal(files, cfg)
         if refusal is not None:  # before any worker (or GPU) is started for it
             raise TrainingError(f"run {cfg.name!r} cannot resume: {refusal}")
-    started = ensure_ray(address, num_cpus)
+    started = ensure_ray(address, num_cpus, log_to_driver=worker_lines)
     try:
         plan = launch_plan(cfg, float(ray.cluster_resources().get("GPU", 0)))  # type: ignore[no-untyped-call]
         trainer = TorchTrainer(
