@@ -120,6 +120,10 @@ parents() {
   done | sort -u
 }
 
+# The Python and .venv layers keep their bytecode (__pycache__): the images' users cannot write there, so
+# without it every Python process in a pod (KubeRay's wait-gcs-ready `ray health-check` under its 200m CPU
+# cap, `ray start`, each Ray worker) compiled ray, torch and diffusers from source again (kuberay#5138).
+
 # tree_layer NAME KEY PATH...: the paths (absolute) at the same places in the image, readable by all
 tree_layer() {
   local name=$1 key=$2; shift 2
@@ -127,7 +131,7 @@ tree_layer() {
   if [ ! -f "$out" ]; then
     rm -f "$IMAGES/$name"-*
     log "layer $name: $* (once per content)"
-    tar --numeric-owner --owner=0 --group=0 --mode=a+rX --exclude=__pycache__ -C / -cf "$out.tmp" \
+    tar --numeric-owner --owner=0 --group=0 --mode=a+rX -C / -cf "$out.tmp" \
       --no-recursion $(parents "$@") --recursion "${@#/}" && mv "$out.tmp" "$out"
   fi
   echo "$out"
@@ -145,7 +149,7 @@ moved_layer() {
   if [ ! -f "$out" ]; then
     rm -f "$IMAGES/$name"-*
     log "layer $name: /$from as /$to (once per content)"
-    tar --numeric-owner --owner=0 --group=0 --mode=a+rX --exclude=__pycache__ -C / -cf "$out.tmp" \
+    tar --numeric-owner --owner=0 --group=0 --mode=a+rX -C / -cf "$out.tmp" \
       --transform "s|^$(printf '%s' "$from" | sed 's/[.[\*^$]/\\&/g')|$to|" "$from" && mv "$out.tmp" "$out"
   fi
   echo "$out"
@@ -174,8 +178,8 @@ project() {
   prefix=$("$PY" -c 'import sys; print(sys.base_prefix)')
   venv=$("$PY" -c 'import sys; print(sys.prefix)')
   base=$(debian_root)
-  py=$(tree_layer python "$(echo "$prefix" | sha256sum | cut -c1-12)" "$prefix")
-  venvl=$(moved_layer venv "$(cat "$REPO/pyproject.toml" "$REPO/constraints.txt" <(echo "$venv moved") | sha256sum | cut -c1-12)" "$venv" "$VENV_IN_IMAGE")
+  py=$(tree_layer python "$(echo "$prefix with bytecode" | sha256sum | cut -c1-12)" "$prefix")
+  venvl=$(moved_layer venv "$(cat "$REPO/pyproject.toml" "$REPO/constraints.txt" <(echo "$venv moved, with bytecode") | sha256sum | cut -c1-12)" "$venv" "$VENV_IN_IMAGE")
   fix=$(relocated "$venv")
   app=$scratch/app.tar
   local src=(disney_train operator/disney_operator pyproject.toml)
