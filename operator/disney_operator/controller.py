@@ -13,6 +13,7 @@ moved it brings a fresh reconcile.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -67,6 +68,7 @@ class Controller:
         # (their bodies) or deleted (None) in the last RECENT seconds.
         self._written: dict[Key, tuple[list[str], dict[str, Any]]] = {}
         self._rayjob_writes: dict[Key, dict[str, tuple[float, dict[str, Any] | None]]] = {}
+        self._run_objects_applied: dict[Key, float] = {}  # when a running run's ConfigMap/NetworkPolicy last were
         self.conflicts = 0
         self._outcome = threading.local()  # per reconcile thread: did its last reconcile meet a 409?
 
@@ -80,6 +82,7 @@ class Controller:
         self.progress.forget(key)
         self._written.pop(key, None)
         self._rayjob_writes.pop(key, None)
+        self._run_objects_applied.pop(key, None)
 
     def reconcile(self, vft: dict[str, Any], rayjobs: list[dict[str, Any]]) -> Plan | None:
         """Reconcile one VideoFineTune; None when a write met a newer object (409) or it is gone.
@@ -168,10 +171,16 @@ class Controller:
     def _apply_run(self, key: Key, p: Plan) -> None:
         """The run's ConfigMap before the RayJob whose head mounts it, its NetworkPolicy before its pods start,
         then the RayJob. RefusedError when the API server refuses one of them."""
-        if p.config_map is not None:
-            self.kube.apply_config_map(p.config_map)
-        if p.network_policy is not None:
-            self.kube.apply_network_policy(p.network_policy)
+        # with the RayJob always; for a running one (re-made if deleted by hand) at most once a resync, not at
+        # every reconcile a progress record or RayJob event brings
+        now = time.monotonic()
+        due = now - self._run_objects_applied.get(key, -math.inf) >= self.settings.resync_seconds
+        if p.apply is not None or due:
+            if p.config_map is not None:
+                self.kube.apply_config_map(p.config_map)
+            if p.network_policy is not None:
+                self.kube.apply_network_policy(p.network_policy)
+            self._run_objects_applied[key] = now
         if p.apply is not None:
             applied = self.kube.apply_rayjob(p.apply)
             self._rayjob_writes.setdefault(key, {})[p.apply["metadata"]["name"]] = (time.monotonic(), applied)
