@@ -30,6 +30,12 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 IMAGES_SH = ROOT / "tools" / "cluster" / "images.sh"
 REFS = ["ghcr.io/disney-train/trainer:test", "ghcr.io/disney-train/operator:test"]
+# containerd collects garbage as often as it allows (a node's does so after some deletions and 100 changes):
+# whatever an import leans on without holding a reference to it goes at once, not when timing says so
+EAGER_GC = (
+    '[plugins."io.containerd.gc.v1.scheduler"]\n  pause_threshold = 0.5\n  deletion_threshold = 1\n'
+    '  mutation_threshold = 1\n  schedule_delay = "0s"\n  startup_delay = "0s"\n'
+)
 
 
 def chain_ids(diff_ids: list[str]) -> list[str]:
@@ -50,7 +56,7 @@ def containerd(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     config = tmp_path / "containerd.toml"
     config.write_text(
         f'version = 2\nroot = "{root}"\nstate = "{tmp_path / "state"}"\n[grpc]\n  address = "{sock}"\n'
-        '[plugins."io.containerd.grpc.v1.cri".containerd]\n  snapshotter = "overlayfs"\n'
+        '[plugins."io.containerd.grpc.v1.cri".containerd]\n  snapshotter = "overlayfs"\n' + EAGER_GC
     )
     log = (tmp_path / "containerd.log").open("w")
     proc = subprocess.Popen([binary, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
@@ -116,3 +122,17 @@ def test_an_image_imported_again_over_a_changed_layer_leaves_one_copy_of_it(
         ["ctr", "--address", str(sock), "-n", "k8s.io", "images", "ls", "-q"], capture_output=True, text=True
     ).stdout.split()
     assert sorted(n for n in names if not n.startswith("sha256:")) == sorted(REFS)
+
+
+def test_the_layers_left_out_of_an_import_stay_until_it_has_unpacked_over_them(
+    containerd: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """CI's failure (`parent snapshot ... does not exist`): the import left out the Python layer, whose
+    snapshot the store held, then renamed the images, and the image that had held that snapshot had no
+    other name (containerd's CRI names an image by its ID only the first time it sees its name): the
+    garbage collector took the snapshot before the import unpacked the new .venv layer over it."""
+    sock, _ = containerd
+    base, python, *venvs = (layer(tmp_path / f"{n}.tar", n) for n in ("base", "python", "venv-a", "venv-b", "venv-c"))
+    for i, venv in enumerate(venvs):  # three checkouts, one after the other
+        import_images(sock, tmp_path, [base, python, venv], f"checkout-{i}")
+        assert committed(sock) == set(chain_ids([diff_id(base), diff_id(python), diff_id(venv)]))

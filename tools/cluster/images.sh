@@ -28,25 +28,50 @@ mkdir -p "$IMAGES"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 
-# snapshots: the committed snapshots this containerd holds (mkimage.py leaves their layers out)
-snapshots() { ctr --address "$CONTAINERD_SOCK" -n k8s.io snapshots ls | awk '$3 == "Committed" {print $1}'; }
+# ctr in this node's containerd, in the CRI's namespace
+node_ctr() { ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
+
+# snapshots: the committed snapshots this containerd holds (KEY [PARENT] KIND: a bottom layer has no parent)
+snapshots() { node_ctr snapshots ls | awk 'NR > 1 && $NF == "Committed" {print $1}'; }
+
+# pin / unpin: the committed snapshots as garbage-collection roots (containerd.io/gc.root), and no longer.
+# mkimage.py leaves out the layers whose snapshots the store holds, and the import renames the images before
+# it unpacks: the image that held a snapshot may then have no name left (the CRI names an image by its ID
+# only the first time it sees its name), and containerd's collector took the snapshot from under the import
+# ("parent snapshot ... does not exist"). So only what is pinned is left out; pin prints what it pinned. A
+# pin left by an import that was killed goes with the next import's unpin.
+PIN=containerd.io/gc.root
+pin() {
+  local s
+  for s in $(snapshots); do
+    node_ctr snapshots label "$s" "$PIN=$(date -u +%FT%TZ)" >/dev/null 2>&1 && echo "$s"
+  done
+  return 0
+}
+unpin() {
+  local s
+  for s in $(snapshots); do node_ctr snapshots label "$s" "$PIN=" >/dev/null; done
+}
 
 # import SPEC.json: the images into this node's containerd; then, as containerd's discard_unpacked_layers
 # does for pulls, the layer blobs are dropped: the unpacked snapshots are what runs, so each node keeps one
 # copy of the project's gigabytes, not two
 import() {
   local spec=$1
-  python3 - "$spec" "$(snapshots)" >"$spec.with" <<'EOF'
+  python3 - "$spec" "$(pin)" >"$spec.with" <<'EOF'
 import json, sys
 spec = json.load(open(sys.argv[1]))
 spec["snapshots"] = sys.argv[2].split()
 print(json.dumps(spec))
 EOF
-  python3 "$HERE/mkimage.py" "$spec.with" | ctr --address "$CONTAINERD_SOCK" -n k8s.io images import - >/dev/null ||
+  if ! python3 "$HERE/mkimage.py" "$spec.with" | node_ctr images import - >/dev/null; then
+    unpin
     die "importing $(python3 -c 'import json,sys; print(" ".join(i["ref"] for i in json.load(open(sys.argv[1]))["images"]))' "$spec") failed"
+  fi
+  unpin
   local l
   for l in $(python3 -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["layers"]))' "$spec"); do
-    [ -f "$l.sha256" ] && ctr --address "$CONTAINERD_SOCK" -n k8s.io content rm "sha256:$(cat "$l.sha256")" >/dev/null 2>&1
+    [ -f "$l.sha256" ] && node_ctr content rm "sha256:$(cat "$l.sha256")" >/dev/null 2>&1
   done
   prune
 }
@@ -58,13 +83,13 @@ EOF
 # deleted; --sync runs containerd's garbage collection now, not after its next 100 changes.
 prune() {
   local stale
-  stale=$(ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls | awk '
+  stale=$(node_ctr images ls | awk '
     NR > 1 { if ($1 ~ /^sha256:/) id[$1] = $3; else named[$3] = 1 }
     END { for (r in id) if (!(id[r] in named)) print r }')
   [ -z "$stale" ] && return 0
   log "dropping images no name points to any more (an earlier import's): $(echo "$stale" | wc -l)"
   # shellcheck disable=SC2086
-  ctr --address "$CONTAINERD_SOCK" -n k8s.io images rm --sync $stale >/dev/null
+  node_ctr images rm --sync $stale >/dev/null
 }
 
 # static IMAGE BINARY PATH_IN_IMAGE USER [ARGS...]: one binary on an empty root
