@@ -20,8 +20,8 @@ from disney_train.errors import UserError
 # Exceptions of the library that are not the user's to act on, each for its reason
 NOT_FOR_USERS = {
     "disney_train.data.frames.ClipTooShortError": "pack turns it into a reject of the clip",
-    "disney_train.storage._ShortRead": "retried: a transfer cut short",
-    "disney_train.storage._IntegrityError": "retried: bytes that do not match their checksum",
+    "disney_train.storage.s3_errors.ShortRead": "retried: a transfer cut short",
+    "disney_train.storage.s3_errors.IntegrityError": "retried: bytes that do not match their checksum",
     "disney_train.train.launch.RunFinishedError": "not a failure: the CLI says the run is done, in yellow",
 }
 

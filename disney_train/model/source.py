@@ -61,8 +61,7 @@ def resolve_model(
         raise ModelError(
             f"{uri}: '.', '..' or empty segments in an S3 URI; refused (the local copy would leave {cache})"
         )
-    store = open_store(uri, s3)
-    assert isinstance(store, S3Store)
+    store = S3Store(bucket, prefix, s3 or S3Options())
     local.parent.mkdir(parents=True, exist_ok=True)
     # Workers on one node share the cache: one syncs, the others wait and then find it complete.
     with (local.parent / f".{local.name}.lock").open("w") as lock:
