@@ -115,7 +115,7 @@ def boards() -> dict[str, dict[str, Any]]:
 def test_committed_dashboards_are_the_generators() -> None:
     stale = stale_dashboards(FOLDER)
     assert not stale, (
-        f"{', '.join(stale)} in {CHART_DASHBOARDS} differ from disney_train/metrics/dashboards.py; "
+        f"{', '.join(stale)} in {CHART_DASHBOARDS} differ from disney_train/metrics/dashboards/; "
         f"regenerate them: {REGENERATE}"
     )
     assert sorted(p.name for p in FOLDER.glob("*.json")) == sorted(DASHBOARDS), "a dashboard file nobody generates"
