@@ -25,7 +25,7 @@ E2E_PROMETHEUS_DIR := $(CLUSTER_CACHE)/prometheus-$(shell sed -n 's/^VERSION=\([
 export KUBERAY_CRDS := $(CACHE_ROOT)/kuberay-crds-$(shell sed -n 's/^KUBERAY_VERSION=//p' tools/cluster/versions.sh)
 CLUSTER_ENV = ETCD=$(ENVTEST_LITE_BIN)/etcd WEED=$(abspath $(VENV))/bin/weed KUBECTL=$(abspath $(VENV))/bin/kubectl PY=$(abspath $(PY))
 
-.PHONY: setup envtest helm images run monitor test lint bench clean cluster-build cluster cluster-down e2e
+.PHONY: setup envtest helm images run monitor test test-fast lint bench clean cluster-build cluster cluster-down e2e
 
 setup: $(STAMP) envtest helm
 	bash tools/kuberay-crds.sh "$(KUBERAY_CRDS)"
@@ -71,6 +71,11 @@ else
 	  $(MAKE) --no-print-directory e2e; rc=$$?; \
 	  if [ -z "$$kept" ]; then $(MAKE) --no-print-directory cluster-down; fi; exit $$rc
 endif
+
+# The tests that start nothing (no Ray, SeaweedFS, API server or operator; tests/conftest.py --fast): the
+# quick loop while working, about a minute. make test is what counts.
+test-fast: setup
+	$(PY) -m pytest -n 2 --fast --ignore=tests/e2e $(PYTEST_ARGS)
 
 # ruff (with complexity 12 and 60 statements per function), formatting, mypy strict, the import layers:
 # the same checks tests/test_lint.py makes inside make test, in under a minute.

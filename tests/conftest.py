@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import ast
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -14,55 +16,103 @@ from tests.support.faultproxy import FaultProxy
 from tests.support.kuberay import Cluster, OperatorProcess, start_operator
 from tests.support.seaweed import BUCKET, RW, SeaweedS3, start_seaweed
 
-# The tests that start Ray and train or evaluate on it: they load both cores and bind the workers'
-# metrics ports (9500+). Under `make test` (pytest -n 2 --dist loadgroup) they run one after another
-# on one xdist worker while the other takes the rest (API servers, S3, charts, data, in-process
-# rendering). Module paths, or module::test for the one or two such tests of a module.
-ON_RAY = (
-    "tests/test_train.py",
-    "tests/test_elastic.py",
-    "tests/test_prometheus.py",
-    "tests/test_cli.py::test_run_on_the_embedded_default",
-    "tests/test_cli.py::test_cache_command_builds_the_latent_cache",
-    "tests/test_eval.py::test_eval_on_ray_runs_as_one_task_with_a_workers_resources",
-)
+# The tests that start Ray and train or evaluate on it (`@pytest.mark.ray`, or `pytestmark` of a module) load
+# both cores and bind the workers' metrics ports (9500+). Under `make test` (pytest -n 2 --dist loadgroup)
+# they run one after another on one xdist worker while the other takes the rest (API servers, S3, charts,
+# data, in-process rendering). xdist's scheduler runs where no test is collected and sees node ids only, so
+# it reads the marker from the test's source (`marked_ray`); collection checks that reading against the
+# markers pytest sees, so the two cannot drift.
 
 
-def on_ray(nodeid: str) -> bool:
-    return nodeid.split("[", 1)[0].startswith(ON_RAY)
+@functools.cache
+def _ray_marked(path: str) -> tuple[bool, frozenset[str]]:
+    """(the whole module, the names of the functions and classes) marked `ray` in a test file's source."""
+    tree = ast.parse(Path(path).read_text())
+
+    def is_ray(node: ast.expr) -> bool:
+        return any(
+            isinstance(n, ast.Attribute) and n.attr == "ray" and ast.unparse(n) == "pytest.mark.ray"
+            for n in ast.walk(node)
+        )
+
+    module = any(
+        isinstance(n, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in n.targets)
+        and is_ray(n.value)
+        for n in tree.body
+    )
+    marked = frozenset(
+        n.name
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef | ast.ClassDef) and any(is_ray(d) for d in n.decorator_list)
+    )
+    return module, marked
 
 
-def xdist_scope(nodeid: str) -> str:
-    """One scope for every test on Ray; each other test is its own."""
-    return "on-ray" if on_ray(nodeid) else nodeid
+def marked_ray(nodeid: str, root: Path) -> bool:
+    """Whether the test of `nodeid` (relative to the rootdir `root`) is marked `ray` in its source."""
+    path, _, rest = nodeid.partition("::")
+    name = rest.split("::", 1)[0].split("[", 1)[0]
+    module, marked = _ray_marked(str(root / path))
+    return module or name in marked
 
 
 @pytest.hookimpl(optionalhook=True)  # without xdist (-p no:xdist) pytest would call it an unknown hook
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """--dist loadgroup, grouped by `xdist_scope`. (xdist's own grouping by the xdist_group mark
+    """--dist loadgroup, the tests on Ray in one group. (xdist's own grouping by the xdist_group mark
     edits `item._nodeid`, which pytest 9 no longer reads: every test would be its own group.)"""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     class OnRayTogether(LoadScopeScheduling):  # type: ignore[misc]
-        def _split_scope(self, nodeid: str) -> str:
-            return xdist_scope(nodeid)
+        def _split_scope(self, nodeid: str) -> str:  # one scope for every test on Ray; each other its own
+            return "on-ray" if marked_ray(nodeid, config.rootpath) else nodeid
 
     return OnRayTogether(config, log)
 
 
+# What a test starts, by the fixtures that start it: `--fast` (make test-fast) leaves such tests out
+COMPONENTS = {
+    "s3_server": "SeaweedFS",
+    "apiserver": "an API server",
+    "kuberay_server": "an API server",
+    "operator_proc": "the operator",
+    "ray_local": "Ray",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="only the tests that start nothing: no Ray, SeaweedFS, API server or operator",
+    )
+
+
+def _starts_something(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return bool(item.get_closest_marker("ray") or fixtures & COMPONENTS.keys())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """No test on Ray may run beside the others: one that takes the `ray_local` fixture must be in
-    ON_RAY, and every entry must name tests (a renamed test would leave it)."""
-    unlisted = [i.nodeid for i in items if "ray_local" in getattr(i, "fixturenames", ()) and not on_ray(i.nodeid)]
-    if unlisted:
-        raise pytest.UsageError(f"tests/conftest.py ON_RAY does not name these tests on Ray: {', '.join(unlisted)}")
-    if config.args not in (["tests"], []) or config.option.keyword or config.option.markexpr:
-        return  # a chosen subset need not hold them all
-    stale = [p for p in ON_RAY if not any(i.nodeid.split("[", 1)[0].startswith(p) for i in items)]
-    if stale:
-        raise pytest.UsageError(f"tests/conftest.py ON_RAY names no collected test: {', '.join(stale)}")
+    """A test that takes the `ray_local` fixture must be marked `ray`; the scheduler's reading of the
+    marker (`marked_ray`) must be what pytest sees."""
+    unmarked = [
+        i.nodeid for i in items if "ray_local" in getattr(i, "fixturenames", ()) and not i.get_closest_marker("ray")
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"these tests start Ray; mark them @pytest.mark.ray: {', '.join(unmarked)}")
+    misread = [i.nodeid for i in items if bool(i.get_closest_marker("ray")) != marked_ray(i.nodeid, config.rootpath)]
+    if misread:
+        raise pytest.UsageError(
+            "tests/conftest.py marked_ray reads these tests' ray marker wrongly (mark the test function or"
+            f" the module's pytestmark): {', '.join(misread)}"
+        )
+    if config.getoption("fast"):
+        slow = [i for i in items if _starts_something(i)]
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [i for i in items if not _starts_something(i)]
 
 
 @pytest.fixture(scope="session", autouse=True)

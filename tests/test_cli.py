@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent / "disney-train"
 
 
@@ -16,6 +18,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     return subprocess.run([str(BIN), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
+@pytest.mark.ray
 def test_run_on_the_embedded_default(tmp_path: Path) -> None:
     res = run("run", "--workdir", str(tmp_path / "w"))
     assert res.returncode == 0, res.stderr
@@ -96,6 +99,7 @@ def test_inspect_of_a_foreign_manifest_is_one_clear_line(tmp_path: Path) -> None
     assert res.returncode == 1 and "not a disney-train manifest" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.ray
 def test_cache_command_builds_the_latent_cache(tiny_t2v: Path, packed: Path, tmp_path: Path) -> None:
     from disney_train.config import dump_config
     from tests.support.training import train_config

@@ -17,7 +17,7 @@ from disney_train.train.checkpoint import CheckpointStore
 from disney_train.train.launch import LOCAL_ENV, launch
 from tests.support.training import train_config
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 # Paced at 0.2 s a step until the shrink (step ~50 here: each resize goes back to a checkpoint),
 # then the rest at full speed; four times that, so that the run cannot end before the test has

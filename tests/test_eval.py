@@ -252,6 +252,7 @@ def test_image_to_video_evaluation(
     assert len(results.videos) == 2 and str(image) in (run / "report.html").read_text()  # its text, unescaped
 
 
+@pytest.mark.ray
 def test_eval_on_ray_runs_as_one_task_with_a_workers_resources(
     run_setup: tuple[Path, list[str]], s3: S3Options, s3_uri: str
 ) -> None:

@@ -21,6 +21,8 @@ from disney_train.metrics.prometheus import LocalPrometheus, PrometheusError
 from tests.support.promql import GPU_ONLY, RULES, concrete, dashboard_exprs, rule_exprs
 from tests.support.seaweed import consecutive_free_ports, free_ports
 
+pytestmark = pytest.mark.ray
+
 RUN = "prom-run"
 STEPS = 240  # 2 workers, 2 clips each, batch 1: 2 steps an epoch
 KILL_AFTER = 101  # rank 1 SIGKILLed right after this step: Ray restarts the group from step 100

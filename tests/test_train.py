@@ -30,7 +30,7 @@ from disney_train.train.schedule import lr_factor
 from tests.support.raywatch import ListenWatch
 from tests.support.training import build_cache, train_config
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
