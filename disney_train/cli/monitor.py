@@ -15,9 +15,8 @@ from disney_train.cli.common import (
     fail,
     guard,
 )
-from disney_train.cli.train import EmbeddedConfigOpt, WorkdirOpt, run
+from disney_train.cli.train import EmbeddedConfigOpt, WorkdirOpt, embedded_config, run_embedded
 from disney_train.config import (
-    absolute_uris,
     embedded_default,
     load_config,
     parse_overrides,
@@ -67,7 +66,7 @@ def monitor(
     if not any(o.split("=", 1)[0].strip() == "name" for o in overrides):
         base = guard(lambda: load_config(config or embedded_default(), parse_overrides(overrides))).name
         overrides.append(f"name={base[:40]}-{time.strftime('%Y%m%d-%H%M%S')}")
-    cfg = guard(lambda: absolute_uris(load_config(config or embedded_default(), parse_overrides(overrides)), workdir))
+    cfg = embedded_config(workdir, config, overrides)
     if not cfg.metrics.port:
         fail("metrics.port is 0: the workers serve no metrics to monitor")
     rule_files = [rules] if rules is not None else [RULES] if RULES.is_file() else []
@@ -90,7 +89,7 @@ def monitor(
             soft_wrap=True,
         )
         t0 = time.time()
-        run(workdir=workdir, config=config, set_=overrides)
+        run_embedded(workdir, cfg)
         t1 = time.time()
         series = prom.query_range(loss, t0, t1, max(1.0, (t1 - t0) / 1000))
         if not series:

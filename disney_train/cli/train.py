@@ -149,56 +149,33 @@ WorkdirOpt = Annotated[Path, typer.Option(help="Where the embedded default write
 EmbeddedConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run configuration; default: embedded.")]
 
 
-@app.command("run")
-def run(
-    workdir: WorkdirOpt = Path(".run"),
-    config: EmbeddedConfigOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """The main job on the embedded default: sample -> pack -> tiny model -> cache -> train -> LoRA -> evaluation."""
-    from disney_train.data.pack import PackOptions, pack
-    from disney_train.data.sample import write_sample
+def run_embedded(workdir: Path, cfg: RunConfig) -> None:
+    """The embedded default end to end (`run`, and `monitor` around it): sample -> pack -> tiny model ->
+    cache -> train -> LoRA -> evaluation, the stages shown one by one."""
+    from disney_train import pipeline
     from disney_train.data.summary import print_summary
-    from disney_train.model.tiny import write_tiny_model
+    from disney_train.train.launch import RunFinishedError
 
     quiet = not logging.getLogger().isEnabledFor(logging.INFO)  # the root callback's --verbose
     if quiet:
         quiet_libraries()
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg_path = config or embedded_default()
-    cfg = guard(lambda: absolute_uris(load_config(cfg_path, parse_overrides(set_)), workdir))
     t0 = time.perf_counter()
-    src = workdir / "sample"
     console.rule("[bold]1. sample dataset")
-    write_sample(src)
+    src = pipeline.write_sample_dataset(workdir)
     console.print(f"{src}: 4 clips cut from Big Buck Bunny (CC-BY)")
     console.rule("[bold]2. pack")
     with progress_bar() as progress:
-        report = guard(
-            lambda: pack(
-                src,
-                cfg.data.uri,
-                PackOptions(min_frames=cfg.data.num_frames, shard_bytes=512 * 1024),
-                cfg.s3,
-                progress,
-            )
-        )
+        report = guard(lambda: pipeline.pack_sample(src, cfg, progress))
     console.print(f"{report.dest}: {len(report.uploaded)} shard(s) written, {len(report.skipped)} already there")
     print_summary(report.manifest, report.dest, console)
     console.rule("[bold]3. tiny model")
-    model = Path(cfg.model.uri)
-    if not cfg.model.uri.startswith("s3://") and not (model / "model_index.json").is_file():
-        write_tiny_model(model, cfg.model.variant)
+    pipeline.tiny_model_if_missing(cfg)
     console.print(f"{cfg.model.uri}: CogVideoX ({cfg.model.variant}) with tiny random weights")
-    clip = cfg.evaluation.clip_uri if cfg.evaluation else None
-    if clip is not None and not clip.startswith("s3://") and not (Path(clip) / "config.json").is_file():
-        from disney_train.model.tiny_clip import write_tiny_clip
-
-        write_tiny_clip(Path(clip))
-        console.print(f"{clip}: CLIP with tiny random weights (the evaluation's)")
+    if pipeline.tiny_clip_if_missing(cfg):
+        console.print(
+            f"{cfg.evaluation.clip_uri if cfg.evaluation else ''}: CLIP with tiny random weights (the evaluation's)"
+        )
     console.rule("[bold]4. latent cache and training")
-    from disney_train.train.launch import RunFinishedError
-
     try:
         guard(lambda: _train(cfg, None, quiet=quiet))
     except RunFinishedError as err:
@@ -208,3 +185,19 @@ def run(
         evaluate_once(cfg)
     console.print(f"dataset     {src} -> {report.dest}", soft_wrap=True, highlight=False)
     console.print(f"took        {time.perf_counter() - t0:.0f} s")
+
+
+def embedded_config(workdir: Path, config: Path | None, overrides: list[str] | None) -> RunConfig:
+    """The run's configuration (the embedded default unless `config`), its local URIs under `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return guard(lambda: absolute_uris(load_config(config or embedded_default(), parse_overrides(overrides)), workdir))
+
+
+@app.command("run")
+def run(
+    workdir: WorkdirOpt = Path(".run"),
+    config: EmbeddedConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """The main job on the embedded default: sample -> pack -> tiny model -> cache -> train -> LoRA -> evaluation."""
+    run_embedded(workdir, embedded_config(workdir, config, set_))

@@ -1,0 +1,55 @@
+"""The embedded default's inputs, made on this machine: what `disney-train run` (`make run`) and `monitor`
+train on with no dataset, model or cluster of the user's.
+
+The sample dataset (4 clips cut from Big Buck Bunny, CC-BY) packed into the run's data URI, and a tiny
+random-weight CogVideoX (and CLIP, for the evaluation) where the configuration names local folders that
+hold none. Then the CLI trains (`disney_train.train.launch`) and evaluates
+(`disney_train.eval.evaluate`) as for any run; the console is the CLI's, not this module's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.progress import Progress
+
+from disney_train.config import RunConfig
+from disney_train.data.pack import PackOptions, PackReport, pack
+from disney_train.data.sample import write_sample
+from disney_train.model.tiny import write_tiny_model
+from disney_train.model.tiny_clip import write_tiny_clip
+
+SAMPLE_SHARD_BYTES = 512 * 1024  # the sample's 4 clips in a few shards, so the reader's sharding is exercised
+
+
+def write_sample_dataset(workdir: Path) -> Path:
+    """The sample dataset in the Disney Video Generation Dataset's layout, under `workdir/sample`."""
+    src = workdir / "sample"
+    write_sample(src)
+    return src
+
+
+def pack_sample(src: Path, cfg: RunConfig, progress: Progress | None = None) -> PackReport:
+    """The sample packed into `cfg.data.uri` (shards already there are kept)."""
+    options = PackOptions(min_frames=cfg.data.num_frames, shard_bytes=SAMPLE_SHARD_BYTES)
+    return pack(src, cfg.data.uri, options, cfg.s3, progress)
+
+
+def tiny_model_if_missing(cfg: RunConfig) -> bool:
+    """A tiny random-weight CogVideoX of the configuration's variant in its local model folder, unless one is
+    there or the model is in S3; whether it wrote one."""
+    folder = Path(cfg.model.uri)
+    if cfg.model.uri.startswith("s3://") or (folder / "model_index.json").is_file():
+        return False
+    write_tiny_model(folder, cfg.model.variant)
+    return True
+
+
+def tiny_clip_if_missing(cfg: RunConfig) -> bool:
+    """A tiny random-weight CLIP in the evaluation's local CLIP folder, unless one is there (or none is
+    named, or it is in S3); whether it wrote one."""
+    clip = cfg.evaluation.clip_uri if cfg.evaluation else None
+    if clip is None or clip.startswith("s3://") or (Path(clip) / "config.json").is_file():
+        return False
+    write_tiny_clip(Path(clip))
+    return True
