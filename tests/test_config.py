@@ -91,6 +91,34 @@ def test_config_imports_without_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+HEAVY = ("torch", "ray", "diffusers", "deepspeed", "transformers", "torchvision", "accelerate", "peft")
+
+
+def test_the_operator_imports_and_plans_where_no_heavy_module_can_be_imported() -> None:
+    """The operator image has no torch, Ray or diffusers: every operator module imports, and the CLI answers,
+    where importing them fails (as it would there), not only where they happen not to be imported."""
+    import subprocess
+    import sys
+
+    code = f"""
+import importlib.abc, pkgutil, sys
+class NoHeavy(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {HEAVY!r}:
+            raise ImportError(f"{{name}}: not in the operator's image")
+sys.meta_path.insert(0, NoHeavy())
+import disney_operator
+for info in pkgutil.walk_packages(disney_operator.__path__, "disney_operator."):
+    importlib.import_module(info.name)
+from disney_operator.cli import main
+sys.argv = ["disney-train-operator", "crd"]
+main()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "kind: CustomResourceDefinition" in out.stdout
+
+
 def test_yaml_errors_never_echo_the_text(tmp_path: Path) -> None:
     path = write(tmp_path, 's3: {endpoint_url: x, aws_secret_access_key: "SUPERSECRET", ]\n')
     with pytest.raises(ConfigError) as err:
