@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from kubernetes.client.rest import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 
 from disney_operator.controller import Controller
 from disney_operator.kube import Kube
@@ -23,7 +25,7 @@ from disney_operator.status import rfc3339
 from disney_train.config import S3Options
 from disney_train.runs import RunFiles
 from tests.support.apiserver import ApiServer, api_client, eventually, stub_events
-from tests.support.kuberay import Cluster, OperatorProcess, start_operator
+from tests.support.kuberay import RESYNC_SECONDS, Cluster, OperatorProcess, start_operator
 from tests.support.seaweed import BUCKET, RW, SeaweedS3
 
 
@@ -391,3 +393,34 @@ def _config_map_or_none(cluster: Cluster, ns: str, rj: dict[str, Any]) -> dict[s
         return cluster.config_map(ns, rj)
     except ApiException:
         return None
+
+
+def test_a_running_runs_configmap_is_written_once_a_resync_not_at_every_rayjob_event(
+    operator_proc: OperatorProcess, cluster: Cluster, ns: str, spec: dict[str, Any]
+) -> None:
+    """Each RayJob event brings a reconcile; re-applying the run's ConfigMap and NetworkPolicy at each was two
+    API writes per run per event (KubeRay moves a RayJob's status often, on a cluster of many runs). Counted
+    by the operator's own `disney_operator_api_writes_total`, every other running VideoFineTune's resyncs
+    allowed for."""
+    rj, _ = running(cluster, ns, "quiet", spec)
+    events = 30
+
+    def config_map_writes() -> float:
+        text = urllib.request.urlopen(f"http://{operator_proc.metrics}/metrics", timeout=10).read().decode()
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "disney_operator_api_writes_total" and s.labels.get("resource") == "configmaps"
+        )
+
+    before, t0 = config_map_writes(), time.monotonic()
+    for i in range(events):
+        cluster.set_rayjob_status(ns, rj["metadata"]["name"], message=f"event {i}")
+        time.sleep(0.05)
+    time.sleep(1.0)  # the last events reconciled
+    written, elapsed = config_map_writes() - before, time.monotonic() - t0
+    vfts = cluster.custom.list_cluster_custom_object("disneytrain.dev", "v1alpha1", "videofinetunes")["items"]
+    runs = sum(1 for v in vfts if (v.get("status") or {}).get("phase") == "Running")
+    resyncs = elapsed / RESYNC_SECONDS + 1
+    assert written <= runs * resyncs < events, f"{written:.0f} ConfigMap writes in {elapsed:.1f} s, {runs} running"

@@ -177,6 +177,9 @@ class Cluster:
         )
 
 
+RESYNC_SECONDS = 1  # the tests' operator reconciles every VideoFineTune this often
+
+
 @dataclass
 class OperatorProcess:
     proc: subprocess.Popen[bytes]
@@ -209,7 +212,7 @@ def start_operator(
         args += ["--namespace", ns]
     full_env = {
         "KUBECONFIG": str(server.kubeconfig),
-        "DISNEY_OPERATOR_RESYNC_SECONDS": "1",
+        "DISNEY_OPERATOR_RESYNC_SECONDS": str(RESYNC_SECONDS),
         "DISNEY_OPERATOR_PROGRESS_SECONDS": "0.5",
         "DISNEY_OPERATOR_METRICS_ADDRESS": "127.0.0.1",
         "DISNEY_OPERATOR_METRICS_PORT": str(metrics_port),
