@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the types only: diffusers, transformers and torch load when a component does
+    import torch
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
+    from transformers import PreTrainedTokenizerBase, T5EncoderModel
 
 
 def component_config(path: Path, part: str) -> dict[str, Any]:
@@ -19,7 +24,9 @@ def max_text_length(path: Path) -> int:
     return int(component_config(path, "transformer")["max_text_seq_length"])
 
 
-def load_transformer(path: Path, dtype: Any = None, device: Any = "cpu") -> Any:
+def load_transformer(
+    path: Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+) -> CogVideoXTransformer3DModel:
     import torch
     from diffusers import CogVideoXTransformer3DModel
 
@@ -28,13 +35,15 @@ def load_transformer(path: Path, dtype: Any = None, device: Any = "cpu") -> Any:
     ).to(device)
 
 
-def load_scheduler(path: Path) -> Any:
+def load_scheduler(path: Path) -> CogVideoXDPMScheduler:
     from diffusers import CogVideoXDPMScheduler
 
     return CogVideoXDPMScheduler.from_pretrained(str(path), subfolder="scheduler")
 
 
-def load_encoders(path: Path, dtype: Any = None, device: Any = "cpu") -> tuple[Any, Any, Any]:
+def load_encoders(
+    path: Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+) -> tuple[AutoencoderKLCogVideoX, T5EncoderModel, PreTrainedTokenizerBase]:
     """(vae, text_encoder, tokenizer): the frozen parts the cache stage and generation run."""
     import torch
     from diffusers import AutoencoderKLCogVideoX

@@ -35,13 +35,17 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
 from disney_train.config import RunConfig, TrainOptions
 from disney_train.model import load
 from disney_train.model.encode import encode_prompts, encode_video_dist, rotary_embeddings, sample_latents
+
+if TYPE_CHECKING:  # the types only (diffusers and transformers load with the components)
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
+    from transformers import PreTrainedTokenizerBase, T5EncoderModel
 
 Task = Literal["t2v", "i2v"]
 Generation = Literal["1.0", "1.5"]
@@ -71,9 +75,9 @@ class ImageRecipe:
 class Encoders:
     """The frozen parts: what the cache stage (or, without the cache, every step) runs."""
 
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
+    vae: AutoencoderKLCogVideoX
+    text_encoder: T5EncoderModel
+    tokenizer: PreTrainedTokenizerBase
     max_text_length: int
 
 
@@ -87,7 +91,7 @@ class CogVideoXSpec:
     input_latents: ClassVar[int] = 1  # latent-sized tensors on the transformer's input channels
     transformer_config: Any  # the transformer's config (attribute access)
     vae_config: Any
-    scheduler: Any  # CogVideoXDPMScheduler: add_noise, get_velocity, alphas_cumprod
+    scheduler: CogVideoXDPMScheduler  # add_noise, get_velocity, alphas_cumprod
     image: ImageRecipe = ImageRecipe()
 
     # ------------------------------------------------------------------ what the model is
@@ -329,7 +333,7 @@ def run_spec(cfg: RunConfig, path: Path) -> CogVideoXSpec:
     return spec_for(path, cfg.model.variant, image_recipe(cfg.train))
 
 
-def frozen_encoders(path: Path, dtype: Any = None, device: Any = "cpu") -> Encoders:
+def frozen_encoders(path: Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> Encoders:
     vae, text_encoder, tokenizer = load.load_encoders(path, dtype, device)
     return Encoders(vae, text_encoder, tokenizer, load.max_text_length(path))
 
@@ -349,17 +353,17 @@ def spec_for(path: Path, task: Task, image: ImageRecipe | None = None) -> CogVid
 
 @dataclass
 class CogVideoXComponents:
-    transformer: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler: Any
+    transformer: CogVideoXTransformer3DModel
+    vae: AutoencoderKLCogVideoX
+    text_encoder: T5EncoderModel
+    tokenizer: PreTrainedTokenizerBase
+    scheduler: CogVideoXDPMScheduler
     variant: Literal["t2v", "i2v"]
     path: Path
 
 
 def load_components(
-    path: Path, variant: Literal["t2v", "i2v"], dtype: Any = None, device: Any = "cpu"
+    path: Path, variant: Literal["t2v", "i2v"], dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
 ) -> CogVideoXComponents:
     check_task(path, variant)
     vae, text_encoder, tokenizer = load.load_encoders(path, dtype, device)
