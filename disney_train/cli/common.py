@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -209,3 +210,9 @@ def quiet_libraries() -> None:
         os.environ.setdefault(key, value)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
+    import torch
+
+    if not torch.cuda.is_available():  # DeepSpeed's CPU, named: its guess warns "unable to detect" a GPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # Ray's notice that the local cluster's token authentication is on (it stays on)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
