@@ -43,7 +43,7 @@ EVAL_ENTRYPOINT = f"{ENTRYPOINT} --evaluate"
 DASHBOARD_PORT = 8265  # the job API: KubeRay's submitter and operator ask it, with the run's token
 # How often Ray Train looks for room to grow an elastic run's group (a read of the cluster's resources):
 # Ray's 60 s would be most of a `kubectl scale`'s latency once the new pod is up.
-RESIZE_CHECK_SECONDS = 10
+RESIZE_CHECK_SECONDS = 5  # a cluster-resources read: cheap next to a worker that waits
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
