@@ -11,7 +11,7 @@ import torch
 
 from disney_train.config import DataConfig, S3Options
 from disney_train.data.pack import PackOptions, pack
-from disney_train.data.reader import DataError, TrainingClips
+from disney_train.data.reader import DataError, TrainingClips, read_ahead
 from disney_train.data.sample import SEGMENTS
 from disney_train.media import encode_clip
 
@@ -218,3 +218,40 @@ def test_even_ranks_give_every_rank_the_same_count(packed12: str, s3: S3Options)
 def test_no_manifest(s3: S3Options, s3_uri: str) -> None:
     with pytest.raises(DataError, match="no manifest"):
         TrainingClips(DataConfig(uri=s3_uri, **SMALL), seed=0, s3=s3)
+
+
+class _Entries(torch.utils.data.Dataset[dict[str, object]]):
+    """Cache-entry-like items; records which indices were read, and fails at `bad`."""
+
+    def __init__(self, n: int, bad: int | None = None) -> None:
+        self.n, self.bad = n, bad
+        self.read: list[int] = []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        self.read.append(i)
+        if i == self.bad:
+            raise DataError(f"entry {i} is corrupt")
+        return {"key": f"clip-{i}", "latents": torch.full((2, 3), float(i))}
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 2, 3])
+def test_read_ahead_gives_what_a_dataloader_gives(batch_size: int | None) -> None:
+    indices = [4, 0, 3, 1, 2, 6, 5]
+    ours = list(read_ahead(_Entries(7), indices, batch_size, depth=2))
+    theirs = list(torch.utils.data.DataLoader(_Entries(7), sampler=indices, batch_size=batch_size))
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["key"] == b["key"] and torch.equal(a["latents"], b["latents"])
+
+
+def test_read_ahead_reads_at_most_depth_ahead_and_raises_where_the_bad_item_comes() -> None:
+    entries = _Entries(6, bad=3)
+    items = read_ahead(entries, list(range(6)), None, depth=2)
+    assert next(items)["key"] == "clip-0"
+    assert len(entries.read) <= 3  # the item taken and at most 2 ahead
+    assert [next(items)["key"], next(items)["key"]] == ["clip-1", "clip-2"]
+    with pytest.raises(DataError, match="entry 3 is corrupt"):
+        next(items)

@@ -204,6 +204,39 @@ class ClipDataset(Dataset[Sample]):
         return sample
 
 
+PREFETCH = 2  # items read ahead of the step
+
+
+def read_ahead(dataset: Dataset[Sample], indices: list[int], batch_size: int | None, depth: int) -> Iterator[Sample]:
+    """`dataset[i]` for `indices` in order, `depth` reads ahead on a thread; batched and collated as a
+    DataLoader with `batch_size` would (None: the items themselves). A read's error is raised where its
+    item would have come."""
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from torch.utils.data import default_collate
+
+    step = batch_size or 1
+    groups = iter([indices[k : k + step] for k in range(0, len(indices), step)])
+
+    def read(group: list[int]) -> Sample:
+        items = [dataset[i] for i in group]
+        collated: Sample = items[0] if batch_size is None else default_collate(items)
+        return collated
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        pending: deque[Future[Sample]] = deque(pool.submit(read, g) for g in itertools.islice(groups, depth))
+        try:
+            while pending:
+                head = pending.popleft()
+                if (group := next(groups, None)) is not None:
+                    pending.append(pool.submit(read, group))
+                yield head.result()
+        finally:  # the consumer stopped early: the reads not started are not made
+            for f in pending:
+                f.cancel()
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -306,33 +339,37 @@ class TrainingClips:
         n = len(self.indices())
         return n if self.batch_size is None else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[Sample]:
-        st = self._state
-        indices = self.indices()
-        workers = self.cfg.decode_workers
-        dataset: Dataset[Sample]
+    def _items(self, indices: list[int], epoch: int) -> Iterator[Sample]:
+        """This epoch's items (batches when batch_size is set): a cached source's entries read ahead by a
+        thread in this process (one GET and a tensor load each: a DataLoader worker process, started anew
+        every epoch, cost more than the read); clips decoded by DataLoader worker processes."""
         if self.source is not None:
-            dataset, workers = self.source, min(workers, 1)  # a cache read is one GET, no decoding
-        else:
-            dataset = ClipDataset(
-                self.store,
-                self.manifest,
-                self.cfg,
-                seed=self.seed,
-                epoch=st.epoch,
-                with_image=self.with_image,
-                decode_threads=max(1, len(os.sched_getaffinity(0)) // max(1, workers)),
-            )
+            return read_ahead(self.source, indices, self.batch_size, depth=PREFETCH)
+        workers = self.cfg.decode_workers
+        dataset = ClipDataset(
+            self.store,
+            self.manifest,
+            self.cfg,
+            seed=self.seed,
+            epoch=epoch,
+            with_image=self.with_image,
+            decode_threads=max(1, len(os.sched_getaffinity(0)) // max(1, workers)),
+        )
         loader: DataLoader[Sample] = DataLoader(
             dataset,
             sampler=indices,
             batch_size=self.batch_size,
             num_workers=workers,
             worker_init_fn=_worker_init if workers else None,
-            prefetch_factor=2 if workers else None,
+            prefetch_factor=PREFETCH if workers else None,
         )
+        return iter(loader)
+
+    def __iter__(self) -> Iterator[Sample]:
+        st = self._state
+        indices = self.indices()
         taken = 0
-        for item in loader:
+        for item in self._items(indices, st.epoch):
             taken += len(item["key"]) if self.batch_size is not None else 1
             if taken >= len(indices):  # the epoch's last item: the epoch is done once it is used
                 self._state = ReaderState(st.epoch + 1, 0)
