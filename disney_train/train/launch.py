@@ -78,6 +78,10 @@ LOCAL_ENV = {
     "GLOO_SOCKET_IFNAME": "lo",  # gloo's data connections stay on loopback
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # a report() waits for the controller's poll
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    # no idle Python workers started ahead (one per CPU): a local run starts the few it uses (the Train
+    # controller and its workers); measured on make run: 8 worker processes instead of 10, ~1 s sooner
+    "RAY_enable_worker_prestart": "0",
+    "RAY_prestart_worker_first_driver": "0",
 }
 
 
