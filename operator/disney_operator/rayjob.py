@@ -279,30 +279,93 @@ def desired_rayjob(
 def _rayjob(
     vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt: int, settings: Settings, cfg: RunConfig, job: str
 ) -> dict[str, Any]:
+    """The RayJob of one attempt: its Ray cluster (`_cluster_spec`), the command that trains, owned by the
+    VideoFineTune; annotated with the digest of what it was built from."""
     meta = vft["metadata"]
-    name, namespace = meta["name"], meta["namespace"]
-    rng = worker_range(spec)
-    res = spec.workers.resources
-    image = spec.image or settings.image
-    env = _pod_env(spec)
-    common = labels(name, attempt)
+    body: dict[str, Any] = {
+        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
+        "kind": "RayJob",
+        "metadata": {
+            "name": job,
+            "namespace": meta["namespace"],
+            "labels": labels(meta["name"], attempt),
+            "ownerReferences": _owned_by(meta),
+        },
+        "spec": {
+            "entrypoint": ENTRYPOINT if cfg.evaluation is None else EVAL_ENTRYPOINT,
+            "submissionMode": "K8sJobMode",
+            "shutdownAfterJobFinishes": True,  # also what KubeRay requires to suspend a RayJob
+            "ttlSecondsAfterFinished": settings.cluster_ttl_seconds,
+            "backoffLimit": 0,  # retries are ours: each one a new RayJob resuming from the checkpoint
+            "suspend": spec.suspend,
+            "rayClusterSpec": _cluster_spec(meta["name"], spec, attempt, settings, cfg, job),
+        },
+    }
+    body["metadata"]["annotations"] = {ANNOTATION_TEMPLATE: _digest(body)[:16]}
+    return body
 
+
+def _cluster_spec(
+    name: str, spec: api.VideoFineTuneSpec, attempt: int, settings: Settings, cfg: RunConfig, job: str
+) -> dict[str, Any]:
+    """The Ray cluster: a head that trains nothing, one worker group in the elastic range, token auth and
+    the in-tree autoscaler (what `kubectl scale` moves)."""
+    rng = worker_range(spec)
+    gpus = spec.workers.resources.gpus
+    common = labels(name, attempt)
+    head_pod, worker_pod = _head_pod(spec, settings, job), _worker_pod(spec, settings, cfg)
+    if settings.image_pull_secrets:
+        pulls = [{"name": secret} for secret in settings.image_pull_secrets]
+        head_pod["imagePullSecrets"] = worker_pod["imagePullSecrets"] = pulls
+    return {
+        "rayVersion": settings.ray_version,
+        # Ray's token authentication (KubeRay >= 1.5.1, Ray >= 2.52): KubeRay makes a random token in a
+        # Secret per Ray cluster and gives it to every Ray container and to its job submitter; a
+        # request to the head's GCS, dashboard or job API without it is refused.
+        "authOptions": {"mode": "token"},
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": 60},
+        "headGroupSpec": {
+            # the head trains nothing: no CPUs for tasks, so Ray Train's workers land on GPU pods
+            # the dashboard (the job API) on the pod's address: KubeRay's submitter and operator reach it
+            # there, with the token
+            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+            "template": {"metadata": {"labels": {**common, LABEL_ROLE: "head"}}, "spec": head_pod},
+        },
+        "workerGroupSpecs": [
+            {
+                "groupName": WORKER_GROUP,
+                "replicas": spec.workers.replicas,
+                "minReplicas": rng.group_min,
+                "maxReplicas": rng.group_max,
+                # said outright: KubeRay only counts GPUs of resources named "*gpu" (not MIG slices)
+                "rayStartParams": {"num-gpus": str(gpus)} if gpus else {},
+                "template": {"metadata": {"labels": {**common, LABEL_ROLE: "worker"}}, "spec": worker_pod},
+            }
+        ],
+    }
+
+
+def _worker_pod(spec: api.VideoFineTuneSpec, settings: Settings, cfg: RunConfig) -> dict[str, Any]:
+    """A worker's pod: the trainer image with the resources asked (limits = requests), /dev/shm in memory,
+    a metrics port per worker it holds, on the GPU pool when it has GPUs; locked down."""
+    res = spec.workers.resources
     worker_resources: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
     if res.gpus:
         worker_resources[res.gpuResource] = str(res.gpus)
-    worker_pod: dict[str, Any] = {
+    pod: dict[str, Any] = {
         "restartPolicy": "Never",  # the Ray autoscaler (v2) replaces failed workers itself
         "automountServiceAccountToken": False,  # workers never talk to the API server
         "containers": [
             {
                 "name": "ray-worker",
-                "image": image,
+                "image": spec.image or settings.image,
                 "resources": {"requests": worker_resources, "limits": worker_resources},
-                "env": env,
+                "env": _pod_env(spec),
                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
                 "ports": [
                     {"name": f"metrics-{i}", "containerPort": port}
-                    for i, port in enumerate(_metrics_ports(cfg, rng.per_pod))
+                    for i, port in enumerate(_metrics_ports(cfg, worker_range(spec).per_pod))
                 ],
             }
         ],
@@ -315,6 +378,12 @@ def _rayjob(
             None,
         ),
     }
+    _locked_down(pod, settings.trainer_uid)
+    return pod
+
+
+def _head_pod(spec: api.VideoFineTuneSpec, settings: Settings, job: str) -> dict[str, Any]:
+    """The head's pod: the run's ConfigMap mounted, Ray's ports, on the head's pool; locked down."""
     # The head trains nothing (num-cpus 0): its CPU is a request, not a limit, since a limit only throttles
     # the GCS, the dashboard and the job's driver (a head held to a small request misses Ray's own start-up
     # timeouts, and KubeRay replaces it again and again). Its memory is capped as asked.
@@ -322,13 +391,13 @@ def _rayjob(
         "requests": {"cpu": spec.head.resources.cpu, "memory": spec.head.resources.memory},
         "limits": {"memory": spec.head.resources.memory},
     }
-    head_pod: dict[str, Any] = {
+    pod: dict[str, Any] = {
         "containers": [
             {
                 "name": "ray-head",
-                "image": image,
+                "image": spec.image or settings.image,
                 "resources": head_res,
-                "env": env,
+                "env": _pod_env(spec),
                 "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}],
                 "ports": [
                     {"name": "gcs", "containerPort": 6379},
@@ -340,58 +409,8 @@ def _rayjob(
         "volumes": [{"name": CONFIG_VOLUME, "configMap": {"name": job}}],
         **_placement(spec.head.placement, settings.head_node_selector, [], settings.head_affinity),
     }
-    _locked_down(worker_pod, settings.trainer_uid)
-    _locked_down(head_pod, settings.trainer_uid)  # (its token stays: the autoscaler beside it scales the group)
-    if settings.image_pull_secrets:
-        pulls = [{"name": secret} for secret in settings.image_pull_secrets]
-        head_pod["imagePullSecrets"] = worker_pod["imagePullSecrets"] = pulls
-    body: dict[str, Any] = {
-        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
-        "kind": "RayJob",
-        "metadata": {
-            "name": job,
-            "namespace": namespace,
-            "labels": common,
-            "ownerReferences": _owned_by(meta),
-        },
-        "spec": {
-            "entrypoint": ENTRYPOINT if cfg.evaluation is None else EVAL_ENTRYPOINT,
-            "submissionMode": "K8sJobMode",
-            "shutdownAfterJobFinishes": True,  # also what KubeRay requires to suspend a RayJob
-            "ttlSecondsAfterFinished": settings.cluster_ttl_seconds,
-            "backoffLimit": 0,  # retries are ours: each one a new RayJob resuming from the checkpoint
-            "suspend": spec.suspend,
-            "rayClusterSpec": {
-                "rayVersion": settings.ray_version,
-                # Ray's token authentication (KubeRay >= 1.5.1, Ray >= 2.52): KubeRay makes a random token in a
-                # Secret per Ray cluster and gives it to every Ray container and to its job submitter; a
-                # request to the head's GCS, dashboard or job API without it is refused.
-                "authOptions": {"mode": "token"},
-                "enableInTreeAutoscaling": True,
-                "autoscalerOptions": {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": 60},
-                "headGroupSpec": {
-                    # the head trains nothing: no CPUs for tasks, so Ray Train's workers land on GPU pods
-                    # the dashboard (the job API) on the pod's address: KubeRay's submitter and operator reach it
-                    # there, with the token
-                    "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                    "template": {"metadata": {"labels": {**common, LABEL_ROLE: "head"}}, "spec": head_pod},
-                },
-                "workerGroupSpecs": [
-                    {
-                        "groupName": WORKER_GROUP,
-                        "replicas": spec.workers.replicas,
-                        "minReplicas": rng.group_min,
-                        "maxReplicas": rng.group_max,
-                        # said outright: KubeRay only counts GPUs of resources named "*gpu" (not MIG slices)
-                        "rayStartParams": {"num-gpus": str(res.gpus)} if res.gpus else {},
-                        "template": {"metadata": {"labels": {**common, LABEL_ROLE: "worker"}}, "spec": worker_pod},
-                    }
-                ],
-            },
-        },
-    }
-    body["metadata"]["annotations"] = {ANNOTATION_TEMPLATE: _digest(body)[:16]}
-    return body
+    _locked_down(pod, settings.trainer_uid)  # (its token stays: the autoscaler beside it scales the group)
+    return pod
 
 
 def _owned_by(meta: dict[str, Any]) -> list[dict[str, Any]]:
