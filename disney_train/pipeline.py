@@ -18,6 +18,7 @@ from disney_train.data.pack import PackOptions, PackReport, pack
 from disney_train.data.sample import write_sample
 from disney_train.model.tiny import write_tiny_model
 from disney_train.model.tiny_clip import write_tiny_clip
+from disney_train.storage import is_s3
 
 SAMPLE_SHARD_BYTES = 512 * 1024  # the sample's 4 clips in a few shards, so the reader's sharding is exercised
 
@@ -39,7 +40,7 @@ def tiny_model_if_missing(cfg: RunConfig) -> bool:
     """A tiny random-weight CogVideoX of the configuration's variant in its local model folder, unless one is
     there or the model is in S3; whether it wrote one."""
     folder = Path(cfg.model.uri)
-    if cfg.model.uri.startswith("s3://") or (folder / "model_index.json").is_file():
+    if is_s3(cfg.model.uri) or (folder / "model_index.json").is_file():
         return False
     write_tiny_model(folder, cfg.model.variant)
     return True
@@ -49,7 +50,7 @@ def tiny_clip_if_missing(cfg: RunConfig) -> bool:
     """A tiny random-weight CLIP in the evaluation's local CLIP folder, unless one is there (or none is
     named, or it is in S3); whether it wrote one."""
     clip = cfg.evaluation.clip_uri if cfg.evaluation else None
-    if clip is None or clip.startswith("s3://") or (Path(clip) / "config.json").is_file():
+    if clip is None or is_s3(clip) or (Path(clip) / "config.json").is_file():
         return False
     write_tiny_clip(Path(clip))
     return True

@@ -313,7 +313,8 @@ def _cluster_spec(
     rng = worker_range(spec)
     gpus = spec.workers.resources.gpus
     common = labels(name, attempt)
-    head_pod, worker_pod = _head_pod(spec, settings, job), _worker_pod(spec, settings, cfg)
+    env = _pod_env(spec)
+    head_pod, worker_pod = _head_pod(spec, settings, job, env), _worker_pod(spec, settings, cfg, env, rng.per_pod)
     if settings.image_pull_secrets:
         pulls = [{"name": secret} for secret in settings.image_pull_secrets]
         head_pod["imagePullSecrets"] = worker_pod["imagePullSecrets"] = pulls
@@ -346,7 +347,9 @@ def _cluster_spec(
     }
 
 
-def _worker_pod(spec: api.VideoFineTuneSpec, settings: Settings, cfg: RunConfig) -> dict[str, Any]:
+def _worker_pod(
+    spec: api.VideoFineTuneSpec, settings: Settings, cfg: RunConfig, env: list[dict[str, Any]], per_pod: int
+) -> dict[str, Any]:
     """A worker's pod: the trainer image with the resources asked (limits = requests), /dev/shm in memory,
     a metrics port per worker it holds, on the GPU pool when it has GPUs; locked down."""
     res = spec.workers.resources
@@ -361,11 +364,11 @@ def _worker_pod(spec: api.VideoFineTuneSpec, settings: Settings, cfg: RunConfig)
                 "name": "ray-worker",
                 "image": spec.image or settings.image,
                 "resources": {"requests": worker_resources, "limits": worker_resources},
-                "env": _pod_env(spec),
+                "env": env,
                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
                 "ports": [
                     {"name": f"metrics-{i}", "containerPort": port}
-                    for i, port in enumerate(_metrics_ports(cfg, worker_range(spec).per_pod))
+                    for i, port in enumerate(_metrics_ports(cfg, per_pod))
                 ],
             }
         ],
@@ -382,7 +385,7 @@ def _worker_pod(spec: api.VideoFineTuneSpec, settings: Settings, cfg: RunConfig)
     return pod
 
 
-def _head_pod(spec: api.VideoFineTuneSpec, settings: Settings, job: str) -> dict[str, Any]:
+def _head_pod(spec: api.VideoFineTuneSpec, settings: Settings, job: str, env: list[dict[str, Any]]) -> dict[str, Any]:
     """The head's pod: the run's ConfigMap mounted, Ray's ports, on the head's pool; locked down."""
     # The head trains nothing (num-cpus 0): its CPU is a request, not a limit, since a limit only throttles
     # the GCS, the dashboard and the job's driver (a head held to a small request misses Ray's own start-up
@@ -397,7 +400,7 @@ def _head_pod(spec: api.VideoFineTuneSpec, settings: Settings, job: str) -> dict
                 "name": "ray-head",
                 "image": spec.image or settings.image,
                 "resources": head_res,
-                "env": _pod_env(spec),
+                "env": env,
                 "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}],
                 "ports": [
                     {"name": "gcs", "containerPort": 6379},
