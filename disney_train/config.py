@@ -221,7 +221,9 @@ class TrainOptions(_Section):
         default="auto", description="auto: bf16 on GPU, fp32 on CPU (bf16 autocast on CPU is ~20x slower)."
     )
     gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward.")
-    report_every: int = Field(default=10, ge=1, description="Steps between metric reports (each blocks briefly).")
+    report_every: int = Field(
+        default=10, ge=1, description="Steps per window of reported figures (log, progress.json, the history)."
+    )
     checkpoint_every: int = Field(default=100, ge=1, description="Steps between checkpoints.")
     keep_checkpoints: int = Field(default=3, ge=1, le=1000, description="Committed checkpoints kept (last K).")
     use_cache: bool = Field(

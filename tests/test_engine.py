@@ -91,3 +91,48 @@ def test_lr_schedule_and_steps_per_epoch() -> None:
     assert steps_per_epoch(69, 4, 2, 1) == 9  # 68 clips on 4 ranks: 17 each, 9 micro-batches of <= 2
     assert steps_per_epoch(69, 4, 2, 3) == 3
     assert steps_per_epoch(1, 1, 4, 8) == 1
+
+
+# --------------------------------------------------------------------------- Ray Train's reports
+
+
+def test_reports_to_ray_never_hold_up_the_caller_and_keep_their_order() -> None:
+    """`ray.train.report` waits for the controller's poll (2 s on a cluster): submitting does not."""
+    import threading
+    import time
+
+    from disney_train.train.ray_reports import RayReports
+
+    made: list[int] = []
+    release = threading.Event()
+
+    def slow_report(metrics: dict[str, Any]) -> None:
+        release.wait(5)  # as Ray does until its controller polls
+        made.append(metrics["step"])
+
+    reports = RayReports(slow_report)
+    t0 = time.perf_counter()
+    for step in range(1, 6):
+        reports.submit({"step": step})
+    assert time.perf_counter() - t0 < 0.5 and made == []
+    release.set()
+    reports.close()
+    assert made == [1, 2, 3, 4, 5]
+
+
+def test_a_failed_report_to_ray_stops_the_reports_not_the_run(caplog: pytest.LogCaptureFixture) -> None:
+    from disney_train.train.ray_reports import RayReports
+
+    made: list[int] = []
+
+    def report(metrics: dict[str, Any]) -> None:
+        if metrics["step"] == 2:
+            raise RuntimeError("controller gone")
+        made.append(metrics["step"])
+
+    reports = RayReports(report)
+    for step in (1, 2, 3):
+        reports.submit({"step": step})
+    reports.close()
+    assert made == [1]
+    assert "reports to Ray Train stopped at step 2: controller gone" in caplog.text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -75,11 +76,16 @@ def test_cli_trains_from_s3_to_s3_and_refuses_to_rerun_a_finished_run(
     path = tmp_path / "run.yaml"
     path.write_text(dump_config(cfg))
     cmd = [sys.executable, "-m", "disney_train.cli", "train", "--config", str(path)]
-    env = {**os.environ, "DISNEY_TRAIN_CACHE": str(tmp_path / "cache")}
+    # Ray Train's controller polls the workers every 8 s here (2 s is a cluster's default): a report that
+    # waited for its poll on the training thread held the steps up that long
+    poll = 8.0
+    env = {**os.environ, "DISNEY_TRAIN_CACHE": str(tmp_path / "cache"), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(poll)}
     with ListenWatch(os.getpid()) as watch:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "LoRA" in proc.stdout and "final/pytorch_lora_weights.safetensors" in proc.stdout
+    train_phase = [float(s) for s in re.findall(r"phase train: ([0-9.]+) s", proc.stderr)]
+    assert len(train_phase) == 1 and train_phase[0] < poll, train_phase  # 8 steps, 1 validation, 2 checkpoints
 
     # Ray bound to loopback; beyond it only torch's TCPStore (rank 0's rendezvous port) listens
     assert len(watch.seen) >= 5, watch.seen

@@ -7,11 +7,14 @@
                    decide for themselves whether it is their turn
     finish         the last report and checkpoint, the final LoRA, the end validation, `finished.json`
 
+Each phase's wall time is logged by rank 0 (`phase train: 2.15 s`).
+
 `worker.train_loop` (the Ray entry point) sets up the process group and runs `Trainer.run`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -32,18 +35,13 @@ from disney_train.train.cache import ensure_cache
 from disney_train.train.checkpoint import Checkpoint, CheckpointStore
 from disney_train.train.dist import Dist
 from disney_train.train.engine import Placement, deepspeed_config
+from disney_train.train.ray_reports import RayReports
 from disney_train.train.schedule import lr_factor, run_progress, steps_per_epoch
 from disney_train.train.validation import validate
 
 log = logging.getLogger("disney_train.worker")
 
 Encode = Callable[[dict[str, Any], tuple[int, ...]], dict[str, Any]]
-
-
-def _report(metrics: dict[str, Any]) -> None:
-    import ray.train
-
-    ray.train.report(metrics)
 
 
 @dataclass
@@ -88,13 +86,26 @@ class Trainer:
         self.restarts = 0
 
     def run(self, cache_only: bool = False) -> None:
-        source, encode = self.prepare_data(cache_only)
+        with self._timed("prepare_data"):
+            source, encode = self.prepare_data(cache_only)
         if cache_only:
             return
-        self.load(source)
-        self.resume()
-        self.train(encode)
-        self.finish()
+        with self._timed("load"):
+            self.load(source)
+        with self._timed("resume"):
+            self.resume()
+        with self._timed("train"):
+            self.train(encode)
+        with self._timed("finish"):
+            self.finish()
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        """The phase's wall time in the worker's log (rank 0): where a start or an end spends its time."""
+        t0 = time.perf_counter()
+        yield
+        if self.dist.rank == 0:
+            log.info("phase %s: %.2f s", phase, time.perf_counter() - t0)
 
     # ----------------------------------------------------------------------- phases
 
@@ -157,6 +168,7 @@ class Trainer:
     def train(self, encode: Encode | None) -> None:
         """Optimizer steps until the run is done; after each, report, checkpoint and validate when due."""
         self.engine.train()
+        self.ray_reports = RayReports()
         self.metrics.set_stage("training")
         self.window, figures, micro = Window(), StepFigures(), 0
         self.t_data = time.perf_counter()
@@ -192,12 +204,13 @@ class Trainer:
             self._validate()
         if self.dist.rank == 0:
             self.files.finish(self.step, self._progress("finished"))
+        self.ray_reports.close()
         self.engine.destroy()
 
     # ----------------------------------------------------------------------- what each step may do
 
     def maybe_report(self, finished: bool) -> None:
-        """Every `report_every` steps (the last step's report is the finish's): Ray Train, the log, progress."""
+        """Every `report_every` steps (the last step's report is the finish's): the history, the log, progress."""
         if self.step % self.cfg.train.report_every or finished:
             return
         record = self._report_window()
@@ -337,7 +350,6 @@ class Trainer:
             self.step, self.reader, self.window, self.engine, self.lr_sched, self.dist, self.built, self.restarts
         )
         self.history.append(record)
-        _report(record)
         self.window = Window()
         return record
 
@@ -366,6 +378,7 @@ class Trainer:
             self._write_progress()
         self.saved = self.step
         self.dist.barrier()
+        self.ray_reports.submit(self.history[-1] if self.history else {"step": self.step})  # Ray's, not ours
         return uri
 
     def _write_progress(self) -> None:
@@ -446,7 +459,8 @@ def step_encoder(model_path: Path, spec: CogVideoXSpec, device: torch.device, dt
 def window_record(
     step: int, reader: Any, w: Window, engine: Any, lr_sched: Any, dist: Dist, cached: int, restarts: int
 ) -> dict[str, Any]:
-    """What Ray Train is told every `report_every` steps (and the run's history keeps): means over the ranks."""
+    """The figures of a window of `report_every` steps, as the run's history keeps them: means over the ranks
+    (Ray Train is told the last one at each checkpoint, see `ray_reports`)."""
     elapsed = max(1e-9, time.perf_counter() - w.started)
     local_loss = sum(w.losses) / max(1, len(w.losses))
     loss = dist.mean(local_loss)
