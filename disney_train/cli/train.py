@@ -161,8 +161,8 @@ def run_embedded(workdir: Path, cfg: RunConfig) -> None:
         quiet_libraries()
     t0 = time.perf_counter()
     console.rule("[bold]1. sample dataset")
-    src = pipeline.write_sample_dataset(workdir)
-    console.print(f"{src}: 4 clips cut from Big Buck Bunny (CC-BY)")
+    src, written = pipeline.write_sample_dataset(workdir)
+    console.print(f"{src}: 4 clips cut from Big Buck Bunny (CC-BY){'' if written else ', already there'}")
     console.rule("[bold]2. pack")
     with progress_bar() as progress:
         report = guard(lambda: pipeline.pack_sample(src, cfg, progress))
