@@ -95,7 +95,8 @@ def frame_grid(rows: Sequence[tuple[str, np.ndarray]]) -> bytes:
             canvas.paste(tile, (x, top + caption_h))
             x += tile.width + gap
     buf = io.BytesIO()
-    canvas.save(buf, format="PNG", optimize=True)
+    # zlib's default level: optimize=True searched the levels for 2.3 s on 6 rows of noisy frames, for 0.02% less
+    canvas.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
