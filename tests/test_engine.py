@@ -136,3 +136,67 @@ def test_a_failed_report_to_ray_stops_the_reports_not_the_run(caplog: pytest.Log
     reports.close()
     assert made == [1]
     assert "reports to Ray Train stopped at step 2: controller gone" in caplog.text
+
+
+# --------------------------------------------------------------------------- DeepSpeed's start-up
+
+_ENGINE_SCRIPT = """
+import json, os, socket, sys
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                  LOCAL_RANK="0")
+import torch, deepspeed
+from disney_train.train.engine import deepspeed_config, placement
+from disney_train.train.zero_state import skip_muon, skip_shm_comm
+from tests.support.training import train_config
+stage, skip = int(sys.argv[1]), sys.argv[2] == "skip"
+if skip:
+    skip_muon()
+skip_shm_comm()
+deepspeed.init_distributed(dist_backend="gloo")
+cfg = train_config("m", "d", "o", **{"train.zero_stage": stage})
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 4)
+engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
+                                  config=deepspeed_config(cfg, placement(cfg, False)))
+losses = []
+for _ in range(3):
+    loss = engine(torch.ones(2, 4)).pow(2).mean()
+    engine.backward(loss)
+    engine.step()
+    losses.append(float(loss))
+real = [m for m in ("deepspeed.runtime.zero.muon.muon_optimizer", "deepspeed.runtime.zero.muon.original_muon")
+        if getattr(sys.modules.get(m), "__file__", None)]  # DeepSpeed's own files (a stand-in has none)
+print(json.dumps({"muon": bool(real), "losses": losses}))
+"""
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_the_engine_starts_without_compiling_deepspeeds_muon_and_trains_the_same(stage: int) -> None:
+    """DeepSpeed imports its Muon optimizer (compiling its kernels, 1.3 s) in every ZeRO engine's start;
+    `skip_muon` keeps it out, and the AdamW steps are the same."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def run(skip: str) -> dict[str, Any]:
+        proc = subprocess.run(
+            [sys.executable, "-c", _ENGINE_SCRIPT, str(stage), skip],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return result
+
+    plain, skipped = run("import"), run("skip")
+    assert plain["muon"] is True  # what DeepSpeed does on its own (if this fails, the stand-in is not needed)
+    assert skipped["muon"] is False
+    assert skipped["losses"] == plain["losses"] and skipped["losses"][2] < skipped["losses"][0]

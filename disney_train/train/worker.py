@@ -19,7 +19,7 @@ from disney_train.metrics.exporter import WorkerMetrics, cuda_reading
 from disney_train.train.dist import Dist, ray_dist
 from disney_train.train.engine import placement, set_accelerator_env
 from disney_train.train.trainer import Trainer
-from disney_train.train.zero_state import skip_shm_comm
+from disney_train.train.zero_state import skip_muon, skip_shm_comm
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -35,6 +35,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     if place.device == "cpu":
         skip_shm_comm()
+    skip_muon()
     deepspeed.init_distributed(dist_backend=place.backend)  # Ray's process group is reused
     metrics = _serve_metrics(cfg, dist, place.device)
     try:

@@ -132,3 +132,30 @@ def skip_shm_comm() -> None:
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+MUON_MODULES = ("deepspeed.runtime.zero.muon.muon_optimizer", "deepspeed.runtime.zero.muon.original_muon")
+
+
+def skip_muon() -> None:
+    """DeepSpeed's ZeRO imports its Muon optimizer when it builds an engine (to add it to the optimizers ZeRO
+    supports) and when it partitions gradients (for `muon_update`), and that import compiles Muon's kernels
+    with torch.compile: 1.3 s of every worker's start here, for an optimizer the run never uses (AdamW).
+    Stand-in modules take their place, with the two names DeepSpeed's ZeRO and bf16 code take from them:
+    `MuonWithAuxAdam`, a class nothing is an instance of (so their Muon branches stay off, as they are for
+    AdamW), and `muon_update`, which refuses. Must run before DeepSpeed builds an engine."""
+    import sys
+    import types
+
+    class MuonWithAuxAdam:  # never instantiated
+        pass
+
+    def muon_update(*_: object, **__: object) -> None:
+        raise RuntimeError("DeepSpeed's Muon was left out (zero_state.skip_muon): the run's optimizer is AdamW")
+
+    names = {MUON_MODULES[0]: ("MuonWithAuxAdam", MuonWithAuxAdam), MUON_MODULES[1]: ("muon_update", muon_update)}
+    for module, (name, value) in names.items():
+        if module not in sys.modules:
+            stand_in = types.ModuleType(module, "Stand-in (disney_train.train.zero_state.skip_muon): Muon is unused.")
+            setattr(stand_in, name, value)
+            sys.modules[module] = stand_in
