@@ -334,3 +334,19 @@ def test_the_id_token_is_left_out_of_what_clip_scores_only_as_a_word() -> None:
     assert scored_prompt("BW_STYLEX a mouse", "BW_STYLE") == "BW_STYLEX a mouse"  # another word
     assert scored_prompt("a BW_STYLE mouse", "BW_STYLE") == "a BW_STYLE mouse"  # only a leading token
     assert scored_prompt("BW_STYLE", "BW_STYLE") == "BW_STYLE" and scored_prompt("a mouse", None) == "a mouse"
+
+
+def test_the_evaluation_preload_imports_every_module_it_names_and_survives_a_bad_name() -> None:
+    """A stale name in preload.MODULES would be skipped quietly at run time (the evaluation reports its own
+    import errors), so the list is checked here: in a fresh interpreter, every module is imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from disney_train.eval.preload import MODULES, preload\n"
+        "preload((*MODULES, 'disney_train.no_such_module')).join(300)\n"
+        "print(','.join(m for m in MODULES if m not in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.strip() == "", done.stdout

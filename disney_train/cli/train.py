@@ -176,6 +176,10 @@ def run_embedded(workdir: Path, cfg: RunConfig) -> None:
             f"{cfg.evaluation.clip_uri if cfg.evaluation else ''}: CLIP with tiny random weights (the evaluation's)"
         )
     console.rule("[bold]4. latent cache and training")
+    if cfg.evaluation is not None:
+        from disney_train.eval.preload import preload
+
+        preload()  # while the workers train: the evaluation's imports
     try:
         guard(lambda: _train(cfg, None, quiet=quiet))
     except RunFinishedError as err:
