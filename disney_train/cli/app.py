@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Annotated
 
@@ -43,4 +44,10 @@ def _root(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # The objects left at exit are frozen out of the interpreter's last collection: with torch, Ray,
+        # transformers and diffusers imported it took 1.0 s of every command's exit here. The atexit
+        # hooks run as before; only the collection at the very end (which finalizes nothing of ours) is skipped.
+        gc.freeze()
