@@ -96,10 +96,12 @@ def progress(kube: Kube, name: str) -> dict[str, Any]:
     return dict(out.get("status", {}).get("progress") or {})
 
 
-def ray_pods(kube: Kube, name: str, role: str = "") -> list[dict[str, Any]]:
-    """The run's Ray pods (its RayCluster's head and workers), live ones only, by the operator's labels."""
+def ray_pods(kube: Kube, name: str, role: str = "", terminating: bool = False) -> list[dict[str, Any]]:
+    """The run's Ray pods (its RayCluster's head and workers) by the operator's labels: live ones only, or
+    with `terminating` those being deleted too (their processes run on until they exit or are killed)."""
     selector = f"disneytrain.dev/videofinetune={name}" + (f",disneytrain.dev/role={role}" if role else "")
-    return [p for p in kube.items("pods", JOBS_NS, selector) if "deletionTimestamp" not in p["metadata"]]
+    pods = kube.items("pods", JOBS_NS, selector)
+    return [p for p in pods if terminating or "deletionTimestamp" not in p["metadata"]]
 
 
 def rayjob_config(kube: Kube, name: str) -> dict[str, Any]:
