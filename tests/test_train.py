@@ -86,6 +86,7 @@ def test_cli_trains_from_s3_to_s3_and_refuses_to_rerun_a_finished_run(
     assert "LoRA" in proc.stdout and "final/pytorch_lora_weights.safetensors" in proc.stdout
     train_phase = [float(s) for s in re.findall(r"phase train: ([0-9.]+) s", proc.stderr)]
     assert len(train_phase) == 1 and train_phase[0] < poll, train_phase  # 8 steps, 1 validation, 2 checkpoints
+    assert "DeepSpeed ZeRO stage 2 at world size 2: cpu, fp32, torch AdamW" in proc.stderr  # the wrapper chosen
 
     # Ray bound to loopback; beyond it only torch's TCPStore (rank 0's rendezvous port) listens
     assert len(watch.seen) >= 5, watch.seen

@@ -258,12 +258,22 @@ class Trainer:
         def factor(_: int) -> float:
             return lr_factor(int(self.position["step"]), o.warmup_steps, self.position["progress"], o.lr_schedule)
 
+        conf = deepspeed_config(self.cfg, self.place)
         self.engine, _, _, self.lr_sched = deepspeed.initialize(
             model=self.transformer,
             model_parameters=[p for _, p in self.params],
-            config=deepspeed_config(self.cfg, self.place),
+            config=conf,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
         )
+        if self.dist.rank == 0:  # the wrapper chosen (at world size 1, ZeRO-0 measured no faster than 2)
+            log.info(
+                "DeepSpeed ZeRO stage %d at world size %d: %s, %s, %s",
+                conf["zero_optimization"]["stage"],
+                self.dist.world_size,
+                self.place.device,
+                self.place.precision,
+                "torch AdamW" if conf["optimizer"]["params"]["torch_adam"] else "DeepSpeed Adam",
+            )
 
     def _restore(self, resumed: Checkpoint) -> None:
         from disney_train.model.lora import peft_key, read_lora_file
