@@ -25,7 +25,7 @@ E2E_PROMETHEUS_DIR := $(CLUSTER_CACHE)/prometheus-$(shell sed -n 's/^VERSION=\([
 export KUBERAY_CRDS := $(CACHE_ROOT)/kuberay-crds-$(shell sed -n 's/^KUBERAY_VERSION=//p' tools/cluster/versions.sh)
 CLUSTER_ENV = ETCD=$(ENVTEST_LITE_BIN)/etcd WEED=$(abspath $(VENV))/bin/weed KUBECTL=$(abspath $(VENV))/bin/kubectl PY=$(abspath $(PY))
 
-.PHONY: setup envtest helm images run monitor test test-fast lint bench clean cluster-build cluster cluster-down e2e
+.PHONY: setup envtest helm images run monitor test test-fast lint bench bench-engine clean cluster-build cluster cluster-down e2e
 
 setup: $(STAMP) envtest helm
 	bash tools/kuberay-crds.sh "$(KUBERAY_CRDS)"
@@ -91,6 +91,11 @@ bench: setup
 	$(PY) bench/memory_estimates.py
 	bash tools/netns-run $(PY) bench/operator_scale.py
 	bash tools/netns-run $(PY) bench/metrics_overhead.py
+	bash tools/netns-run $(PY) bench/engine_vs_loop.py
+
+# The engine against the plain single-process loop alone (~10 min): bench/results/engine_vs_loop.md
+bench-engine: setup
+	bash tools/netns-run $(PY) bench/engine_vs_loop.py
 
 # Container images (images/*.Dockerfile), tagged with the package's version (= the chart's appVersion
 # and the operator's default trainer image). Needs a Docker engine; make test checks the Dockerfiles.

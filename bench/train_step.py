@@ -28,19 +28,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from disney_train.config import RunConfig  # noqa: E402
+from bench.plain_loop import Step  # noqa: E402
 from disney_train.data.pack import PackOptions, load_manifest, pack  # noqa: E402
 from disney_train.data.reader import ClipDataset  # noqa: E402
 from disney_train.data.sample import source_video, write_sample  # noqa: E402
 from disney_train.media import encode_clip  # noqa: E402
 from disney_train.model.encode import encode_prompts, encode_video_dist  # noqa: E402
-from disney_train.model.load import load_encoders, load_transformer  # noqa: E402
-from disney_train.model.lora import add_lora  # noqa: E402
+from disney_train.model.load import load_encoders  # noqa: E402
 from disney_train.model.spec import frozen_encoders, spec_for  # noqa: E402
 from disney_train.model.tiny import write_tiny_model  # noqa: E402
 from disney_train.storage import open_store  # noqa: E402
 from disney_train.train.cache import CachedClipDataset, build_entries, cache_set, missing_entries  # noqa: E402
-from disney_train.train.objective import diffusion_loss, step_generator  # noqa: E402
 from tests.support.training import train_config  # noqa: E402
 
 STEPS = 3
@@ -60,34 +58,6 @@ def _real_shape_dataset(tmp: Path) -> Path:
     out = tmp / "packed"
     pack(src, str(out), PackOptions(min_frames=49, shard_bytes=64 * 1024 * 1024), None, None)
     return out
-
-
-class Step:
-    """One optimizer step of the LoRA on a batch of cached-entry layout (the plain loop)."""
-
-    def __init__(self, model: Path, cfg: RunConfig) -> None:
-        self.transformer = load_transformer(model)
-        self.transformer.enable_gradient_checkpointing()
-        torch.manual_seed(0)
-        params = add_lora(self.transformer, cfg.lora)
-        self.spec = spec_for(model, "t2v")
-        self.opt = torch.optim.AdamW([p for _, p in params], lr=cfg.optim.learning_rate)
-        self.n = 0
-
-    def __call__(self, batch: dict[str, Any]) -> float:
-        loss = diffusion_loss(
-            self.transformer,
-            self.spec,
-            batch,
-            step_generator(0, self.n, 0),
-            torch.device("cpu"),
-            torch.float32,
-        )
-        loss.backward()
-        self.opt.step()
-        self.opt.zero_grad()
-        self.n += 1
-        return float(loss.detach())
 
 
 def bench_cache(tmp: Path, model: Path) -> dict[str, Any]:
