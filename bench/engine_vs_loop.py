@@ -40,9 +40,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.plain_loop import real_shape_dataset  # noqa: E402
 from disney_train.config import RunConfig, dump_config  # noqa: E402
 from disney_train.data.pack import PackOptions, pack  # noqa: E402
-from disney_train.data.sample import source_video, write_sample  # noqa: E402
+from disney_train.data.sample import write_sample  # noqa: E402
 from disney_train.model.tiny import write_tiny_model  # noqa: E402
 from tests.support.training import train_config  # noqa: E402
 
@@ -121,24 +122,10 @@ def measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, 
 
 def datasets(tmp: Path) -> dict[str, Path]:
     """The 4 sample clips packed for the small shape; the whole source video 4 times for the real one."""
-    import av
-
-    from disney_train.media import encode_clip
-
     write_sample(tmp / "sample")
     small = tmp / "packed-small"
     pack(tmp / "sample", str(small), PackOptions(min_frames=17, shard_bytes=512 * 1024), None, None)
-    src = tmp / "src-real"
-    (src / "videos").mkdir(parents=True)
-    with av.open(str(source_video())) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    prompts = sample_prompts(tmp / "sample")
-    for i in range(4):
-        encode_clip(frames, src / "videos" / f"clip-{i}.mp4", 25)
-    (src / "videos.txt").write_text("".join(f"videos/clip-{i}.mp4\n" for i in range(4)))
-    (src / "prompt.txt").write_text("".join(p + "\n" for p in prompts[:4]))
-    real = tmp / "packed-real"
-    pack(src, str(real), PackOptions(min_frames=49, shard_bytes=64 * 1024 * 1024), None, None)
+    real = real_shape_dataset(tmp, sample_prompts(tmp / "sample")[:4])
     return {"17x64x96": small, "49x480x720": real}
 
 

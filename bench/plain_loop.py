@@ -68,28 +68,35 @@ class Step:
 
 def _deepspeed(model: torch.nn.Module, params: list[torch.nn.Parameter], cfg: RunConfig, wrapper: str) -> Any:
     """The engine's DeepSpeed setup (as `worker.train_loop` makes it) at world size 1, in this process."""
-    import os
-    import socket
+    from disney_train.train.engine import deepspeed_config
+    from tests.support.single_process import CPU, engine, init_single_process
 
-    from disney_train.train.engine import deepspeed_config, placement, set_accelerator_env
-    from disney_train.train.zero_state import skip_muon, skip_shm_comm
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-    os.environ.update(env)
-    place = placement(cfg, False)
-    set_accelerator_env(place)
-    import deepspeed
-
-    skip_shm_comm()
-    skip_muon()
-    deepspeed.init_distributed(dist_backend="gloo")
-    conf = deepspeed_config(cfg, place)
+    init_single_process()
+    conf = deepspeed_config(cfg, CPU)
     conf["zero_optimization"]["stage"] = int(wrapper.removeprefix("zero"))
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=conf)
-    return engine
+    return engine(model, params, conf)
+
+
+def real_shape_dataset(tmp: Path, prompts: list[str]) -> Path:
+    """The whole sample source video (132 frames, 1280x720) as one clip per prompt, packed under `tmp` for
+    the real training shape (49 frames)."""
+    import av
+
+    from disney_train.data.pack import PackOptions, pack
+    from disney_train.data.sample import source_video
+    from disney_train.media import encode_clip
+
+    src = tmp / "src-real"
+    (src / "videos").mkdir(parents=True)
+    with av.open(str(source_video())) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    for i in range(len(prompts)):
+        encode_clip(frames, src / "videos" / f"clip-{i}.mp4", 25)
+    (src / "videos.txt").write_text("".join(f"videos/clip-{i}.mp4\n" for i in range(len(prompts))))
+    (src / "prompt.txt").write_text("".join(p + "\n" for p in prompts))
+    out = tmp / "packed-real"
+    pack(src, str(out), PackOptions(min_frames=49, shard_bytes=64 * 1024 * 1024), None, None)
+    return out
 
 
 def encode_all(model: Path, cfg: RunConfig) -> list[dict[str, Any]]:

@@ -28,11 +28,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.plain_loop import Step  # noqa: E402
+from bench.plain_loop import Step, real_shape_dataset  # noqa: E402
 from disney_train.data.pack import PackOptions, load_manifest, pack  # noqa: E402
 from disney_train.data.reader import ClipDataset  # noqa: E402
-from disney_train.data.sample import source_video, write_sample  # noqa: E402
-from disney_train.media import encode_clip  # noqa: E402
+from disney_train.data.sample import write_sample  # noqa: E402
 from disney_train.model.encode import encode_prompts, encode_video_dist  # noqa: E402
 from disney_train.model.load import load_encoders  # noqa: E402
 from disney_train.model.spec import frozen_encoders, spec_for  # noqa: E402
@@ -45,23 +44,8 @@ STEPS = 3
 OUT = ROOT / "bench" / "results"
 
 
-def _real_shape_dataset(tmp: Path) -> Path:
-    import av
-
-    src = tmp / "src"
-    (src / "videos").mkdir(parents=True)
-    with av.open(str(source_video())) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    encode_clip(frames, src / "videos" / "clip-0.mp4", 25)
-    (src / "videos.txt").write_text("videos/clip-0.mp4\n")
-    (src / "prompt.txt").write_text("A chubby grey cartoon rabbit wakes up in front of its burrow.\n")
-    out = tmp / "packed"
-    pack(src, str(out), PackOptions(min_frames=49, shard_bytes=64 * 1024 * 1024), None, None)
-    return out
-
-
 def bench_cache(tmp: Path, model: Path) -> dict[str, Any]:
-    data = _real_shape_dataset(tmp)
+    data = real_shape_dataset(tmp, ["A chubby grey cartoon rabbit wakes up in front of its burrow."])
     cfg = train_config(model, data, tmp / "out", **{"data.num_frames": 49, "data.height": 480, "data.width": 720})
     manifest = load_manifest(str(data))
     clip = ClipDataset(open_store(str(data)), manifest, cfg.data, seed=cfg.seed, epoch=0, with_image=False)[0]

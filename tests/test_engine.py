@@ -141,34 +141,25 @@ def test_a_failed_report_to_ray_stops_the_reports_not_the_run(caplog: pytest.Log
 # --------------------------------------------------------------------------- DeepSpeed's start-up
 
 _ENGINE_SCRIPT = """
-import json, os, socket, sys
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
-                  LOCAL_RANK="0")
-import torch, deepspeed
-from disney_train.train.engine import deepspeed_config, placement
-from disney_train.train.zero_state import skip_muon, skip_shm_comm
+import json, sys
+import torch
+from disney_train.train.engine import deepspeed_config
+from disney_train.train.zero_state import MUON_MODULES
+from tests.support.single_process import CPU, engine, init_single_process
 from tests.support.training import train_config
 stage, skip = int(sys.argv[1]), sys.argv[2] == "skip"
-if skip:
-    skip_muon()
-skip_shm_comm()
-deepspeed.init_distributed(dist_backend="gloo")
+init_single_process(muon=not skip)
 cfg = train_config("m", "d", "o", **{"train.zero_stage": stage})
 torch.manual_seed(0)
 model = torch.nn.Linear(4, 4)
-engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
-                                  config=deepspeed_config(cfg, placement(cfg, False)))
+ds = engine(model, list(model.parameters()), deepspeed_config(cfg, CPU))
 losses = []
 for _ in range(3):
-    loss = engine(torch.ones(2, 4)).pow(2).mean()
-    engine.backward(loss)
-    engine.step()
+    loss = ds(torch.ones(2, 4)).pow(2).mean()
+    ds.backward(loss)
+    ds.step()
     losses.append(float(loss))
-real = [m for m in ("deepspeed.runtime.zero.muon.muon_optimizer", "deepspeed.runtime.zero.muon.original_muon")
-        if getattr(sys.modules.get(m), "__file__", None)]  # DeepSpeed's own files (a stand-in has none)
+real = [m for m in MUON_MODULES if getattr(sys.modules.get(m), "__file__", None)]  # DeepSpeed's (a stand-in has none)
 print(json.dumps({"muon": bool(real), "losses": losses}))
 """
 
