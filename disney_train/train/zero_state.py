@@ -153,9 +153,9 @@ def skip_muon() -> None:
     def muon_update(*_: object, **__: object) -> None:
         raise RuntimeError("DeepSpeed's Muon was left out (zero_state.skip_muon): the run's optimizer is AdamW")
 
-    names = {MUON_MODULES[0]: ("MuonWithAuxAdam", MuonWithAuxAdam), MUON_MODULES[1]: ("muon_update", muon_update)}
-    for module, (name, value) in names.items():
+    values: tuple[Any, ...] = (MuonWithAuxAdam, muon_update)
+    for module, value in zip(MUON_MODULES, values, strict=True):
         if module not in sys.modules:
             stand_in = types.ModuleType(module, "Stand-in (disney_train.train.zero_state.skip_muon): Muon is unused.")
-            setattr(stand_in, name, value)
+            setattr(stand_in, value.__name__, value)
             sys.modules[module] = stand_in
