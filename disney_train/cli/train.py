@@ -94,8 +94,10 @@ def train(
     cfg = guard(lambda: run_config(config, config_env, set_))
     if evaluate:
         from disney_train.eval.evaluate import check_inputs
+        from disney_train.eval.preload import preload
 
         guard(lambda: check_inputs(cfg))  # a wrong CLIP or image found now, not after hours of training
+        preload()  # while the workers train: the evaluation's imports
     try:
         guard(lambda: _train(cfg, ray_address))
         _print_outputs(cfg)
