@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -23,16 +24,34 @@ BUCKET = "disney"
 
 
 def free_ports(n: int) -> list[int]:
-    socks = []
+    """`n` ports free on 127.0.0.1 for servers the tests start. Under tools/netns-run they come from the range
+    it keeps out of the clients' ephemeral ports (DISNEY_TRAIN_SERVER_PORTS), else from the kernel's."""
+    span = os.environ.get("DISNEY_TRAIN_SERVER_PORTS", "")
+    socks: list[socket.socket] = []
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
+        while len(socks) < n:
+            socks.append(_bound(span))
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
             s.close()
+
+
+def _bound(span: str) -> socket.socket:
+    """A socket bound to a free port of `span` ("low-high"), or to one the kernel picks when it is empty."""
+    s = socket.socket()
+    if not span:
+        s.bind(("127.0.0.1", 0))
+        return s
+    low, high = (int(p) for p in span.split("-"))
+    for port in random.sample(range(low, high + 1), 200):
+        try:
+            s.bind(("127.0.0.1", port))
+            return s
+        except OSError:
+            continue
+    s.close()
+    raise RuntimeError(f"no free port in DISNEY_TRAIN_SERVER_PORTS={span} after 200 tries")
 
 
 def consecutive_free_ports(n: int) -> int:
