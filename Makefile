@@ -21,9 +21,11 @@ export CLUSTER_CACHE
 export CLUSTER_BIN ?= $(CLUSTER_CACHE)/bin-$(CLUSTER_KEY)
 # Prometheus with Kubernetes service discovery (Debian's has none), for tests/e2e: built once per version.
 E2E_PROMETHEUS_DIR := $(CLUSTER_CACHE)/prometheus-$(shell sed -n 's/^VERSION=\([^ ]*\).*/\1/p' tools/cluster/prometheus.sh)
+# Kueue (the cluster's queues): its controller and Helm chart from its Go module, once per version.
+export KUEUE_DIR := $(CLUSTER_CACHE)/kueue-$(shell sed -n 's/^VERSION=\([^ ]*\).*/\1/p' tools/cluster/kueue.sh)
 # KubeRay's own CRDs at the version the test cluster runs: the operator's RayJobs are dry-run against them.
 export KUBERAY_CRDS := $(CACHE_ROOT)/kuberay-crds-$(shell sed -n 's/^KUBERAY_VERSION=//p' tools/cluster/versions.sh)
-CLUSTER_ENV = ETCD=$(ENVTEST_LITE_BIN)/etcd WEED=$(abspath $(VENV))/bin/weed KUBECTL=$(abspath $(VENV))/bin/kubectl PY=$(abspath $(PY))
+CLUSTER_ENV = KUEUE_DIR=$(KUEUE_DIR) HELM=$(HELM) ETCD=$(ENVTEST_LITE_BIN)/etcd WEED=$(abspath $(VENV))/bin/weed KUBECTL=$(abspath $(VENV))/bin/kubectl PY=$(abspath $(PY))
 
 .PHONY: setup envtest helm images run monitor test test-fast lint bench bench-engine clean cluster-build cluster cluster-down e2e
 
@@ -109,12 +111,13 @@ images:
 	$(DOCKER) build -f images/operator.Dockerfile -t $(IMAGE_REPO)/operator:$(VERSION) .
 
 # A real two-node Kubernetes on this machine (root; tools/cluster/up.sh says what runs where):
-# kubeconfig in .cluster/kubeconfig. From empty caches about 19 minutes on 2 cores (builds, then the
+# kubeconfig in .cluster/kubeconfig. From empty caches about 22 minutes on 2 cores (builds, Kueue 3 of them, then the
 # images written and imported); after that `make cluster` takes under a minute (bench/results/cluster.md).
 cluster-build:
 	bash tools/cluster/system-deps.sh
 	bash tools/cluster/build.sh "$(CLUSTER_BIN)"
 	bash tools/cluster/prometheus.sh "$(E2E_PROMETHEUS_DIR)"
+	bash tools/cluster/kueue.sh "$(KUEUE_DIR)"
 
 cluster: setup cluster-build
 	$(CLUSTER_ENV) bash tools/cluster/up.sh

@@ -28,6 +28,8 @@ CONTAINERD_SOCK=${CONTAINERD_SOCK:-$RUN/containerd-0.sock}
 KUBECONFIG_OUT=${KUBECONFIG_OUT:-$REPO/.cluster/kubeconfig}
 ADMIN_KUBECONFIG=$STATE/pki/admin.kubeconfig
 KUBECTL=${KUBECTL:-kubectl}
+# Kueue's version: the one tools/cluster/kueue.sh builds (its folder's name says it too)
+kueue_version() { sed -n 's/^VERSION=\([^ ]*\).*/\1/p' "$REPO/tools/cluster/kueue.sh"; }
 
 die() { echo "cluster: ERROR: $*" >&2; exit 1; }
 log() { echo "cluster: $*" >&2; }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # images.sh base|project - build the test cluster's images and import them into its containerd.
 #
-#   base     pause (the sandbox), CoreDNS and KubeRay's operator: each a static binary on an empty root,
-#            from build.sh's folder
+#   base     pause (the sandbox), CoreDNS, KubeRay's operator and Kueue's: each a static binary on an empty
+#            root, from build.sh's folder (Kueue's from kueue.sh's, $KUEUE_DIR)
 #   debian-root  only the Debian root layer of `project`, into the cache
 #   project  the trainer and the operator images under the names the chart and the operator use by
 #            default (ghcr.io/disney-train/{trainer,operator}:<version>). No registry and no Docker engine
@@ -110,6 +110,9 @@ base() {
   static "registry.k8s.io/pause:$PAUSE_VERSION" "$CLUSTER_BIN/pause" /pause 65535:65535
   static "registry.k8s.io/coredns/coredns:$COREDNS_VERSION" "$CLUSTER_BIN/coredns" /coredns 65532:65532
   static "quay.io/kuberay/operator:$KUBERAY_VERSION" "$CLUSTER_BIN/ray-operator" /manager 65532:65532
+  : "${KUEUE_DIR:?KUEUE_DIR is not set (make cluster sets it)}"
+  [ -x "$KUEUE_DIR/kueue" ] || die "no $KUEUE_DIR/kueue: run tools/cluster/kueue.sh first (make cluster does)"
+  static "registry.k8s.io/kueue/kueue:$(kueue_version)" "$KUEUE_DIR/kueue" /manager 65532:65532
 }
 
 # the Debian root: minbase plus what this machine's Python and the wheels in .venv load, bash (KubeRay

@@ -4,15 +4,15 @@
 #   etcd, kube-apiserver (Node,RBAC authorization), kube-controller-manager, kube-scheduler; two nodes,
 #   each a kubelet on its own containerd with runc: $NODE (the system pool) and $GPU_NODE (the GPU
 #   pool: NVIDIA's taint and fake nvidia.com/gpu); the bridge CNI, kube-proxy (iptables), CoreDNS,
-#   KubeRay's operator, the Prometheus Operator's CRDs, the images (images.sh), and SeaweedFS as the
-#   cluster's S3.
+#   KubeRay's operator, Kueue (its own chart), the Prometheus Operator's CRDs, the images (images.sh), and
+#   SeaweedFS as the cluster's S3.
 #
 # Everything runs inside the network namespace $NETNS: the node is $NODE_IP, this host reaches it over
 # a veth pair from $HOST_IP, and nothing in it has a route further than this host. Idempotent: a healthy
 # cluster is left as it is; what an unhealthy one left is removed first. tools/cluster/down.sh stops and
 # removes all of it.
 #
-# env: CLUSTER_BIN (build.sh's folder), ETCD (the etcd binary), WEED (SeaweedFS), KUBECTL, CLUSTER_STATE
+# env: CLUSTER_BIN (build.sh's folder), KUEUE_DIR (kueue.sh's), HELM, ETCD (the etcd binary), WEED (SeaweedFS), KUBECTL, CLUSTER_STATE
 #      (default /var/lib/disney-train/cluster), KUBECONFIG_OUT (default .cluster/kubeconfig)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,7 +20,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/common.sh"
 
 [ "$(id -u)" = 0 ] || die "the test cluster needs root (a kubelet, containerd, network namespaces)"
-for v in CLUSTER_BIN ETCD WEED KUBECTL; do [ -n "${!v:-}" ] || die "$v is not set (make cluster sets it)"; done
+for v in CLUSTER_BIN KUEUE_DIR HELM ETCD WEED KUBECTL; do [ -n "${!v:-}" ] || die "$v is not set (make cluster sets it)"; done
 [ -x "$CLUSTER_BIN/kube" ] || die "no $CLUSTER_BIN/kube: run tools/cluster/build.sh first (make cluster does)"
 for t in containerd runc ctr iptables conntrack nsenter openssl; do
   command -v $t >/dev/null || die "'$t' is missing: tools/cluster/system-deps.sh installs it"
@@ -42,6 +42,10 @@ network() {
   fi
   # the pod network is reachable from this host, as from a node (a Prometheus here scrapes pods by their IPs)
   ip route replace "$POD_CIDR" via "$NODE_IP" dev "$VETH_HOST"
+  # Services from the node's own processes: the API server calls webhooks and aggregated APIs (Kueue's) at
+  # their Service IPs. Without a route the connect fails (network unreachable) before kube-proxy's DNAT in
+  # OUTPUT can send it on to the pod; with one, the DNAT'd packet is routed again, to the pod's bridge.
+  inns ip route replace "$SERVICE_CIDR" dev "$VETH_NODE" src "$NODE_IP"
   inns sysctl -qw net.ipv4.ip_forward=1
   inns sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null ||
     log "note: net.bridge.bridge-nf-call-iptables is not settable in the namespace (host value kept)"
@@ -59,7 +63,7 @@ certs() {
       { echo "extendedKeyUsage=$5"; [ -z "${6:-}" ] || echo "subjectAltName=$6"; } >"$1.ext"
       openssl x509 -req -in "$1.csr" -CA "$4.crt" -CAkey "$4.key" -CAcreateserial -days 3650 -extfile "$1.ext" -out "$1.crt" 2>/dev/null
     }
-    ca server-ca && ca client-ca
+    ca server-ca && ca client-ca && ca front-proxy-ca
     crt apiserver kube-apiserver - server-ca serverAuth \
       "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,IP:127.0.0.1,IP:$NODE_IP,IP:$API_SERVICE_IP"
     crt admin admin system:masters client-ca clientAuth
@@ -69,6 +73,8 @@ certs() {
     crt kubelet-0 "system:node:$NODE" system:nodes client-ca clientAuth
     crt kubelet-1 "system:node:$GPU_NODE" system:nodes client-ca clientAuth
     crt kube-proxy system:kube-proxy - client-ca clientAuth
+    # the aggregation layer's client (the API server proxying to Kueue's visibility API server)
+    crt front-proxy-client front-proxy-client - front-proxy-ca clientAuth
     openssl genrsa -out sa.key 2048 2>/dev/null && openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
     for who in admin controller-manager scheduler kubelet-0 kubelet-1 kube-proxy; do
       kubeconfig "$who" "https://$NODE_IP:6443" >"$who.kubeconfig"
@@ -111,7 +117,11 @@ control_plane() {
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --kubelet-preferred-address-types=InternalIP \
-    --allow-privileged=true --profiling=false --v=1
+    --allow-privileged=true --profiling=false --v=1 \
+    --requestheader-client-ca-file="$p/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$p/front-proxy-client.crt" --proxy-client-key-file="$p/front-proxy-client.key"
   wait_for "kube-apiserver" 90 kc get --raw /readyz
   start kube-controller-manager "$CLUSTER_BIN/kube-controller-manager" \
     --kubeconfig="$p/controller-manager.kubeconfig" \
@@ -274,6 +284,17 @@ addons() {
   KUBECONFIG=$ADMIN_KUBECONFIG bash "$HERE/monitoring-crds.sh"
   wait_for "CoreDNS" 120 kc -n kube-system rollout status deploy/coredns --timeout=5s
   wait_for "KubeRay's operator" 120 kc -n default rollout status deploy/kuberay-operator --timeout=5s
+  kueue
+}
+
+# Kueue by its own Helm chart (tools/cluster/kueue-values.yaml), after KubeRay's CRDs (its RayJob integration
+# starts only where they are). Its webhooks and its visibility API (an APIService: the API server's
+# aggregation layer, certs() and the --requestheader/--proxy-client flags) are served by its pod.
+kueue() {
+  "$HELM" --kubeconfig "$ADMIN_KUBECONFIG" upgrade --install kueue "$KUEUE_DIR/chart" -n kueue-system \
+    --create-namespace -f "$HERE/kueue-values.yaml" --set "controllerManager.manager.image.tag=$(kueue_version)" \
+    --wait --timeout 4m >/dev/null || die "helm install of Kueue failed: $(kc -n kueue-system get pods -o wide 2>&1)"
+  wait_for "Kueue's visibility API" 120 kc get --raw /apis/visibility.kueue.x-k8s.io/v1beta2
 }
 
 # the kubeconfig and S3 keys for this checkout, and where to start
@@ -292,7 +313,11 @@ finish() {
 
 if healthy; then
   log "already up; the project's images imported again (what this checkout holds)"
-  for i in 0 1; do CONTAINERD_SOCK=$RUN/containerd-$i.sock bash "$HERE/images.sh" project; done
+  for i in 0 1; do
+    CONTAINERD_SOCK=$RUN/containerd-$i.sock bash "$HERE/images.sh" base
+    CONTAINERD_SOCK=$RUN/containerd-$i.sock bash "$HERE/images.sh" project
+  done
+  kueue  # a cluster from a checkout before Kueue gets it; else no change
   finish
   exit 0
 fi
