@@ -206,7 +206,7 @@ def test_kubectl_scale_and_the_columns(apiserver: ApiServer, cluster: Cluster, c
     assert refused.returncode != 0
     assert "workers.replicas must not exceed workers.maxReplicas" in refused.stderr
     header = apiserver.kubectl("-n", crd_ns, "get", "vft").stdout.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "WORKERS", "STEP", "LOSS", "CHECKPOINT", "AGE"]
+    assert header == ["NAME", "PHASE", "WORKERS", "QUEUE", "STEP", "LOSS", "CHECKPOINT", "AGE"]
     wide = apiserver.kubectl("-n", crd_ns, "get", "videofinetunes", "-o", "wide").stdout.splitlines()[0].split()
     assert wide[-4:] == ["ATTEMPT", "RAYJOB", "FIDELITY", "MODEL"]
     explained = apiserver.kubectl("explain", "vft.spec.workers.maxReplicas").stdout

@@ -27,6 +27,8 @@ class World:
     def __init__(self, body: dict[str, Any]) -> None:
         self.vft = body
         self.rayjobs: dict[str, dict[str, Any]] = {}
+        self.workloads: list[dict[str, Any]] = []  # Kueue's, when a test plays it
+        self.settings = SETTINGS
         self.now = T0
         self.rv = 1
 
@@ -39,8 +41,9 @@ class World:
             copy.deepcopy(list(self.rayjobs.values())),
             progress,
             self.now,
-            SETTINGS,
+            self.settings,
             evaluation=copy.deepcopy(evaluation),
+            workloads=copy.deepcopy(self.workloads),
         )
         meta = self.vft["metadata"]
         if p.add_finalizer:
@@ -48,8 +51,12 @@ class World:
         for name in p.delete:
             self.rayjobs.pop(name)
         if p.apply is not None:
-            old = self.rayjobs.get(p.apply["metadata"]["name"], {})
-            self.rayjobs[p.apply["metadata"]["name"]] = {**copy.deepcopy(p.apply), "status": old.get("status", {})}
+            name = p.apply["metadata"]["name"]
+            old = self.rayjobs.get(name, {})
+            made = {**copy.deepcopy(p.apply), "status": old.get("status", {})}
+            made["metadata"]["uid"] = old.get("metadata", {}).get("uid") or f"uid-{name}-{self.rv}"
+            self.rv += 1
+            self.rayjobs[name] = made
         if p.status is not None:
             self.vft["status"] = copy.deepcopy(p.status)
         if p.remove_finalizer:

@@ -206,6 +206,16 @@ class VideoFineTuneSpec(_Api):
         description="Secret with the S3 keys (default: the pods' own identity). The operator reads the run's "
         "progress for the status with it too: without one, the status shows none.",
     )
+    queueName: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        max_length=63,
+        description="A Kueue LocalQueue of this namespace: the run waits there until its quota admits all of its "
+        "pods at once, and Kueue may preempt it for a higher-priority run (it resumes from its latest checkpoint "
+        "when admitted again). Under a queue the run keeps the size it was admitted at: a `kubectl scale` is a "
+        "new admission at the new size (a restart from the latest checkpoint). Unset: the operator's default "
+        "queue for the namespace, if any; else no queue.",
+    )
     suspend: bool = Field(default=False, description="Stop the Ray cluster, keep the run; false resumes it.")
     backoffLimit: int = Field(
         default=3, ge=0, le=100, description="Failed attempts retried from the latest checkpoint before Failed."
@@ -215,7 +225,7 @@ class VideoFineTuneSpec(_Api):
     )
 
 
-Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
 TERMINAL: tuple[Phase, ...] = ("Succeeded", "Failed")
 DateTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 
@@ -241,6 +251,20 @@ class RayJobRef(_Status):
     jobStatus: str | None = None
     clusterName: str | None = None
     message: str | None = None
+
+
+class QueueStatus(_Status):
+    """The run's place in Kueue, from the Workload Kueue made for its RayJob."""
+
+    name: str = Field(description="The LocalQueue.")
+    workload: str | None = Field(default=None, description="Kueue's Workload of the current RayJob.")
+    clusterQueue: str | None = Field(default=None, description="The ClusterQueue that admitted it.")
+    admitted: bool = Field(default=False, description="Kueue has admitted it: its quota is reserved.")
+    admittedTime: DateTime | None = Field(default=None, description="When Kueue admitted it last.")
+    reason: str | None = Field(default=None, description="Kueue's reason, while it waits.")
+    message: str | None = Field(default=None, description="Kueue's words on why it waits.")
+    preemptions: int = Field(default=0, description="Times Kueue preempted the current RayJob (its Workload's count).")
+    lastPreemption: str | None = Field(default=None, description="Why Kueue preempted it last.")
 
 
 class Progress(_Status):
@@ -296,6 +320,7 @@ class VideoFineTuneStatus(_Status):
     attempt: int = Field(default=1, description="The current attempt (1 + failed attempts retried).")
     lastFailure: str | None = Field(default=None, description="Why the last failed attempt failed.")
     rayJob: RayJobRef | None = None
+    queue: QueueStatus | None = Field(default=None, description="Kueue's view of a run with a queue.")
     progress: Progress | None = None
     evaluation: EvaluationStatus | None = Field(default=None, description="The evaluation after training.")
     runUri: str | None = Field(default=None, description="Where the run's files are: <output.uri>/<name>.")

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from disney_operator.kube import ConflictError, Kube, RefusedError
 from disney_operator.progress import ProgressReader
-from disney_operator.rayjob import ANNOTATION_TEMPLATE
+from disney_operator.rayjob import ANNOTATION_TEMPLATE, LABEL_QUEUE
 from disney_operator.reconcile import FINALIZER, Plan, plan, refused
 from disney_operator.settings import Settings
 
@@ -110,6 +110,7 @@ class Controller:
                 self.clock(),
                 self.settings,
                 evaluation=self.progress.latest_evaluation(key),
+                workloads=self._workloads(key, rayjobs),
             )
             try:
                 self._execute(key, vft, p)
@@ -120,6 +121,16 @@ class Controller:
                 log.debug("%s/%s: %s; the newer object is reconciled when it arrives", *key, err)
                 return None
             return p
+
+    def _workloads(self, key: Key, rayjobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Kueue's Workloads of the run's queued RayJobs (read at each reconcile of a queued run: Kueue's
+        admissions and preemptions move the RayJob's suspend, whose events bring the reconcile)."""
+        found: list[dict[str, Any]] = []
+        for rj in rayjobs:
+            uid = rj["metadata"].get("uid")
+            if uid and LABEL_QUEUE in (rj["metadata"].get("labels") or {}):
+                found += self.kube.workloads(key[0], uid)
+        return found
 
     def last_conflicted(self) -> bool:
         """Whether this thread's last reconcile ended on a 409 (for the metrics)."""

@@ -138,6 +138,7 @@ ROOT_RULES = {
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Workers", "type": "string", "jsonPath": ".status.workers.summary", "description": "ready/desired"},
+    {"name": "Queue", "type": "string", "jsonPath": ".status.queue.name", "description": "Kueue LocalQueue"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
     {

@@ -20,6 +20,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from disney_operator import api
+from disney_operator.queue import JOB_UID_LABEL, KUEUE_GROUP, KUEUE_VERSION, WORKLOADS
 from disney_operator.rayjob import RAY_GROUP, RAY_VERSION, RAYCLUSTERS, RAYJOBS, WORKER_GROUP
 from disney_operator.reconcile import Event
 from disney_operator.status import rfc3339
@@ -76,6 +77,7 @@ class Kube:
         self.writes: Counter[str] = Counter()  # "<verb> <resource>" -> count
         self._counting = threading.Lock()
         self._events_broken = False
+        self._workloads_refused = False
         self._instance = os.environ.get("HOSTNAME") or socket.gethostname()
 
     def _count(self, what: str) -> None:
@@ -127,6 +129,30 @@ class Kube:
         except ApiException as err:
             if err.status != 404:
                 raise
+
+    def workloads(self, namespace: str, rayjob_uid: str) -> list[dict[str, Any]]:
+        """Kueue's Workloads of a queued RayJob (a read: Kueue labels each with its job's uid). None on a
+        cluster without Kueue (404) or where the operator may not read them (403, said once in the log): the
+        run's status then says that no Workload was seen."""
+        self._count("list workloads")
+        try:
+            found = self.custom.list_namespaced_custom_object(
+                KUEUE_GROUP,
+                KUEUE_VERSION,
+                namespace,
+                WORKLOADS,
+                label_selector=f"{JOB_UID_LABEL}={rayjob_uid}",
+                _request_timeout=TIMEOUT,
+            )
+        except ApiException as err:
+            if err.status == 403 and not self._workloads_refused:
+                log.warning("may not list Kueue's Workloads in %s: the chart's kueue.enabled grants it", namespace)
+                self._workloads_refused = True
+            if err.status in (403, 404):
+                return []
+            raise
+        items: list[dict[str, Any]] = found.get("items") or []
+        return items
 
     # ------------------------------------------------- the runs' ConfigMaps and NetworkPolicies
     def _delete_builtin(self, what: str, delete: Any, namespace: str, name: str) -> None:

@@ -45,6 +45,10 @@ DASHBOARD_PORT = 8265  # the job API: KubeRay's submitter and operator ask it, w
 # Ray's 60 s would be most of a `kubectl scale`'s latency once the new pod is up.
 RESIZE_CHECK_SECONDS = 5  # a cluster-resources read: cheap next to a worker that waits
 
+# Kueue: the LocalQueue label it admits RayJobs by (a RayJob with it is created suspended; Kueue unsuspends it
+# once its quota admits all of its pods, and suspends it again to preempt it)
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_VFT = f"{api.GROUP}/videofinetune"
@@ -79,13 +83,27 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def with_queue(spec: api.VideoFineTuneSpec, namespace: str, settings: Settings) -> api.VideoFineTuneSpec:
+    """The spec with its queue: its own queueName, else the operator's default for the namespace (or "*")."""
+    if spec.queueName is not None:
+        return spec
+    default = settings.default_queues.get(namespace) or settings.default_queues.get("*")
+    return spec.model_copy(update={"queueName": default}) if default else spec
+
+
 def is_elastic(spec: api.VideoFineTuneSpec) -> bool:
-    """With maxReplicas the run scales in place between its bounds; without, a scale restarts it."""
-    return spec.workers.maxReplicas is not None
+    """With maxReplicas the run scales in place between its bounds; without, a scale restarts it. Under a
+    queue it keeps the size Kueue admitted: Kueue admits a RayJob whole and refuses Ray's autoscaler (v0.17
+    allows it only with the alpha ElasticJobsViaWorkloadSlices gate, and then gates no grown pod of a RayJob),
+    so there a scale is a new admission at the new size."""
+    return spec.workers.maxReplicas is not None and spec.queueName is None
 
 
 def spec_hash(spec: api.VideoFineTuneSpec) -> str:
-    relevant = spec.model_dump(mode="json", exclude={"suspend", "backoffLimit", "ttlSecondsAfterFinished"})
+    unhashed = {"suspend", "backoffLimit", "ttlSecondsAfterFinished"}
+    if spec.queueName is None:  # the digest of a run without a queue is what it was before queues came
+        unhashed.add("queueName")
+    relevant = spec.model_dump(mode="json", exclude=unhashed)
     if is_elastic(spec):
         del relevant["workers"]["replicas"]
     return _digest(relevant)
@@ -141,9 +159,9 @@ def owner_of(meta: dict[str, Any]) -> str:
     return f"{meta['namespace']}/{meta['name']}/{meta['uid']}"
 
 
-def run_config(name: str, spec: api.VideoFineTuneSpec, owner: str | None = None) -> RunConfig:
+def run_config(name: str, spec: api.VideoFineTuneSpec, owner: str | None = None, gpu_device: str = "cuda") -> RunConfig:
     """The run configuration the workers train with: the spec's recipe, its places, its worker range, and the
-    evaluation after training (if any)."""
+    evaluation after training (if any). GPU workers train on `gpu_device` (the operator's setting)."""
     res = spec.workers.resources
     rng = worker_range(spec)
     cpus = math.floor(cpu_cores(res.cpu) / rng.per_pod)
@@ -153,7 +171,7 @@ def run_config(name: str, spec: api.VideoFineTuneSpec, owner: str | None = None)
         )
     workers: dict[str, Any] = {
         "replicas": rng.train_max,
-        "device": "cuda" if res.gpus else "cpu",
+        "device": gpu_device if res.gpus else "cpu",
         "cpus_per_worker": cpus,
         "max_failures": spec.workers.maxFailures,
     }
@@ -263,8 +281,9 @@ def desired(vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt: int, sett
     """(RayJob, ConfigMap, NetworkPolicy) = f(VideoFineTune, attempt, operator settings); the run
     configuration and the name made once."""
     meta = vft["metadata"]
+    spec = with_queue(spec, meta["namespace"], settings)
     _check_priority_classes(spec, settings.allowed_priority_classes)
-    cfg = run_config(meta["name"], spec, owner_of(meta))
+    cfg = run_config(meta["name"], spec, owner_of(meta), settings.gpu_device)
     job = rayjob_name(meta["name"], spec, attempt)
     policy = _network_policy(meta, spec, attempt, settings, cfg, job) if settings.network_policies else None
     return Desired(_rayjob(vft, spec, attempt, settings, cfg, job), _config_map(meta, attempt, cfg, job), policy)
@@ -282,22 +301,28 @@ def _rayjob(
     """The RayJob of one attempt: its Ray cluster (`_cluster_spec`), the command that trains, owned by the
     VideoFineTune; annotated with the digest of what it was built from."""
     meta = vft["metadata"]
+    queue = {LABEL_QUEUE: spec.queueName} if spec.queueName else {}
     body: dict[str, Any] = {
         "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
         "kind": "RayJob",
         "metadata": {
             "name": job,
             "namespace": meta["namespace"],
-            "labels": labels(meta["name"], attempt),
+            "labels": {**labels(meta["name"], attempt), **queue},
             "ownerReferences": _owned_by(meta),
         },
         "spec": {
             "entrypoint": ENTRYPOINT if cfg.evaluation is None else EVAL_ENTRYPOINT,
             "submissionMode": "K8sJobMode",
             "shutdownAfterJobFinishes": True,  # also what KubeRay requires to suspend a RayJob
-            "ttlSecondsAfterFinished": settings.cluster_ttl_seconds,
+            # a queued run's Ray cluster goes when the run ends: Kueue frees its quota then and admits the next
+            # run into it, which a cluster kept for its logs would hold (seen on the test cluster: the next
+            # run's workers Pending for the kept cluster's CPUs)
+            "ttlSecondsAfterFinished": 0 if spec.queueName else settings.cluster_ttl_seconds,
             "backoffLimit": 0,  # retries are ours: each one a new RayJob resuming from the checkpoint
-            "suspend": spec.suspend,
+            # under a queue: created suspended, and Kueue alone unsuspends it (the user's suspend removes the
+            # RayJob from the queue instead: reconcile)
+            "suspend": spec.suspend or bool(queue),
             "rayClusterSpec": _cluster_spec(meta["name"], spec, attempt, settings, cfg, job),
         },
     }
@@ -309,7 +334,7 @@ def _cluster_spec(
     name: str, spec: api.VideoFineTuneSpec, attempt: int, settings: Settings, cfg: RunConfig, job: str
 ) -> dict[str, Any]:
     """The Ray cluster: a head that trains nothing, one worker group in the elastic range, token auth and
-    the in-tree autoscaler (what `kubectl scale` moves)."""
+    the in-tree autoscaler (what `kubectl scale` moves; under a queue none: the group is the size admitted)."""
     rng = worker_range(spec)
     gpus = spec.workers.resources.gpus
     common = labels(name, attempt)
@@ -318,14 +343,19 @@ def _cluster_spec(
     if settings.image_pull_secrets:
         pulls = [{"name": secret} for secret in settings.image_pull_secrets]
         head_pod["imagePullSecrets"] = worker_pod["imagePullSecrets"] = pulls
+    scaling: dict[str, Any] = {
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": 60},
+    }
+    if spec.queueName:
+        scaling = {"enableInTreeAutoscaling": False}
     return {
         "rayVersion": settings.ray_version,
         # Ray's token authentication (KubeRay >= 1.5.1, Ray >= 2.52): KubeRay makes a random token in a
         # Secret per Ray cluster and gives it to every Ray container and to its job submitter; a
         # request to the head's GCS, dashboard or job API without it is refused.
         "authOptions": {"mode": "token"},
-        "enableInTreeAutoscaling": True,
-        "autoscalerOptions": {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": 60},
+        **scaling,
         "headGroupSpec": {
             # the head trains nothing: no CPUs for tasks, so Ray Train's workers land on GPU pods
             # the dashboard (the job API) on the pod's address: KubeRay's submitter and operator reach it
@@ -430,10 +460,10 @@ def _owned_by(meta: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def desired_config_map(vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt: int) -> dict[str, Any]:
-    meta = vft["metadata"]
-    cfg = run_config(meta["name"], spec, owner_of(meta))
-    return _config_map(meta, attempt, cfg, rayjob_name(meta["name"], spec, attempt))
+def desired_config_map(
+    vft: dict[str, Any], spec: api.VideoFineTuneSpec, attempt: int, settings: Settings | None = None
+) -> dict[str, Any]:
+    return desired(vft, spec, attempt, settings or Settings()).config_map
 
 
 def _config_map(meta: dict[str, Any], attempt: int, cfg: RunConfig, job: str) -> dict[str, Any]:

@@ -13,6 +13,11 @@ has no conditions array on RayJobs, so ours carry them):
     Complete + SUCCEEDED                  -> Succeeded
     Failed, or Complete + FAILED/STOPPED  -> a new attempt (Pending) while backoffLimit allows, else Failed
 
+Under a Kueue queue (spec.queueName, or the operator's default for the namespace) the RayJob is created
+suspended and Kueue unsuspends it: until its Workload is admitted, and while Kueue takes it back (preemption),
+the phase is Queued with Kueue's reason (`queue.py`). The user's suspend then deletes the RayJob, so that a
+suspended run holds no place and no quota in the queue, and Kueue's admission never resumes it.
+
 A VideoFineTune with an evaluation block also has the condition `Evaluated`: True once the summary that
 `disney-train eval` writes at the end of the RayJob has been read (its figures in status.evaluation).
 """
@@ -25,8 +30,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from disney_operator import api
-from disney_operator.rayjob import ANNOTATION_TEMPLATE, Desired, SpecError, desired, is_elastic
+from disney_operator import api, queue
+from disney_operator.rayjob import ANNOTATION_TEMPLATE, Desired, SpecError, desired, is_elastic, with_queue
 from disney_operator.settings import Settings
 from disney_operator.status import (
     EVALUATED,
@@ -172,6 +177,7 @@ class _Round:
     summary: api.EvaluationStatus | None  # the run's evaluation summary, for a spec with an evaluation block
     progress: dict[str, Any] | None
     out: Plan
+    workloads: list[dict[str, Any]] = field(default_factory=list)  # Kueue's, of the run's RayJobs
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -202,9 +208,11 @@ def plan(
     now: datetime,
     settings: Settings,
     evaluation: dict[str, Any] | None = None,
+    workloads: list[dict[str, Any]] | None = None,
 ) -> Plan:
     """`progress` and `evaluation` are the run's last-read progress record and evaluation summary (None:
-    none read; the status keeps what it shows). The summary counts only for a spec with an evaluation block."""
+    none read; the status keeps what it shows). The summary counts only for a spec with an evaluation block.
+    `workloads`: Kueue's Workloads of the run's RayJobs (a queued run's admission)."""
     meta = vft["metadata"]
     mine = sorted(rayjobs, key=lambda rj: rj["metadata"]["name"])
     if meta.get("deletionTimestamp"):
@@ -215,12 +223,19 @@ def plan(
     evaluated = bool((vft.get("spec") or {}).get("evaluation"))
     summary = evaluation_status(evaluation) if evaluated and evaluation is not None else None
     r = _Round(
-        vft, old, new, now, summary, progress, Plan(add_finalizer=FINALIZER not in (meta.get("finalizers") or []))
+        vft,
+        old,
+        new,
+        now,
+        summary,
+        progress,
+        Plan(add_finalizer=FINALIZER not in (meta.get("finalizers") or [])),
+        workloads or [],
     )
     if old.phase in api.TERMINAL:
         return _finished(r)
     try:
-        spec = api.VideoFineTuneSpec.model_validate(vft.get("spec") or {})
+        spec = with_queue(api.VideoFineTuneSpec.model_validate(vft.get("spec") or {}), meta["namespace"], settings)
         wanted = desired(vft, spec, old.attempt, settings)
     except (ValueError, ArithmeticError) as err:  # pydantic's, SpecError, a number no RayJob can hold
         out_refused = refused(vft, _spec_error(err), now)
@@ -261,24 +276,50 @@ def _running(r: _Round, spec: api.VideoFineTuneSpec, wanted: Desired, mine: list
     """A run that is not finished: its current attempt's RayJob made, kept or replaced, and the status."""
     name = wanted.rayjob["metadata"]["name"]
     current = next((rj for rj in mine if rj["metadata"]["name"] == name), None)
+    if spec.queueName and spec.suspend:  # out of the queue: the RayJob goes, and its Workload with it
+        current = None
     others = [rj for rj in mine if rj is not current]
     r.out.delete = [rj["metadata"]["name"] for rj in others if not rj["metadata"].get("deletionTimestamp")]
-    if current is None:
-        observed = _start(r, spec, wanted, others)
-        rj_status: dict[str, Any] = {}
-    else:
-        rj_status = current.get("status") or {}
-        _keep(r.out, current, wanted)
-        attempt = observe(name, rj_status, r.old.attempt, spec)
-        observed = attempt.observed
-        if attempt.failure is not None:
-            r.new.lastFailure = attempt.failure
-        if attempt.retry:
-            r.new.attempt = r.old.attempt + 1
-            r.out.events.append(Event("Warning", "AttemptFailed", observed.message))
-        _scale(r, spec, rj_status, observed)
+    workload = queue.workload_of(r.workloads, current)
+    rj_status: dict[str, Any] = (current or {}).get("status") or {}
+    observed = _start(r, spec, wanted, others) if current is None else _current(r, spec, wanted, current, workload)
+    _queue_status(r, spec.queueName, workload)
     _observed_status(r, spec, observed, name, current, rj_status)
     return r.finish()
+
+
+def _current(
+    r: _Round, spec: api.VideoFineTuneSpec, wanted: Desired, current: dict[str, Any], workload: dict[str, Any] | None
+) -> Observed:
+    """The current attempt's RayJob: kept to the spec, its phase (Queued while Kueue has not admitted it), a
+    failed attempt retried, an elastic run scaled."""
+    name, rj_status = current["metadata"]["name"], current.get("status") or {}
+    _keep(r.out, current, wanted, queued=bool(spec.queueName))
+    attempt = observe(name, rj_status, r.old.attempt, spec)
+    observed = attempt.observed
+    if attempt.failure is not None:
+        r.new.lastFailure = attempt.failure
+    if attempt.retry:
+        r.new.attempt = r.old.attempt + 1
+        r.out.events.append(Event("Warning", "AttemptFailed", observed.message))
+    waits = observed.phase not in api.TERMINAL and not attempt.retry and not queue.admitted(workload)
+    if spec.queueName and waits:
+        observed = queue.waiting(spec.queueName, name, workload)
+    _scale(r, spec, rj_status, observed)
+    return observed
+
+
+def _queue_status(r: _Round, queue_name: str | None, workload: dict[str, Any] | None) -> None:
+    """status.queue of a queued run, and the events of its admission and preemption."""
+    if queue_name is None:
+        r.new.queue = None
+        return
+    old = r.old.queue
+    r.new.queue = new = queue.queue_status(queue_name, workload, old)
+    if new.admitted and not (old is not None and old.admitted and old.workload == new.workload):
+        r.out.events.append(Event("Normal", "Admitted", f"Kueue admitted the run (ClusterQueue {new.clusterQueue})"))
+    if new.preemptions > (old.preemptions if old is not None and old.workload == new.workload else 0):
+        r.out.events.append(Event("Warning", "Preempted", new.lastPreemption or "Kueue preempted the run"))
 
 
 def _start(r: _Round, spec: api.VideoFineTuneSpec, wanted: Desired, others: list[dict[str, Any]]) -> Observed:
@@ -290,20 +331,25 @@ def _start(r: _Round, spec: api.VideoFineTuneSpec, wanted: Desired, others: list
         return Observed(
             phase, "Replacing", f"waiting for RayJob {others[0]['metadata']['name']} to go before starting {name}"
         )
+    if spec.queueName and spec.suspend:
+        return Observed("Suspended", "Suspended", f"suspended: out of queue {spec.queueName}, the checkpoints stay")
     r.out.apply, r.out.config_map, r.out.network_policy = wanted.rayjob, wanted.config_map, wanted.network_policy
     r.out.events.append(Event("Normal", "RayJobCreated", f"RayJob {name} (attempt {r.old.attempt})"))
+    if spec.queueName:
+        return Observed("Queued", "RayJobCreated", f"RayJob {name}, suspended until queue {spec.queueName} admits it")
     return Observed(phase, "RayJobCreated", f"RayJob {name}")
 
 
-def _keep(out: Plan, current: dict[str, Any], wanted: Desired) -> None:
-    """The current RayJob follows the spec (an ended one takes no changes). Its ConfigMap and NetworkPolicy
-    are applied at every reconcile while it runs (no change, no write): one deleted by hand is back within a
-    resync, before a restarted head needs its mount."""
+def _keep(out: Plan, current: dict[str, Any], wanted: Desired, queued: bool = False) -> None:
+    """The current RayJob follows the spec (an ended one takes no changes; a queued one neither: its suspend
+    is Kueue's, and a change that matters makes a new RayJob). Its ConfigMap and NetworkPolicy are applied at
+    every reconcile while it runs (no change, no write): one deleted by hand is back within a resync, before
+    a restarted head needs its mount."""
     deployment = (current.get("status") or {}).get("jobDeploymentStatus") or ""
     if deployment in ENDED:
         return
     template = (current["metadata"].get("annotations") or {}).get(ANNOTATION_TEMPLATE)
-    if template != wanted.rayjob["metadata"]["annotations"][ANNOTATION_TEMPLATE]:
+    if not queued and template != wanted.rayjob["metadata"]["annotations"][ANNOTATION_TEMPLATE]:
         out.apply = wanted.rayjob
     out.config_map, out.network_policy = wanted.config_map, wanted.network_policy
 
@@ -361,8 +407,8 @@ def _observed_status(
         new.completionTime = rj_status.get("endTime") or r.stamp
         kind: Literal["Normal", "Warning"] = "Normal" if observed.phase == "Succeeded" else "Warning"
         r.out.events.append(Event(kind, observed.phase, observed.message))
-    elif observed.phase == "Suspended" and old.phase != "Suspended":
-        r.out.events.append(Event("Normal", "Suspended", observed.message))
+    elif observed.phase in ("Suspended", "Queued") and old.phase != observed.phase:
+        r.out.events.append(Event("Normal", observed.phase, observed.message))
 
 
 def _evaluated_now(old: api.VideoFineTuneStatus, new: api.VideoFineTuneStatus) -> list[Event]:

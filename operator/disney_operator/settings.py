@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -73,6 +73,17 @@ class Settings(BaseModel):
         description="PriorityClasses a VideoFineTune may name; any other is refused (none by default), so that "
         "no tenant preempts another's pods by choosing a class.",
     )
+    default_queues: dict[str, str] = Field(
+        default_factory=dict,
+        description='Kueue LocalQueues by namespace ("*": any other) for VideoFineTunes that name none in '
+        "spec.queueName: on a cluster whose GPUs are all queued, no tenant runs outside a queue by leaving it out.",
+    )
+    gpu_device: Literal["cuda", "cpu"] = Field(
+        default="cuda",
+        description="What GPU workers train on: cuda; cpu only where the GPUs are stand-ins (a test cluster "
+        "advertising nvidia.com/gpu as an extended resource), so that quotas and placement are real and the "
+        "training runs on the CPU.",
+    )
     network_policies: bool = Field(
         default=False,
         description="A NetworkPolicy per run: its Ray pods admit only each other, KubeRay's submitter and operator "
@@ -110,7 +121,8 @@ def settings_from_env(env: dict[str, str] | None = None) -> Settings:
         raw = env.get(PREFIX + name.upper())
         if raw is None:
             continue
-        structured = field.annotation not in (str, float, int, str | None)
+        plain = field.annotation in (str, float, int, str | None) or get_origin(field.annotation) is Literal
+        structured = not plain
         try:
             values[name] = json.loads(raw) if structured else raw
         except json.JSONDecodeError as err:

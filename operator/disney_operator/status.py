@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from disney_operator import api
 from disney_train.runs import SUMMARY_JSON
 
-CONDITION_TYPES: tuple[api.Phase, ...] = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
+CONDITION_TYPES: tuple[api.Phase, ...] = ("Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed")
 EVALUATED = "Evaluated"  # a condition of VideoFineTunes with an evaluation block
 
 
