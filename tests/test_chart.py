@@ -30,7 +30,9 @@ MONITORING: dict[str, Any] = {
     "PrometheusRule": monitoring.PrometheusRule,
 }
 # Kinds whose schema is a CRD of ours or kopf's (the API server validates them in test_chart_operator.py)
-CUSTOM = {"ClusterKopfPeering", "KopfPeering", *MONITORING}
+# and Kueue's (the e2e's install renders kueue.example onto a cluster running Kueue: its API server validates)
+KUEUE = {"ResourceFlavor", "ClusterQueue", "LocalQueue"}
+CUSTOM = {"ClusterKopfPeering", "KopfPeering", *MONITORING, *KUEUE}
 
 # The table: every value set renders, validates, and passes its own assertions below.
 CASES: dict[str, dict[str, Any]] = {
@@ -74,6 +76,10 @@ CASES: dict[str, dict[str, Any]] = {
         "operator": {"extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}], "progressSeconds": 1000000},
         "jobDefaults": {"clusterTTLSeconds": 2592000, "imagePullSecrets": ["registry"]},
         "metrics": {"port": 9100, "service": {"type": "NodePort"}, "dashboards": {"folder": ""}},
+    },
+    "queues": {
+        "kueue": {"example": {"enabled": True, "gpus": 16, "localQueues": {"team-a": "gpus", "team-b": "gpus"}}},
+        "jobDefaults": {"queues": {"team-a": "gpus", "*": "shared"}, "workers": {"device": "cpu"}},
     },
     "grafana-elsewhere": {
         "metrics": {
@@ -366,6 +372,36 @@ def test_gpu_pool_and_operator_settings_reach_the_operator(rendered: dict[str, l
     assert settings.cluster_ttl_seconds == 600
     assert settings.progress_endpoints == ["aws", "https://minio.example:9000"]
     assert "--verbose" in container(objects)["args"]
+
+
+def workload_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rules = [r for role in find(objects, "ClusterRole") for r in role.get("rules") or []]
+    return [r for r in rules if "kueue.x-k8s.io" in r["apiGroups"]]
+
+
+def test_kueue_queues_and_the_operators_queue_settings(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["queues"]
+    settings = settings_from_env(operator_env(objects))
+    assert settings.default_queues == {"team-a": "gpus", "*": "shared"} and settings.gpu_device == "cpu"
+    cq = one(objects, "ClusterQueue")
+    assert cq["spec"]["preemption"] == {"withinClusterQueue": "LowerPriority"}
+    (group,) = cq["spec"]["resourceGroups"]
+    assert group["coveredResources"] == ["cpu", "memory", "nvidia.com/gpu"]
+    quotas = {r["name"]: r["nominalQuota"] for r in group["flavors"][0]["resources"]}
+    assert quotas == {"cpu": "256", "memory": "2Ti", "nvidia.com/gpu": 16}
+    assert group["flavors"][0]["name"] == one(objects, "ResourceFlavor")["metadata"]["name"]
+    lqs = find(objects, "LocalQueue")
+    assert {(q["metadata"]["namespace"], q["metadata"]["name"], q["spec"]["clusterQueue"]) for q in lqs} == {
+        ("team-a", "gpus", "disney-train"),
+        ("team-b", "gpus", "disney-train"),
+    }
+    assert workload_rules(objects) == [
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["list"]}
+    ]  # read only
+    # by default: no queues, the GPU path, and no permission on Kueue's objects
+    defaults = settings_from_env(operator_env(rendered["defaults"]))
+    assert defaults.default_queues == {} and defaults.gpu_device == "cuda"
+    assert not find(rendered["defaults"], "ClusterQueue") and not workload_rules(rendered["defaults"])
 
 
 def test_the_operator_holds_no_s3_keys_and_reads_only_listed_endpoints(

@@ -95,6 +95,12 @@ the requests it makes (tests/test_chart_operator.py reads them from a real API s
 - apiGroups: [ray.io]
   resources: [rayclusters]
   verbs: [patch]
+{{- if or .Values.kueue.enabled .Values.kueue.example.enabled }}
+# Kueue's Workloads of queued runs (read only: admission and preemption are Kueue's)
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list]
+{{- end }}
 # Events about VideoFineTunes (best-effort)
 - apiGroups: [""]
   resources: [events]
