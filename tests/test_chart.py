@@ -376,7 +376,7 @@ def test_gpu_pool_and_operator_settings_reach_the_operator(rendered: dict[str, l
 
 def workload_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rules = [r for role in find(objects, "ClusterRole") for r in role.get("rules") or []]
-    return [r for r in rules if "kueue.x-k8s.io" in r["apiGroups"]]
+    return [r for r in rules if any(g.endswith("kueue.x-k8s.io") for g in r["apiGroups"])]
 
 
 def test_kueue_queues_and_the_operators_queue_settings(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -395,9 +395,10 @@ def test_kueue_queues_and_the_operators_queue_settings(rendered: dict[str, list[
         ("team-a", "gpus", "disney-train"),
         ("team-b", "gpus", "disney-train"),
     }
-    assert workload_rules(objects) == [
-        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["list"]}
-    ]  # read only
+    assert workload_rules(objects) == [  # read only
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["list"]},
+        {"apiGroups": ["visibility.kueue.x-k8s.io"], "resources": ["localqueues/pendingworkloads"], "verbs": ["get"]},
+    ]
     # by default: no queues, the GPU path, and no permission on Kueue's objects
     defaults = settings_from_env(operator_env(rendered["defaults"]))
     assert defaults.default_queues == {} and defaults.gpu_device == "cuda"

@@ -109,12 +109,20 @@ def test_queued_with_kueues_reason_until_admitted_then_running() -> None:
         "preemptions": 0,
     }
     assert not w.step().writes()  # nothing new from Kueue, nothing written
+    # its place, from Kueue's visibility API (the controller adds it to the Workload)
+    w.workloads[0][queue.PENDING] = {"positionInLocalQueue": 1, "positionInClusterQueue": 3}
+    w.step()
+    assert (w.vft["status"]["queue"]["positionInLocalQueue"], w.vft["status"]["queue"]["positionInClusterQueue"]) == (
+        1,
+        3,
+    )
     admit(w)
     p = w.step()
     st = w.vft["status"]
     assert st["phase"] == "Running" and st["workers"]["ready"] == 2
     assert st["queue"]["admitted"] is True and st["queue"]["admittedTime"] == "2026-12-01T12:01:00Z"
     assert st["queue"]["clusterQueue"] == "gpu-cq" and "reason" not in st["queue"]
+    assert "positionInLocalQueue" not in st["queue"]  # admitted: no place in a queue
     assert [e.reason for e in p.events] == ["Admitted", "Running"]
     assert p.apply is None and p.scale_cluster is None  # suspend is Kueue's: the RayJob is never applied again
     w.settle()

@@ -263,6 +263,12 @@ class QueueStatus(_Status):
     admittedTime: DateTime | None = Field(default=None, description="When Kueue admitted it last.")
     reason: str | None = Field(default=None, description="Kueue's reason, while it waits.")
     message: str | None = Field(default=None, description="Kueue's words on why it waits.")
+    positionInLocalQueue: int | None = Field(
+        default=None, description="While it waits: its place in the LocalQueue (0: next), from Kueue's visibility API."
+    )
+    positionInClusterQueue: int | None = Field(
+        default=None, description="While it waits: its place in the ClusterQueue."
+    )
     preemptions: int = Field(default=0, description="Times Kueue preempted the current RayJob (its Workload's count).")
     lastPreemption: str | None = Field(default=None, description="Why Kueue preempted it last.")
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from disney_operator.kube import ConflictError, Kube, RefusedError
 from disney_operator.progress import ProgressReader
+from disney_operator.queue import PENDING, waiting_in
 from disney_operator.rayjob import ANNOTATION_TEMPLATE, LABEL_QUEUE
 from disney_operator.reconcile import FINALIZER, Plan, plan, refused
 from disney_operator.settings import Settings
@@ -130,6 +131,12 @@ class Controller:
             uid = rj["metadata"].get("uid")
             if uid and LABEL_QUEUE in (rj["metadata"].get("labels") or {}):
                 found += self.kube.workloads(key[0], uid)
+        for workload in found:  # a waiting one's place, from Kueue's visibility API
+            queue_name = waiting_in(workload)
+            if queue_name:
+                places = self.kube.pending_workloads(key[0], queue_name)
+                name = workload["metadata"]["name"]
+                workload[PENDING] = next((p for p in places if (p.get("metadata") or {}).get("name") == name), None)
         return found
 
     def last_conflicted(self) -> bool:

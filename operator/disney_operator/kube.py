@@ -20,7 +20,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from disney_operator import api
-from disney_operator.queue import JOB_UID_LABEL, KUEUE_GROUP, KUEUE_VERSION, WORKLOADS
+from disney_operator.queue import JOB_UID_LABEL, KUEUE_GROUP, KUEUE_VERSION, VISIBILITY_GROUP, WORKLOADS
 from disney_operator.rayjob import RAY_GROUP, RAY_VERSION, RAYCLUSTERS, RAYJOBS, WORKER_GROUP
 from disney_operator.reconcile import Event
 from disney_operator.status import rfc3339
@@ -152,6 +152,27 @@ class Kube:
                 return []
             raise
         items: list[dict[str, Any]] = found.get("items") or []
+        return items
+
+    def pending_workloads(self, namespace: str, queue: str) -> list[dict[str, Any]]:
+        """The Workloads waiting in a LocalQueue, with their places (Kueue's visibility API, an aggregated API;
+        none where it is not served or not allowed: the status then shows no place)."""
+        self._count("get localqueues/pendingworkloads")
+        try:
+            found = self.custom.api_client.call_api(
+                f"/apis/{VISIBILITY_GROUP}/{KUEUE_VERSION}/namespaces/{{namespace}}/localqueues/{{name}}/pendingworkloads",
+                "GET",
+                path_params={"namespace": namespace, "name": queue},
+                response_type="object",
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _request_timeout=TIMEOUT,
+            )
+        except ApiException as err:
+            if err.status in (403, 404, 503):
+                return []
+            raise
+        items: list[dict[str, Any]] = (found or {}).get("items") or []
         return items
 
     # ------------------------------------------------- the runs' ConfigMaps and NetworkPolicies

@@ -3,8 +3,10 @@
 Kueue (`kueue.x-k8s.io`, v1beta2) makes one Workload per RayJob with a queue-name label, owned by the RayJob.
 Its conditions say where the run is: `QuotaReserved` / `Admitted` True once its ClusterQueue's quota holds all
 of its pods, `Evicted` True (reason `Preempted`, ...) while Kueue takes them back, both reset when it is
-admitted again; `status.schedulingStats.evictions` counts evictions by reason. The operator reads Workloads,
-never writes them: suspending and resuming a queued RayJob is Kueue's.
+admitted again; `status.schedulingStats.evictions` counts evictions by reason. A waiting Workload's place is
+in Kueue's visibility API (`pendingworkloads` of its LocalQueue): the controller adds its entry there to the
+Workload as `pending` (PENDING). The operator reads Workloads, never writes them: suspending and resuming a
+queued RayJob is Kueue's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ KUEUE_GROUP = "kueue.x-k8s.io"
 KUEUE_VERSION = "v1beta2"
 WORKLOADS = "workloads"
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"  # on each Workload: the uid of the job it is for
+VISIBILITY_GROUP = "visibility.kueue.x-k8s.io"
+PENDING = "pending"  # the key the controller adds to a waiting Workload: its entry in pendingworkloads
 PREEMPTED = "Preempted"
 
 
@@ -44,6 +48,11 @@ def workload_of(workloads: list[dict[str, Any]], rayjob: dict[str, Any] | None) 
         if any(o.get("kind") == "RayJob" and o.get("uid") == uid for o in w["metadata"].get("ownerReferences") or [])
     ]
     return max(owned, key=lambda w: w["metadata"].get("creationTimestamp") or "", default=None)
+
+
+def waiting_in(workload: dict[str, Any]) -> str | None:
+    """The LocalQueue a Workload waits in (None: admitted, or not waiting)."""
+    return None if admitted(workload) else (workload.get("spec") or {}).get("queueName")
 
 
 def admitted(workload: dict[str, Any] | None) -> bool:
@@ -96,6 +105,10 @@ def queue_status(queue: str, workload: dict[str, Any] | None, old: api.QueueStat
     else:
         seen = waiting(queue, "", workload)
         new.reason, new.message = seen.reason, seen.message
+    pending = workload.get(PENDING) or {}
+    if not new.admitted and isinstance(pending.get("positionInLocalQueue"), int):
+        new.positionInLocalQueue = pending["positionInLocalQueue"]
+        new.positionInClusterQueue = pending.get("positionInClusterQueue")
     new.preemptions = preemptions(workload)
     evicted = _true(workload, "Evicted")
     if evicted is not None and evicted.get("reason") == PREEMPTED:

@@ -100,6 +100,10 @@ the requests it makes (tests/test_chart_operator.py reads them from a real API s
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
   verbs: [list]
+# a waiting run's place in its LocalQueue (Kueue's visibility API)
+- apiGroups: [visibility.kueue.x-k8s.io]
+  resources: [localqueues/pendingworkloads]
+  verbs: [get]
 {{- end }}
 # Events about VideoFineTunes (best-effort)
 - apiGroups: [""]
