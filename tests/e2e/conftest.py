@@ -3,9 +3,10 @@ on containerd/runc, CoreDNS, kube-proxy, KubeRay's operator, SeaweedFS as S3), b
 commands. Nothing here plays a part: KubeRay builds the Ray clusters and the submitters, the kubelets run
 the pods from the images `make cluster` imported.
 
-The fixtures are the README's set-up, done once for the session: the chart installed (steps 1 and 2) and
-the inputs on S3 (step 3). The modules run in name order and share that install: test_elastic (scale,
-Prometheus, pod deletions, suspend/resume on one run), test_smoke (the smoke job to Succeeded),
+The fixtures are the README's set-up, done once for the session: the chart installed (steps 1 and 2, with
+the chart's example Kueue queues) and the inputs on S3 (step 3). The modules run in name order and share that
+install: test_elastic (scale, Prometheus, pod deletions, suspend/resume on one run), test_queue (Kueue's
+admission and preemption), test_smoke (the smoke job to Succeeded, no queue),
 test_uninstall (it removes the install), and test_up_again last (it kills the cluster and brings it up anew).
 test_node_images needs no cluster: it runs a containerd of its own.
 """
@@ -73,6 +74,13 @@ def installed(kube: Kube, s3: dict[str, str], inputs: Path) -> Iterator[None]:
         "--set", "operator.progressSeconds=5",
         "--set", "metrics.podMonitor.interval=5s",
         "--set", "jobDefaults.clusterTTLSeconds=600",  # a failed run's Ray cluster stays to be read
+        # test_queue: the chart's example queues with 2 GPUs (the GPU node's stand-ins), whose runs train on
+        # the CPU, and the two PriorityClasses that test may name
+        "--set", "kueue.example.enabled=true", "--set", "kueue.example.gpus=2",
+        "--set", "kueue.example.cpu=64", "--set", "kueue.example.memory=256Gi",
+        "--set", f"kueue.example.localQueues.{JOBS_NS}=gpus",
+        "--set", "jobDefaults.workers.device=cpu",
+        "--set-json", 'jobDefaults.allowedPriorityClasses=["disney-train-e2e-low","disney-train-e2e-high"]',
         "--wait", "--timeout", "3m",
     )  # fmt: skip
     kube.kubectl("-n", RELEASE_NS, "rollout", "status", "deploy/disney-train", "--timeout=120s")

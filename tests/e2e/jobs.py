@@ -10,9 +10,13 @@ from functools import cache
 from typing import Any
 
 import boto3
+import pytest
 import yaml
 
 from disney_operator.rayjob import CONFIG_FILE
+from disney_train.config import RunConfig, config_from_dict
+from disney_train.runs import RunFiles
+from disney_train.train.checkpoint import CheckpointStore
 from tests.support.cluster import ROOT, Kube
 
 RELEASE_NS = "disney-train"
@@ -113,6 +117,16 @@ def rayjob_config(kube: Kube, name: str) -> dict[str, Any]:
     )
     out: dict[str, Any] = yaml.safe_load(config_map["data"][CONFIG_FILE])
     return out
+
+
+def checkpoints(
+    kube: Kube, s3: dict[str, str], name: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[RunConfig, CheckpointStore]:
+    """The run's configuration as its newest RayJob has it, and its checkpoints in S3 read with the cluster's keys."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(var, s3[var])
+    cfg = config_from_dict(rayjob_config(kube, name), f"RayJob of {name}")
+    return cfg, CheckpointStore(RunFiles(cfg).store, cfg.train.keep_checkpoints)
 
 
 def dump(kube: Kube, name: str) -> str:

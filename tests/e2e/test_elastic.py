@@ -24,23 +24,20 @@ from typing import Any
 
 import pytest
 
-from disney_train.config import RunConfig, config_from_dict
 from disney_train.metrics.prometheus import LocalPrometheus
-from disney_train.runs import RunFiles
-from disney_train.train.checkpoint import CheckpointStore
 from tests.e2e.jobs import (
     BUCKET,
     JOBS_NS,
     RELEASE_NS,
     apply,
     bucket,
+    checkpoints,
     clear,
     dump,
     keys,
     phase_is,
     progress,
     ray_pods,
-    rayjob_config,
     smoke_job,
     vft,
 )
@@ -89,14 +86,6 @@ def training(kube: Kube, what: str, check: Callable[[dict[str, Any]], bool], tim
         return wait_until(what, probe, timeout)
     except AssertionError as err:
         raise AssertionError(f"{err}\n{dump(kube, NAME)}") from None
-
-
-def checkpoints(kube: Kube, s3: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[RunConfig, CheckpointStore]:
-    """The run's configuration as its newest RayJob has it, and its checkpoints in S3 read with the cluster's keys."""
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(var, s3[var])
-    cfg = config_from_dict(rayjob_config(kube, NAME), f"RayJob of {NAME}")
-    return cfg, CheckpointStore(RunFiles(cfg).store, cfg.train.keep_checkpoints)
 
 
 def running_workers(kube: Kube) -> list[str]:
@@ -265,7 +254,7 @@ def test_suspend_stops_the_ray_cluster_keeps_the_checkpoints_and_resume_goes_on(
     # the checkpoints are still in S3 (read there, not from the status, which shows what was read before)
     # where the run stopped: its newest checkpoint in S3 (status.progress is read at the operator's resync;
     # a run's last minute of steps can be missing from it)
-    at = checkpoints(kube, s3, monkeypatch)[1].latest()
+    at = checkpoints(kube, s3, NAME, monkeypatch)[1].latest()
     assert at is not None, keys(s3, f"smoke/{NAME}/")
     started_before = starts(s3)
     started = time.monotonic()
@@ -282,7 +271,7 @@ def test_the_run_succeeds_with_every_step_trained_once(
     kube: Kube, s3: dict[str, str], run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wait_until(f"{NAME} Succeeded", lambda: phase_is(kube, NAME, "Succeeded"), 900)
-    cfg, store = checkpoints(kube, s3, monkeypatch)
+    cfg, store = checkpoints(kube, s3, NAME, monkeypatch)
     last = max_steps(kube)
     assert cfg.optim.max_steps == last < STEPS  # the RayJob that ended it ran the lowered max_steps
     assert store.latest() == last

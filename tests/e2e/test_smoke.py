@@ -47,6 +47,10 @@ def test_smoke_job_trains_to_succeeded_with_its_lora_in_s3(
     assert status["progress"]["step"] == 12, status
     assert status["progress"]["loss"] > 0, status
     assert status["progress"].get("lastCheckpointTime"), status
+    # no queue name: Kueue (running in this cluster) left its RayJob alone, no Workload was made for it
+    uid = kube.get("rayjobs", status["rayJob"]["name"], JOBS_NS)["metadata"]["uid"]
+    assert not kube.items("workloads.kueue.x-k8s.io", JOBS_NS, f"kueue.x-k8s.io/job-uid={uid}")
+    assert "queue" not in status, status
     row = kube.kubectl("-n", JOBS_NS, "get", "vft", SMOKE, "--no-headers").stdout.split()
     assert row[1] == "Succeeded" and "12" in row, row
     saved = keys(s3, f"smoke/{SMOKE}/")
