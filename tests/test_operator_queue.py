@@ -64,6 +64,15 @@ def admit(w: World, *extra: dict[str, Any], preempted: int = 0) -> None:
     w.running(ready=2)
 
 
+def running_queued(**spec: Any) -> tuple[World, str]:
+    """A queued run Kueue has admitted and KubeRay runs, settled; and its RayJob's name."""
+    w = queued(**spec)
+    w.settle()
+    admit(w)
+    w.settle()
+    return w, w.only()["metadata"]["name"]
+
+
 def test_a_queued_run_is_created_suspended_with_the_queue_label_and_no_autoscaler() -> None:
     rj = render(vft(queueName="gpus", workers={"replicas": 2, "maxReplicas": 4}))
     assert rj["metadata"]["labels"][LABEL_QUEUE] == "gpus"
@@ -132,11 +141,7 @@ def test_queued_with_kueues_reason_until_admitted_then_running() -> None:
 
 
 def test_preempted_says_why_and_resumes_the_same_rayjob_when_admitted_again() -> None:
-    w = queued()
-    w.settle()
-    admit(w)
-    w.settle()
-    name = w.only()["metadata"]["name"]
+    w, name = running_queued()
     # Kueue preempts: the Workload evicted, the RayJob suspended; KubeRay stops the Ray cluster
     w.workloads = [kueue_workload(w.only(), *ADMITTED, PREEMPTED, preempted=1)]
     w.only()["spec"]["suspend"] = True
@@ -159,11 +164,7 @@ def test_preempted_says_why_and_resumes_the_same_rayjob_when_admitted_again() ->
 
 
 def test_the_users_suspend_takes_a_queued_run_out_of_the_queue_and_resume_queues_it_again() -> None:
-    w = queued()
-    w.settle()
-    admit(w)
-    w.settle()
-    name = w.only()["metadata"]["name"]
+    w, name = running_queued()
     w.spec(suspend=True)
     p = w.step()
     assert p.delete == [name] and p.apply is None  # the RayJob goes, and its Workload with it: no quota held
@@ -179,11 +180,7 @@ def test_the_users_suspend_takes_a_queued_run_out_of_the_queue_and_resume_queues
 
 
 def test_a_scale_under_a_queue_is_a_new_admission_at_the_new_size() -> None:
-    w = queued(workers={"replicas": 2, "maxReplicas": 4})
-    w.settle()
-    admit(w)
-    w.settle()
-    old = w.only()["metadata"]["name"]
+    w, old = running_queued(workers={"replicas": 2, "maxReplicas": 4})
     w.vft["spec"]["workers"]["replicas"] = 3
     w.vft["metadata"]["generation"] += 1
     p = w.step()

@@ -163,15 +163,14 @@ class Kube:
                 f"/apis/{VISIBILITY_GROUP}/{KUEUE_VERSION}/namespaces/{{namespace}}/localqueues/{{name}}/pendingworkloads",
                 "GET",
                 path_params={"namespace": namespace, "name": queue},
-                response_type="object",
+                response_types_map={200: "object"},
                 auth_settings=["BearerToken"],
                 _return_http_data_only=True,
                 _request_timeout=TIMEOUT,
             )
-        except ApiException as err:
-            if err.status in (403, 404, 503):
-                return []
-            raise
+        except ApiException as err:  # a place in the queue is for information: never a failed reconcile
+            log.debug("pendingworkloads of %s/%s: %s %s", namespace, queue, err.status, err.reason)
+            return []
         items: list[dict[str, Any]] = (found or {}).get("items") or []
         return items
 

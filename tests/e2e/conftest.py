@@ -67,6 +67,10 @@ def installed(kube: Kube, s3: dict[str, str], inputs: Path) -> Iterator[None]:
     kube.kubectl("-n", JOBS_NS, "delete", "secret", "disney-train-s3", "--ignore-not-found")
     kube.kubectl("-n", JOBS_NS, *secret, *creds)
     kube.helm("uninstall", "disney-train", "-n", RELEASE_NS, "--wait", check=False)
+    # the chart's CRDs as they are now, as the README says after an upgrade: Helm installs crds/ only where
+    # they are missing, and the API server drops the status fields an older CRD in the cluster lacks (seen
+    # here: a new status.queue field missing from every status, no error anywhere)
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "charts" / "disney-train" / "crds"))
     kube.helm(
         "install", "disney-train", str(ROOT / "charts" / "disney-train"), "-n", RELEASE_NS,
         # the operator reads progress with each VideoFineTune's Secret, at endpoints listed here only
