@@ -13,7 +13,7 @@ from disney_operator import api, queue
 from disney_operator.rayjob import LABEL_QUEUE, rayjob_name, run_config
 from disney_operator.settings import Settings, settings_from_env
 from tests.support.vfts import group, render, vft
-from tests.test_operator_reconcile import World
+from tests.support.world import World
 
 
 def kueue_workload(rayjob: dict[str, Any], *conditions: dict[str, Any], preempted: int = 0) -> dict[str, Any]:
