@@ -165,10 +165,17 @@ def test_preempted_says_why_and_resumes_the_same_rayjob_when_admitted_again() ->
 
 def test_the_users_suspend_takes_a_queued_run_out_of_the_queue_and_resume_queues_it_again() -> None:
     w, name = running_queued()
+    body = w.only()
     w.spec(suspend=True)
     p = w.step()
     assert p.delete == [name] and p.apply is None  # the RayJob goes, and its Workload with it: no quota held
     assert w.vft["status"]["phase"] == "Suspended"
+    # deleted, but KubeRay's finalizer holds it a while
+    w.rayjobs[name] = {**body, "metadata": {**body["metadata"], "deletionTimestamp": "2026-12-01T12:05:00Z"}}
+    p = w.step()
+    assert w.cond("Suspended")["reason"] == "Suspending" and p.apply is None and not p.delete
+    assert f"RayJob {name} leaves queue gpus" in w.vft["status"]["message"]
+    del w.rayjobs[name]
     w.settle()
     assert not w.rayjobs and w.vft["status"]["phase"] == "Suspended"
     w.workloads = []

@@ -326,13 +326,17 @@ def _start(r: _Round, spec: api.VideoFineTuneSpec, wanted: Desired, others: list
     """No RayJob of the current attempt yet: make it, once the previous attempt's is gone."""
     name = wanted.rayjob["metadata"]["name"]
     phase: api.Phase = "Suspended" if spec.suspend else "Pending"
+    if spec.queueName and spec.suspend:  # out of the queue: nothing is made
+        if others:
+            r.out.requeue_after = 2.0
+            gone = others[0]["metadata"]["name"]
+            return Observed("Suspended", "Suspending", f"suspending: RayJob {gone} leaves queue {spec.queueName}")
+        return Observed("Suspended", "Suspended", f"suspended: out of queue {spec.queueName}, the checkpoints stay")
     if others:  # never two Ray clusters training one run: the old one goes first
         r.out.requeue_after = 2.0
         return Observed(
             phase, "Replacing", f"waiting for RayJob {others[0]['metadata']['name']} to go before starting {name}"
         )
-    if spec.queueName and spec.suspend:
-        return Observed("Suspended", "Suspended", f"suspended: out of queue {spec.queueName}, the checkpoints stay")
     r.out.apply, r.out.config_map, r.out.network_policy = wanted.rayjob, wanted.config_map, wanted.network_policy
     r.out.events.append(Event("Normal", "RayJobCreated", f"RayJob {name} (attempt {r.old.attempt})"))
     if spec.queueName:
