@@ -107,7 +107,7 @@ def encode_all(model: Path, cfg: RunConfig) -> list[dict[str, Any]]:
     from disney_train.model.load import load_encoders
     from disney_train.storage import open_store
 
-    vae, te, tok = load_encoders(model)
+    vae, te, tok = (load_encoders(model)[k] for k in ("vae", "text_encoder", "tokenizer"))
     clips = ClipDataset(
         open_store(cfg.data.uri), load_manifest(cfg.data.uri), cfg.data, seed=cfg.seed, epoch=0, with_image=False
     )

@@ -49,7 +49,7 @@ def bench_cache(tmp: Path, model: Path) -> dict[str, Any]:
     cfg = train_config(model, data, tmp / "out", **{"data.num_frames": 49, "data.height": 480, "data.width": 720})
     manifest = load_manifest(str(data))
     clip = ClipDataset(open_store(str(data)), manifest, cfg.data, seed=cfg.seed, epoch=0, with_image=False)[0]
-    vae, te, tok = load_encoders(model)
+    vae, te, tok = (load_encoders(model)[k] for k in ("vae", "text_encoder", "tokenizer"))
     step = Step(model, cfg)
 
     encode_times = []

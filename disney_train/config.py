@@ -90,8 +90,15 @@ Variant = Literal["t2v", "i2v"]
 VARIANT_DESCRIPTION = "Text-to-video or image-to-video."
 
 
+Family = Literal["cogvideox", "wan"]
+FAMILY_DESCRIPTION = "Model family: cogvideox (CogVideoX 1.0 and 1.5) or wan (Wan 2.1)."
+# each family's frame counts are FRAME_MULTIPLE * N + 1 (its VAE compresses time by 4; CogVideoX 1.5 then patches by 2)
+FRAME_MULTIPLE: dict[str, int] = {"cogvideox": 8, "wan": 4}
+
+
 class ModelConfig(_Section):
     uri: Uri = Field(description="Model folder in the diffusers layout: a local path or s3://bucket/prefix.")
+    family: Family = Field(default="cogvideox", description=FAMILY_DESCRIPTION)
     variant: Variant = Field(default="t2v", description=VARIANT_DESCRIPTION)
 
 
@@ -100,12 +107,12 @@ def _cel(rule: str, message: str) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
 
 
-_FRAMES_MSG = "must be 8N+1 (CogVideoX's VAE compresses time by 4 and its latents by 2)"
+_FRAMES_MSG = "must be 4N+1 (the VAE compresses time by 4); CogVideoX: 8N+1 (its latents are then patched by 2)"
 _SIXTEEN_MSG = "must be a multiple of 16 (VAE factor 8 times patch size 2)"
 
 
-def _eight_n_plus_one(v: int) -> int:
-    if (v - 1) % 8 != 0:
+def _four_n_plus_one(v: int) -> int:
+    if (v - 1) % 4 != 0:
         raise ValueError(_FRAMES_MSG)
     return v
 
@@ -116,9 +123,10 @@ def _multiple_of_16(v: int) -> int:
     return v
 
 
-# A frame count (1..1025, 8N+1) and a height or width (16..4096, a multiple of 16), as pydantic checks them;
+# A frame count (1..1025, 4N+1; each family's own rule is RunConfig's and the CRD's) and a height or width
+# (16..4096, a multiple of 16), as pydantic checks them;
 # `_frames_field` and `_size_field` add the CRD's CEL rule for the same checks.
-Frames = Annotated[int, Field(ge=1, le=1025), AfterValidator(_eight_n_plus_one)]
+Frames = Annotated[int, Field(ge=1, le=1025), AfterValidator(_four_n_plus_one)]
 Sixteen = Annotated[int, Field(ge=16, le=4096), AfterValidator(_multiple_of_16)]
 
 
@@ -126,7 +134,7 @@ def _frames_field(default: int | None, description: str) -> Any:
     return Field(
         default=default,
         description=description,
-        json_schema_extra=_cel("(self - 1) % 8 == 0", f"num_frames {_FRAMES_MSG}"),
+        json_schema_extra=_cel("(self - 1) % 4 == 0", f"num_frames {_FRAMES_MSG}"),
     )
 
 
@@ -139,7 +147,7 @@ def _size_field(name: str, default: int | None, description: str) -> Any:
 class DataOptions(_Section):
     """How clips are sampled: everything about the data but where it is."""
 
-    num_frames: Frames = _frames_field(49, "Frames per training clip; 8N+1.")
+    num_frames: Frames = _frames_field(49, "Frames per training clip; 4N+1 (Wan), 8N+1 (CogVideoX).")
     height: Sixteen = _size_field("height", 480, "Training height in pixels; multiple of 16.")
     width: Sixteen = _size_field("width", 720, "Training width in pixels; multiple of 16.")
     fps: float = Field(default=8.0, gt=0, le=120, description="Frame rate the clips are sampled at.")
@@ -292,7 +300,7 @@ class EvaluationConfig(_Section):
     seed: int = Field(default=0, ge=0, le=2**31, description="The first noise seed; both models get the same seeds.")
     steps: int = Field(default=50, ge=1, le=1000, description="Denoising steps.")
     guidance_scale: float = Field(default=6.0, ge=1.0, description="Classifier-free guidance scale.")
-    num_frames: Frames | None = _frames_field(None, "Frames (default: data.num_frames); 8N+1.")
+    num_frames: Frames | None = _frames_field(None, "Frames (default: data.num_frames); as data.num_frames.")
     height: Sixteen | None = _size_field("height", None, "Height (default: data.height); a multiple of 16.")
     width: Sixteen | None = _size_field("width", None, "Width (default: data.width); a multiple of 16.")
     lora_scale: float = Field(default=1.0, gt=0, le=10, description="Scale of the run's LoRA in the fine-tuned videos.")
@@ -367,6 +375,17 @@ class RunConfig(TrainingSpec):
         last = self.metrics.port + self.train.workers.bounds[1] - 1
         if self.metrics.port and last > 65535:
             raise ValueError(f"metrics.port {self.metrics.port}: the ports of the workers would reach {last} (> 65535)")
+        return self
+
+    @model_validator(mode="after")
+    def _family_frames(self) -> RunConfig:
+        m = FRAME_MULTIPLE[self.model.family]
+        counts = {"data.num_frames": self.data.num_frames, "validation.num_frames": self.validation.num_frames}
+        if self.evaluation is not None:
+            counts["evaluation.num_frames"] = self.evaluation.num_frames
+        for name, n in counts.items():
+            if n is not None and (n - 1) % m != 0:
+                raise ValueError(f"{name} {n}: a {self.model.family} model takes {m}N+1 frames")
         return self
 
     @model_validator(mode="after")

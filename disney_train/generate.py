@@ -19,7 +19,7 @@ import numpy as np
 from disney_train.errors import UserError
 
 if TYPE_CHECKING:
-    from disney_train.model.spec import CogVideoXSpec
+    from disney_train.model.base import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def pick_device(requested: str) -> tuple[str, Any]:
     return device, torch.bfloat16 if device == "cuda" else torch.float32
 
 
-def load_pipeline(model_path: Path, model: CogVideoXSpec, device: str, dtype: Any) -> Any:
+def load_pipeline(model_path: Path, model: ModelSpec, device: str, dtype: Any) -> Any:
     """The model's diffusers pipeline, with the model folder's own scheduler: what a user of the
     published LoRA gets from `from_pretrained` (the reference scripts switch validation to
     CogVideoXDPMScheduler; the videos here show what the LoRA does with the model as shipped)."""
@@ -74,7 +74,7 @@ def apply_loras(pipe: Any, loras: list[tuple[bytes, float]]) -> None:
         pipe.set_adapters(names, [scale for _, scale in loras])
 
 
-def render(pipe: Any, spec: RenderSpec, model: CogVideoXSpec) -> list[np.ndarray]:
+def render(pipe: Any, spec: RenderSpec, model: ModelSpec) -> list[np.ndarray]:
     """One uint8 video [F, H, W, 3] per prompt, each from the generator seeded by (seed, index)."""
     import torch
 
@@ -167,8 +167,8 @@ class GenerateRequest:
     def check(self) -> None:
         if not self.prompts:
             raise GenerateError("no prompt: give --prompt (repeatable) or --prompts FILE")
-        if self.num_frames < 1 or (self.num_frames - 1) % 8:
-            raise GenerateError(f"--frames {self.num_frames}: CogVideoX takes 8N+1 frames (9, 17, ..., 49)")
+        if self.num_frames < 1 or (self.num_frames - 1) % 4:
+            raise GenerateError(f"--frames {self.num_frames}: 4N+1 frames (Wan: 5, 9, ..., 81; CogVideoX: 8N+1)")
         for name, v in (("--height", self.height), ("--width", self.width)):
             if v < 16 or v % 16:
                 raise GenerateError(f"{name} {v}: a positive multiple of 16")
@@ -192,6 +192,9 @@ def generate(req: GenerateRequest, s3: Any = None) -> list[str]:
     req.check()
     model_path = resolve_model(req.model, s3)
     model = spec_for(model_path, model_task(model_path))
+    if (req.num_frames - 1) % model.frame_multiple:
+        m = model.frame_multiple
+        raise GenerateError(f"--frames {req.num_frames}: {req.model} is a {model.family} model: {m}N+1 frames")
     refusal = model.check_render_images(len(req.images), len(req.prompts))
     if refusal is not None:
         raise GenerateError(f"--image: {req.model}: {refusal}")

@@ -2,7 +2,7 @@
 train on with no dataset, model or cluster of the user's.
 
 The sample dataset (4 clips cut from Big Buck Bunny, CC-BY) packed into the run's data URI, and a tiny
-random-weight CogVideoX (and CLIP, for the evaluation) where the configuration names local folders that
+random-weight CogVideoX or Wan (and CLIP, for the evaluation) where the configuration names local folders that
 hold none. Then the CLI trains (`disney_train.train.launch`) and evaluates
 (`disney_train.eval.evaluate`) as for any run; the console is the CLI's, not this module's.
 """
@@ -19,6 +19,7 @@ from disney_train.data.pack import PackOptions, PackReport, pack
 from disney_train.data.sample import write_sample
 from disney_train.model.tiny import write_tiny_model
 from disney_train.model.tiny_clip import write_tiny_clip
+from disney_train.model.tiny_wan import write_tiny_wan
 from disney_train.storage import is_s3
 
 SAMPLE_SHARD_BYTES = 512 * 1024  # the sample's 4 clips in a few shards, so the reader's sharding is exercised
@@ -59,12 +60,15 @@ def pack_sample(src: Path, cfg: RunConfig, progress: Progress | None = None) -> 
 
 
 def tiny_model_if_missing(cfg: RunConfig) -> bool:
-    """A tiny random-weight CogVideoX of the configuration's variant in its local model folder, unless one is
-    there or the model is in S3; whether it wrote one."""
+    """A tiny random-weight model of the configuration's family and variant in its local model folder, unless
+    one is there or the model is in S3; whether it wrote one."""
     folder = Path(cfg.model.uri)
     if is_s3(cfg.model.uri) or (folder / "model_index.json").is_file():
         return False
-    write_tiny_model(folder, cfg.model.variant)
+    if cfg.model.family == "wan":
+        write_tiny_wan(folder, cfg.model.variant)
+    else:
+        write_tiny_model(folder, cfg.model.variant)
     return True
 
 

@@ -198,6 +198,20 @@ def tiny_i2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_wan_t2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from disney_train.model.tiny_wan import write_tiny_wan
+
+    return write_tiny_wan(tmp_path_factory.mktemp("tiny-wan-t2v"), "t2v")
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_i2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from disney_train.model.tiny_wan import write_tiny_wan
+
+    return write_tiny_wan(tmp_path_factory.mktemp("tiny-wan-i2v"), "i2v")
+
+
+@pytest.fixture(scope="session")
 def tiny_lora(tiny_t2v: Path) -> bytes:
     """A LoRA file for the tiny t2v model with random (non-zero) A and B, as training writes it."""
     import torch
@@ -209,7 +223,9 @@ def tiny_lora(tiny_t2v: Path) -> bytes:
     cfg = LoraConfig(rank=4, alpha=8)
     params = add_lora(load_transformer(tiny_t2v), cfg)
     g = torch.Generator().manual_seed(0)
-    return lora_file_bytes({peft_key(n): torch.randn(p.shape, generator=g) for n, p in params}, cfg)
+    from diffusers import CogVideoXPipeline
+
+    return lora_file_bytes({peft_key(n): torch.randn(p.shape, generator=g) for n, p in params}, cfg, CogVideoXPipeline)
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,16 @@ import torch
 from disney_train.config import S3Options
 from disney_train.data.pack import PackOptions, load_manifest, pack
 from disney_train.data.reader import ClipDataset, DataError, TrainingClips
+from disney_train.model.base import ModelSpec
 from disney_train.model.encode import encode_prompts, encode_video_dist
 from disney_train.model.load import load_encoders
-from disney_train.model.spec import CogVideoXSpec, spec_for
+from disney_train.model.spec import spec_for
 from disney_train.storage import open_store
 from disney_train.train.cache import CachedClipDataset, cache_set, missing_entries, model_revision
 from tests.support.training import build_cache, train_config
 
 
-def T2V(path: Path) -> CogVideoXSpec:
+def T2V(path: Path) -> ModelSpec:
     return spec_for(path, "t2v")
 
 
@@ -32,7 +33,7 @@ def test_entries_hold_the_encoders_outputs_and_are_reused(tiny_t2v: Path, packed
     assert entry["latent_dist"].shape == (5, 8, 8, 12)  # 17 frames -> 5 latent frames; mean+logvar; 64x96 / 8
     assert entry["prompt_embeds"].shape == (226, 32)
 
-    vae, te, tok = load_encoders(tiny_t2v)
+    vae, te, tok = (load_encoders(tiny_t2v)[k] for k in ("vae", "text_encoder", "tokenizer"))
     clip = ClipDataset(open_store(cfg.data.uri), manifest, cfg.data, seed=cfg.seed, epoch=0, with_image=False)[2]
     torch.testing.assert_close(entry["latent_dist"], encode_video_dist(vae, clip["video"][None])[0])
     torch.testing.assert_close(entry["prompt_embeds"], encode_prompts(tok, te, [clip["prompt"]], 226, "cpu")[0])

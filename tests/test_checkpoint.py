@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from diffusers import CogVideoXPipeline
 
 from disney_train.config import LoraConfig, S3Options
 from disney_train.model.lora import lora_file_bytes, read_lora_file
@@ -27,7 +28,7 @@ def _ckpt(step: int) -> Checkpoint:
     lora = {"blocks.0.to_q.lora_A.weight": torch.full((2, 4), float(step))}
     return Checkpoint(
         step,
-        lora_file_bytes(lora, LoraConfig(rank=2, alpha=2, target_modules=["to_q"])),
+        lora_file_bytes(lora, LoraConfig(rank=2, alpha=2, target_modules=["to_q"]), CogVideoXPipeline),
         {"blocks.0.to_q.lora_A.default.weight.exp_avg": torch.ones(2, 4) * step},
         {"step": step, "reader": {"epoch": 1, "consumed": 2}},
         "name: x\n",
@@ -74,7 +75,6 @@ def test_s3_checkpoints(s3: S3Options, s3_uri: str) -> None:
 
 def test_lora_file_loads_into_the_diffusers_pipeline(tiny_t2v: Path) -> None:
     """The saved file is what CogVideoXPipeline.load_lora_weights reads, with its rank and alpha."""
-    from diffusers import CogVideoXPipeline
 
     from disney_train.generate import apply_lora
     from disney_train.model.load import load_transformer
@@ -85,7 +85,7 @@ def test_lora_file_loads_into_the_diffusers_pipeline(tiny_t2v: Path) -> None:
     params = add_lora(transformer, cfg)
     g = torch.Generator().manual_seed(0)
     state = {peft_key(n): torch.randn(p.shape, generator=g) for n, p in params}
-    data = lora_file_bytes(state, cfg)
+    data = lora_file_bytes(state, cfg, CogVideoXPipeline)
 
     pipe = CogVideoXPipeline.from_pretrained(str(tiny_t2v))
     before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}

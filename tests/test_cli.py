@@ -66,7 +66,7 @@ def test_config_show_and_bad_config(tmp_path: Path) -> None:
     bad.write_text("model: {uri: m}\ndata: {uri: d, num_frames: 48}\noutput: {uri: o}\n")
     res = run("config", "show", str(bad))
     assert res.returncode == 1
-    assert "data.num_frames" in res.stderr and "8N+1" in res.stderr and str(bad) in res.stderr
+    assert "data.num_frames" in res.stderr and "4N+1" in res.stderr and str(bad) in res.stderr
 
 
 def test_pack_errors_are_one_clear_line(tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_the_configuration_from_an_environment_variable(tmp_path: Path) -> None:
     assert res.returncode == 1 and "error: $RUN_CFG: not valid YAML at line 2" in res.stderr, res.stderr
     env["RUN_CFG"] = "model: {uri: m}\ndata: {uri: d, num_frames: 48}\noutput: {uri: o}\n"
     res = subprocess.run([str(BIN), "cache", "--config-env", "RUN_CFG"], capture_output=True, text=True, env=env)
-    assert res.returncode == 1 and "data.num_frames: must be 8N+1" in res.stderr, res.stderr
+    assert res.returncode == 1 and "data.num_frames: must be 4N+1" in res.stderr, res.stderr
     res = run("train", "--config-env", "NOT_SET_ANYWHERE")
     assert res.returncode == 1 and "--config-env NOT_SET_ANYWHERE: the environment variable is not set" in res.stderr
     res = run("train", "--config", str(tmp_path / "a.yaml"), "--config-env", "RUN_CFG")

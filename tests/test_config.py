@@ -29,7 +29,8 @@ def test_defaults_are_the_seed_recipe(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "field", "fragment"),
     [
-        ("data: {uri: x, num_frames: 50}", "data.num_frames", "must be 8N+1"),
+        ("data: {uri: x, num_frames: 50}", "data.num_frames", "must be 4N+1"),
+        ("data: {uri: x, num_frames: 45}", "(top level)", "data.num_frames 45: a cogvideox model takes 8N+1 frames"),
         ("data: {uri: x, height: 470}", "data.height", "multiple of 16"),
         ("optim: {lr: 0.1}", "optim.lr", "unknown field"),
         ("optim: {learning_rate: -1}", "optim.learning_rate", "greater than 0"),

@@ -194,7 +194,9 @@ def test_eval_again_replaces_the_earlier_one_and_bad_input_is_named(
     code, out = evaluate("--config", str(config), *sets)
     assert code == 1 and f"{store.url(FINAL_LORA)}: no fine-tuned LoRA" in " ".join(out.split())
     code, out = evaluate("--config", str(config), *sets, "--set", "evaluation.num_frames=10")
-    assert code == 1 and "evaluation.num_frames" in out and "8N+1" in out
+    assert code == 1 and "evaluation.num_frames" in out and "4N+1" in out
+    code, out = evaluate("--config", str(config), *sets, "--set", "evaluation.num_frames=13")
+    assert code == 1 and "evaluation.num_frames 13: a cogvideox model takes 8N+1 frames" in " ".join(out.split())
     code, out = evaluate("--config", str(config), *sets, "--set", "evaluation=null")
     assert code == 1 and "no evaluation section" in out
     code, out = evaluate("--config", str(config), *sets, "--set", "evaluation.images=[a.png]")

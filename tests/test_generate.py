@@ -97,7 +97,8 @@ def test_bad_input_is_refused_by_name(tiny_t2v: Path, tiny_i2v: Path, tmp_path: 
     bad_prompts = tmp_path / "bad.txt"
     bad_prompts.write_bytes(b"caf\xe9\n")
     cases = [
-        ([*model, "--prompt", "p", "--frames", "10"], "--frames 10: CogVideoX takes 8N+1 frames"),
+        ([*model, "--prompt", "p", "--frames", "10"], "--frames 10: 4N+1 frames"),
+        ([*model, "--prompt", "p", "--frames", "13"], f"--frames 13: {tiny_t2v} is a cogvideox model: 8N+1 frames"),
         ([*model, "--prompt", "p", "--width", "40"], "--width 40: a positive multiple of 16"),
         ([*model], "no prompt"),
         ([*model, "--prompts", str(bad_prompts)], f"--prompts {bad_prompts}: not UTF-8"),

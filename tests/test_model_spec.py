@@ -10,27 +10,19 @@ own lines on the same tensors.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 from disney_train.data.reader import decode_image
-from disney_train.model.spec import (
-    IMAGE_NOISE_LOG_MEAN,
-    IMAGE_NOISE_LOG_STD,
-    CogVideoXI2V,
-    CogVideoXSpec,
-    ImageRecipe,
-    frozen_encoders,
-    seeded,
-    spec_for,
-)
+from disney_train.model.base import ImageRecipe, ModelSpec, seeded
+from disney_train.model.cogvideox import IMAGE_NOISE_LOG_MEAN, IMAGE_NOISE_LOG_STD, CogVideoXI2V, CogVideoXSpec
+from disney_train.model.spec import frozen_encoders, spec_for
 from disney_train.model.tiny import LATENT_CHANNELS, write_tiny_model
+from tests.support.pipeline_hook import first_step_inputs, noise_png
 
 FRAMES, HEIGHT, WIDTH = 9, 64, 96  # 9 frames: 3 latent frames, odd: CogVideoX 1.5 pads them to 4
 PROMPT = "A cartoon mouse whistles at the wheel of a steamboat."
@@ -47,10 +39,6 @@ VARIANTS = {
 EXACT = ImageRecipe(noise=False, draws=1, dropout=0.0)
 
 
-class _Stop(Exception):
-    pass
-
-
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def variant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     task, generation, like_5b = VARIANTS[request.param]
@@ -58,16 +46,7 @@ def variant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return request.param, path
 
 
-def _image_png() -> bytes:
-    from PIL import Image
-
-    rng = np.random.default_rng(5)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _pipeline_inputs(spec: CogVideoXSpec, path: Path, image: bytes, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def _pipeline_inputs(spec: ModelSpec, path: Path, image: bytes, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """What the diffusers pipeline passes to the transformer at its first step (no guidance: one
     batch entry). The image's latents are the VAE's mode, not a sample, so that values compare."""
     import diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video as i2v_pipeline
@@ -75,31 +54,11 @@ def _pipeline_inputs(spec: CogVideoXSpec, path: Path, image: bytes, monkeypatch:
     monkeypatch.setattr(
         i2v_pipeline, "retrieve_latents", lambda out, generator=None, sample_mode="sample": out.latent_dist.mode()
     )
-    pipe = spec.pipeline_class().from_pretrained(str(path))
-    seen: dict[str, Any] = {}
-
-    def hook(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
-        seen.update(kwargs)
-        raise _Stop
-
-    pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
-    with pytest.raises(_Stop):
-        pipe(
-            prompt=PROMPT,
-            num_frames=FRAMES,
-            height=HEIGHT,
-            width=WIDTH,
-            num_inference_steps=1,
-            guidance_scale=1.0,
-            generator=torch.Generator().manual_seed(0),
-            output_type="latent",
-            **spec.render_inputs(image if spec.wants_image else None),
-        )
-    return seen
+    return first_step_inputs(spec, path, PROMPT, (FRAMES, HEIGHT, WIDTH), image)
 
 
 def _training_inputs(
-    spec: CogVideoXSpec, path: Path, image: bytes, timestep: torch.Tensor
+    spec: ModelSpec, path: Path, image: bytes, timestep: torch.Tensor
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """What training builds for the same frames, size, image and prompt: the entry the cache stage
     encodes (from a random video of the same shape), then one step's transformer inputs."""
@@ -124,10 +83,11 @@ def test_training_inputs_are_what_the_diffusers_pipeline_feeds_the_transformer(
     name, path = variant
     task, generation, like_5b = VARIANTS[name]
     spec = spec_for(path, task, EXACT)  # type: ignore[arg-type]
+    assert isinstance(spec, CogVideoXSpec)
     assert spec.name == name.removesuffix("-5b") and spec.generation == generation
     rope = like_5b or generation == "1.5"
     assert spec.transformer_config.use_rotary_positional_embeddings == rope
-    image = _image_png()
+    image = noise_png(HEIGHT, WIDTH)
     seen = _pipeline_inputs(spec, path, image, monkeypatch)
     mine, _ = _training_inputs(spec, path, image, seen["timestep"].long())
 
@@ -171,7 +131,7 @@ def test_loss_is_the_example_scripts_formula(variant: tuple[str, Path]) -> None:
     loss = torch.mean((weights * (model_pred - target) ** 2).reshape(2, -1), dim=1)
     loss = loss.mean()
     # ---
-    mine = spec.loss(model_output, noisy_model_input, model_input, timesteps)
+    mine = spec.loss(model_output, noisy_model_input, model_input, torch.zeros_like(model_input), timesteps)
     torch.testing.assert_close(mine, loss.to(mine.dtype), rtol=1e-5, atol=1e-6)  # the engine computes in fp32
 
 

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 import torch
 
+from disney_train.model.base import ImageRecipe
+from disney_train.model.cogvideox import CogVideoXSpec
 from disney_train.model.load import load_transformer
-from disney_train.model.spec import CogVideoXSpec, ImageRecipe, spec_for
+from disney_train.model.spec import spec_for
 from disney_train.train.objective import diffusion_loss, step_generator
 
 
@@ -34,7 +36,9 @@ class Oracle(torch.nn.Module):
 
 
 def _spec(tiny: Path, i2v: bool = False, dropout: float = 0.0) -> CogVideoXSpec:
-    return spec_for(tiny, "i2v" if i2v else "t2v", ImageRecipe(noise=False, draws=1, dropout=dropout))
+    spec = spec_for(tiny, "i2v" if i2v else "t2v", ImageRecipe(noise=False, draws=1, dropout=dropout))
+    assert isinstance(spec, CogVideoXSpec)
+    return spec
 
 
 def _batch(b: int = 2, f: int = 3, c: int = 4, h: int = 4, w: int = 6) -> dict[str, torch.Tensor]:
@@ -122,7 +126,7 @@ def test_finding_1_cogvideox_1_5_image_to_video_conditions_as_its_pipeline(tmp_p
 
     tiny = write_tiny_model(tmp_path / "tiny-15", "i2v", generation="1.5")
     spec = spec_for(tiny, "i2v", ImageRecipe(noise=False, draws=1, dropout=0.0))
-    assert spec.name == "cogvideox-1.5-i2v"
+    assert isinstance(spec, CogVideoXSpec) and spec.name == "cogvideox-1.5-i2v"
     transformer = load_transformer(tiny)
     seen: list[torch.Tensor] = []
     transformer.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["hidden_states"]), with_kwargs=True)

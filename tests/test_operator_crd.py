@@ -86,7 +86,18 @@ INVALID = [
     ("local model path", _with("model.uri", "/models/cogvideox"), "spec.model.uri in body should match"),
     ("bucket too short", _with("dataset.uri", "s3://ab/disney"), "spec.dataset.uri in body should match"),
     ("unknown variant", _with("model.variant", "v2v"), 'spec.model.variant: Unsupported value: "v2v"'),
-    ("frames not 8N+1", _with("training.data.num_frames", 48), "num_frames must be 8N+1"),
+    ("frames not 4N+1", _with("training.data.num_frames", 48), "num_frames must be 4N+1"),
+    (
+        "cogvideox frames not 8N+1",
+        _with("training.data.num_frames", 45),
+        "training.data.num_frames: a cogvideox model takes 8N+1 frames",
+    ),
+    (
+        "cogvideox validation frames not 8N+1",
+        _with("training.validation.num_frames", 13),
+        "training.validation.num_frames: a cogvideox model takes 8N+1 frames",
+    ),
+    ("unknown family", _with("model.family", "hunyuan"), 'spec.model.family: Unsupported value: "hunyuan"'),
     ("height not /16", _with("training.data.height", 500), "height must be a multiple of 16"),
     ("unknown schedule", _with("training.optim.lr_schedule", "exp"), 'lr_schedule: Unsupported value: "exp"'),
     ("zero learning rate", _with("training.optim.learning_rate", 0), "should be greater than 0"),
@@ -123,9 +134,14 @@ INVALID = [
         "evaluation.images: a text-to-video run takes no images",
     ),
     (
-        "evaluation frames not 8N+1",
+        "evaluation frames not 4N+1",
         {**BASE, "evaluation": {**EVALUATION, "num_frames": 10}},
-        "spec.evaluation.num_frames: Invalid value: 10: num_frames must be 8N+1",
+        "spec.evaluation.num_frames: Invalid value: 10: num_frames must be 4N+1",
+    ),
+    (
+        "cogvideox evaluation frames not 8N+1",
+        {**BASE, "evaluation": {**EVALUATION, "num_frames": 13}},
+        "evaluation.num_frames: a cogvideox model takes 8N+1 frames",
     ),
     (
         "evaluation without prompts",

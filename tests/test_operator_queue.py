@@ -94,6 +94,12 @@ def test_a_run_without_a_queue_keeps_the_rayjob_name_it_had_before_queues() -> N
         (vft(workers={"replicas": 2, "maxReplicas": 4}), "disney-2b-1-37751"),
     ):
         assert rayjob_name("disney-2b", api.VideoFineTuneSpec.model_validate(body["spec"]), 1) == name
+    # model.family came later too: at its default (cogvideox) the name is the same, any other is another run
+    body = vft()
+    body["spec"]["model"]["family"] = "cogvideox"
+    assert rayjob_name("disney-2b", api.VideoFineTuneSpec.model_validate(body["spec"]), 1) == "disney-2b-1-6baff"
+    body["spec"]["model"]["family"] = "wan"
+    assert rayjob_name("disney-2b", api.VideoFineTuneSpec.model_validate(body["spec"]), 1) != "disney-2b-1-6baff"
 
 
 def test_queued_with_kueues_reason_until_admitted_then_running() -> None:

@@ -152,6 +152,38 @@ def _resume_config(model: Path, data: Path, out: Path, name: str, **extra: Any) 
     )
 
 
+def _killed_after_step_3_resumes_exactly(
+    model: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, common: dict[str, Any]
+) -> RunConfig:
+    """A run of `common` settings (4 steps, a checkpoint every 2) whose worker is killed after step 3 is
+    restarted by Ray from the checkpoint at 2 and ends with the uninterrupted run's losses, step for step;
+    returns the killed run's configuration."""
+    straight = train_config(model, data, tmp_path / "out", name="straight", **common)
+    launch(straight, storage_path=tmp_path / "ray")
+    killed = train_config(model, data, tmp_path / "out", name="killed", **{**common, "train.workers.max_failures": 1})
+    monkeypatch.setenv("DISNEY_TRAIN_CHAOS", f"kill:3:1:{tmp_path / 'killed-once'}")
+    launch(killed, storage_path=tmp_path / "ray")
+    monkeypatch.delenv("DISNEY_TRAIN_CHAOS")
+    assert (tmp_path / "killed-once").exists()
+    expected, got = _history(straight), _history(killed)
+    assert got[-1]["restarts"] == 1 and [h["step"] for h in got] == [1, 2, 3, 4]
+    assert [h["loss"] for h in got] == pytest.approx([h["loss"] for h in expected], rel=1e-5, abs=1e-7)
+    return killed
+
+
+def _stopped_at_step_3_then_resumed_alone(cfg: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunConfig:
+    """`cfg` (its workers allowed no failure) stopped by a worker killed after step 3, then resumed by 1 worker;
+    returns the resumed run's configuration."""
+    monkeypatch.setenv("DISNEY_TRAIN_CHAOS", f"kill:3:1:{tmp_path / 'once'}")
+    with pytest.raises(TrainingError):
+        launch(cfg, storage_path=tmp_path / "ray")
+    monkeypatch.delenv("DISNEY_TRAIN_CHAOS")
+    one = cfg.model_copy(deep=True)
+    one.train.workers.replicas = 1
+    launch(one, storage_path=tmp_path / "ray")
+    return one
+
+
 def test_killed_worker_is_replaced_and_training_resumes_exactly(
     ray_local: None, tiny_t2v: Path, packed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -216,13 +248,7 @@ def test_resume_at_another_world_size_continues_the_data_and_schedule(
         "resize",
         **{"train.workers.max_failures": 0, "optim.epochs": 3, "optim.max_steps": None, "train.checkpoint_every": 2},
     )
-    monkeypatch.setenv("DISNEY_TRAIN_CHAOS", f"kill:3:1:{tmp_path / 'once'}")
-    with pytest.raises(TrainingError):
-        launch(cfg, storage_path=tmp_path / "ray")
-    monkeypatch.delenv("DISNEY_TRAIN_CHAOS")
-    one = cfg.model_copy(deep=True)
-    one.train.workers.replicas = 1
-    launch(one, storage_path=tmp_path / "ray")
+    one = _stopped_at_step_3_then_resumed_alone(cfg, tmp_path, monkeypatch)
     history = _history(one)
     sizes = [(h["step"], h["world_size"]) for h in history]
     # 3 epochs of 4 clips: 2 steps an epoch at 2 workers (2 done before the kill at step 3, the
@@ -288,42 +314,123 @@ def test_cogvideox_1_5_image_to_video_trains_resumes_and_evaluates(
     references' image noise from the cache: a worker killed after step 3 (checkpoint at 2) resumes
     to the uninterrupted run's losses; the LoRA is then evaluated with an image per prompt."""
     from PIL import Image
-    from typer.testing import CliRunner
 
-    from disney_train.cli import app
-    from disney_train.eval.results import EvalResults
     from disney_train.model.tiny import write_tiny_model
 
     model = write_tiny_model(tmp_path / "tiny-15-i2v", "i2v", generation="1.5")
     image = tmp_path / "first-frame.png"
     Image.new("RGB", (96, 64), (200, 120, 40)).save(image)
     common = {"model.variant": "i2v", "optim.max_steps": 4, "train.checkpoint_every": 2, "train.report_every": 1}
-    straight = train_config(model, packed, tmp_path / "out", name="straight", **common)
-    launch(straight, storage_path=tmp_path / "ray")
-    killed = train_config(model, packed, tmp_path / "out", name="killed", **{**common, "train.workers.max_failures": 1})
-    monkeypatch.setenv("DISNEY_TRAIN_CHAOS", f"kill:3:1:{tmp_path / 'killed-once'}")
-    launch(killed, storage_path=tmp_path / "ray")
-    monkeypatch.delenv("DISNEY_TRAIN_CHAOS")
-    assert (tmp_path / "killed-once").exists()
-    expected, got = _history(straight), _history(killed)
-    assert got[-1]["restarts"] == 1 and [h["step"] for h in got] == [1, 2, 3, 4]
-    assert [h["loss"] for h in got] == pytest.approx([h["loss"] for h in expected], rel=1e-5, abs=1e-7)
+    killed = _killed_after_step_3_resumes_exactly(model, packed, tmp_path, monkeypatch, common)
+    results = _evaluate(killed, tiny_clip_dir, image)
+    assert results.variant == "i2v" and results.prompts[0].image == str(image) and results.all_finite()
 
-    evaluated = killed.model_copy(deep=True)
-    config = tmp_path / "eval.yaml"
-    run = json.loads(json.dumps(evaluated.model_dump(mode="json", exclude_none=True)))
+
+def _final_lora_changes_the_wan_pipeline(cfg: RunConfig, model: Path, task: str) -> None:
+    """The run's final LoRA, as saved, loads with the diffusers Wan pipeline's `load_lora_weights` and
+    changes what its transformer computes."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    pipe = (WanImageToVideoPipeline if task == "i2v" else WanPipeline).from_pretrained(str(model))
+    g = torch.Generator().manual_seed(0)
+    cfg_t = pipe.transformer.config
+    x = torch.randn((1, cfg_t.in_channels, 2, 4, 4), generator=g)
+    kwargs: dict[str, Any] = {
+        "hidden_states": x,
+        "timestep": torch.tensor([500]),
+        "encoder_hidden_states": torch.randn((1, 512, cfg_t.text_dim), generator=g),
+    }
+    if cfg_t.image_dim:
+        kwargs["encoder_hidden_states_image"] = torch.randn((1, 5, cfg_t.image_dim), generator=g)
+    before = pipe.transformer(**kwargs, return_dict=False)[0]
+    pipe.load_lora_weights(str(Path(cfg.output.uri) / cfg.name / "final"))
+    assert pipe.get_list_adapters() == {"transformer": ["default_0"]}
+    after = pipe.transformer(**kwargs, return_dict=False)[0]
+    assert not torch.allclose(before, after)
+
+
+def _evaluate(cfg: RunConfig, clip: Path, image: Path | None) -> Any:
+    from typer.testing import CliRunner
+
+    from disney_train.cli import app
+    from disney_train.eval.results import EvalResults
+
+    run = json.loads(json.dumps(cfg.model_dump(mode="json", exclude_none=True)))
     run["evaluation"] = {
         "prompts": ["A grey rabbit hops across a meadow."],
-        "images": [str(image)],
-        "clip_uri": str(tiny_clip_dir),
+        "images": [str(image)] if image else [],
+        "clip_uri": str(clip),
         "seeds": 1,
         "steps": 2,
         "num_frames": 9,
         "reference_clips": 2,
         "reference_frames": 4,
     }
+    config = Path(cfg.output.uri) / f"{cfg.name}-eval.yaml"
     config.write_text(json.dumps(run))
     result = CliRunner().invoke(app, ["eval", "--device", "cpu", "--config", str(config)])
     assert result.exit_code == 0, result.output
-    results = EvalResults.model_validate_json((tmp_path / "out" / "killed" / "eval" / "eval.json").read_text())
+    return EvalResults.model_validate_json((Path(cfg.output.uri) / cfg.name / "eval" / "eval.json").read_text())
+
+
+def test_wan_text_to_video_trains_resumes_exactly_and_evaluates(
+    ray_local: None,
+    packed: Path,
+    tmp_path: Path,
+    tiny_wan_t2v: Path,
+    tiny_clip_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tiny Wan 2.1 T2V (flow matching, UMT5 at 512 tokens, normalised latents) on 2 workers: a worker
+    killed after step 3 (checkpoint at 2) resumes to the uninterrupted run's losses, step for step; the
+    final LoRA loads into diffusers' WanPipeline; the evaluation renders with it."""
+    common = {"model.family": "wan", "optim.max_steps": 4, "train.checkpoint_every": 2, "train.report_every": 1}
+    killed = _killed_after_step_3_resumes_exactly(tiny_wan_t2v, packed, tmp_path, monkeypatch, common)
+    assert all(0.1 < h["loss"] < 10 for h in _history(killed))  # flow matching on unit-variance latents: ~2
+    _final_lora_changes_the_wan_pipeline(killed, tiny_wan_t2v, "t2v")
+    results = _evaluate(killed, tiny_clip_dir, None)
+    assert results.variant == "t2v" and results.all_finite()
+
+
+def test_wan_image_to_video_resumes_at_another_world_size_and_evaluates(
+    ray_local: None,
+    packed: Path,
+    tmp_path: Path,
+    tiny_wan_i2v: Path,
+    tiny_clip_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tiny Wan 2.1 I2V (mask and first-frame latents on channels, CLIP image embedding) stopped at step
+    3 with 2 workers (checkpoint at 2) and resumed with 1: the steps and the data go on at the new size;
+    the LoRA loads into diffusers' WanImageToVideoPipeline; the evaluation renders from an image."""
+    from PIL import Image
+
+    image = tmp_path / "first-frame.png"
+    Image.new("RGB", (96, 64), (200, 120, 40)).save(image)
+    cfg = train_config(
+        tiny_wan_i2v,
+        packed,
+        tmp_path / "out",
+        name="resized",
+        **{
+            "model.family": "wan",
+            "model.variant": "i2v",
+            "optim.max_steps": 5,
+            "train.checkpoint_every": 2,
+            "train.report_every": 1,
+            "train.workers.max_failures": 0,
+        },
+    )
+    one = _stopped_at_step_3_then_resumed_alone(cfg, tmp_path, monkeypatch)
+    history = _history(one)
+    assert [(h["step"], h["world_size"]) for h in history] == [(1, 2), (2, 2), (3, 1), (4, 1), (5, 1)]
+    assert all(math.isfinite(h["loss"]) for h in history)
+    entries = list((packed / "cache").rglob("*.safetensors"))
+    assert entries  # trained from the cache: each entry holds the condition and the CLIP embedding
+    from safetensors.torch import load_file
+
+    keys = {k for e in entries for k in load_file(str(e))}
+    assert {"latent_dist", "prompt_embeds", "condition_dist", "image_embeds"} <= keys
+    _final_lora_changes_the_wan_pipeline(one, tiny_wan_i2v, "i2v")
+    results = _evaluate(one, tiny_clip_dir, image)
     assert results.variant == "i2v" and results.prompts[0].image == str(image) and results.all_finite()

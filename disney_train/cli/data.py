@@ -102,7 +102,7 @@ def _read_epochs(cfg: RunConfig, epochs: int, rank: int, world_size: int) -> dic
     from disney_train.data.reader import TrainingClips
     from disney_train.model.spec import SPECS
 
-    with_image = SPECS[cfg.model.variant].wants_image
+    with_image = SPECS[cfg.model.family, cfg.model.variant].wants_image
     clips = TrainingClips(cfg.data, seed=cfg.seed, rank=rank, world_size=world_size, with_image=with_image, s3=cfg.s3)
     seen = 0
     shape: tuple[int, ...] = ()

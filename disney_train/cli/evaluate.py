@@ -40,7 +40,7 @@ def generate_cmd(
             "LoRA); URI@SCALE sets its scale (default 1). Repeatable: all are applied together.",
         ),
     ] = None,
-    frames: Annotated[int, typer.Option(help="Frames (8N+1).")] = 49,
+    frames: Annotated[int, typer.Option(help="Frames (4N+1; CogVideoX 8N+1).")] = 49,
     height: Annotated[int, typer.Option(help="Height (a multiple of 16).")] = 480,
     width: Annotated[int, typer.Option(help="Width (a multiple of 16).")] = 720,
     fps: Annotated[float, typer.Option(help="Frames per second of the mp4 files.")] = 8.0,

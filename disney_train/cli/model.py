@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -22,14 +22,26 @@ def model_tiny(
     i2v: Annotated[bool, typer.Option("--i2v", help="An image-to-video model.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
     generation: Annotated[str, typer.Option(help="CogVideoX 1.0 (as the 2b) or 1.5 (as CogVideoX1.5-5B).")] = "1.0",
+    family: Annotated[
+        str, typer.Option(help="cogvideox, or wan (Wan 2.1: 1.3B-like T2V, 14B-like I2V).")
+    ] = "cogvideox",
 ) -> None:
-    """Write a tiny CogVideoX with random weights, loadable like the real ones (tests, `make run`)."""
+    """Write a tiny CogVideoX or Wan with random weights, loadable like the real ones (tests, `make run`)."""
     from disney_train.model.tiny import write_tiny_model
+    from disney_train.model.tiny_wan import write_tiny_wan
 
+    task: Literal["t2v", "i2v"] = "i2v" if i2v else "t2v"
+    kind = f"{'image' if i2v else 'text'}-to-video"
+    if family == "wan":
+        write_tiny_wan(out, task, seed)
+        console.print(f"wrote a tiny Wan 2.1 {kind} model to {out}")
+        return
+    if family != "cogvideox":
+        raise typer.BadParameter(f"{family!r}: cogvideox or wan", param_hint="--family")
     if generation not in ("1.0", "1.5"):
         raise typer.BadParameter(f"{generation!r}: 1.0 or 1.5", param_hint="--generation")
-    write_tiny_model(out, "i2v" if i2v else "t2v", seed, "1.5" if generation == "1.5" else "1.0")
-    console.print(f"wrote a tiny CogVideoX {generation} {'image' if i2v else 'text'}-to-video model to {out}")
+    write_tiny_model(out, task, seed, "1.5" if generation == "1.5" else "1.0")
+    console.print(f"wrote a tiny CogVideoX {generation} {kind} model to {out}")
 
 
 @model_app.command("tiny-clip")

@@ -172,7 +172,7 @@ def run_embedded(workdir: Path, cfg: RunConfig) -> None:
     print_summary(report.manifest, report.dest, console)
     console.rule("[bold]3. tiny model")
     pipeline.tiny_model_if_missing(cfg)
-    console.print(f"{cfg.model.uri}: CogVideoX ({cfg.model.variant}) with tiny random weights")
+    console.print(f"{cfg.model.uri}: {FAMILY_NAMES[cfg.model.family]} ({cfg.model.variant}) with tiny random weights")
     if pipeline.tiny_clip_if_missing(cfg):
         console.print(
             f"{cfg.evaluation.clip_uri if cfg.evaluation else ''}: CLIP with tiny random weights (the evaluation's)"
@@ -193,6 +193,15 @@ def run_embedded(workdir: Path, cfg: RunConfig) -> None:
     console.print(f"took        {time.perf_counter() - t0:.0f} s")
 
 
+FAMILY_NAMES = {"cogvideox": "CogVideoX", "wan": "Wan 2.1"}
+# `run --family wan`: the embedded default on a tiny Wan, in its own model folder and run (a run's
+# checkpoints resume only the same model)
+FAMILY_OVERRIDES = {"cogvideox": [], "wan": ["model.family=wan", "model.uri=model/tiny-wan", "name=local-demo-wan"]}
+FamilyOpt = Annotated[
+    str, typer.Option("--family", help="The tiny model's family: cogvideox or wan (Wan 2.1).", show_default=True)
+]
+
+
 def embedded_config(workdir: Path, config: Path | None, overrides: list[str] | None) -> RunConfig:
     """The run's configuration (the embedded default unless `config`), its local URIs under `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -204,6 +213,9 @@ def run(
     workdir: WorkdirOpt = Path(".run"),
     config: EmbeddedConfigOpt = None,
     set_: SetOpt = None,
+    family: FamilyOpt = "cogvideox",
 ) -> None:
     """The main job on the embedded default: sample -> pack -> tiny model -> cache -> train -> LoRA -> evaluation."""
-    run_embedded(workdir, embedded_config(workdir, config, set_))
+    if family not in FAMILY_OVERRIDES:
+        raise typer.BadParameter(f"{family!r}: one of {', '.join(FAMILY_OVERRIDES)}", param_hint="--family")
+    run_embedded(workdir, embedded_config(workdir, config, [*FAMILY_OVERRIDES[family], *(set_ or [])]))

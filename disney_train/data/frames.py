@@ -1,6 +1,6 @@
 """Which frames a training clip takes, and how they are brought to the training size.
 
-Frame sampling (CogVideoX wants 8N+1 frames, 49 by default, at a target fps, 8 by default):
+Frame sampling (the model takes 4N+1 frames, CogVideoX 8N+1, 49 by default, at a target fps, 8 by default):
 
 1. step = source fps / target fps (at least 1): frame k is round(start + k * step). A 25 fps clip
    sampled at 8 fps takes every 3.125th frame, so the clip keeps its real speed.

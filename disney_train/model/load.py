@@ -1,14 +1,40 @@
-"""Loading a CogVideoX model's components from a local folder in the diffusers layout."""
+"""Loading a model's components from a local folder in the diffusers layout.
+
+The folder's `model_index.json` names each component's library and class, as diffusers'
+`DiffusionPipeline.from_pretrained` reads it; here only the classes of the families this platform
+trains are accepted (a model folder is tenant input: it never picks an arbitrary class to import).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from disney_train.errors import UserError
+
 if TYPE_CHECKING:  # the types only: diffusers, transformers and torch load when a component does
     import torch
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
-    from transformers import PreTrainedTokenizerBase, T5EncoderModel
+
+# (library, class) of each component of the pipelines this platform trains and renders
+KNOWN_CLASSES: dict[str, set[tuple[str, str]]] = {
+    "transformer": {("diffusers", "CogVideoXTransformer3DModel"), ("diffusers", "WanTransformer3DModel")},
+    "transformer_2": {("diffusers", "WanTransformer3DModel")},
+    "vae": {("diffusers", "AutoencoderKLCogVideoX"), ("diffusers", "AutoencoderKLWan")},
+    "text_encoder": {("transformers", "T5EncoderModel"), ("transformers", "UMT5EncoderModel")},
+    "image_encoder": {("transformers", "CLIPVisionModel"), ("transformers", "CLIPVisionModelWithProjection")},
+    "image_processor": {("transformers", "CLIPImageProcessor"), ("transformers", "CLIPImageProcessorPil")},
+}
+
+
+class ComponentError(UserError, ValueError):
+    """A component's class in model_index.json is missing or not one this platform loads."""
+
+
+def model_index(path: Path) -> dict[str, Any]:
+    import json
+
+    index: dict[str, Any] = json.loads((path / "model_index.json").read_text())
+    return index
 
 
 def component_config(path: Path, part: str) -> dict[str, Any]:
@@ -19,41 +45,71 @@ def component_config(path: Path, part: str) -> dict[str, Any]:
     return config
 
 
-def max_text_length(path: Path) -> int:
-    """The T5 sequence length the transformer was trained with (226 for CogVideoX)."""
-    return int(component_config(path, "transformer")["max_text_seq_length"])
+def has_component(path: Path, part: str) -> bool:
+    """Does the pipeline in `path` have `part` (model_index.json names it with a class, not null)?"""
+    entry = model_index(path).get(part)
+    return isinstance(entry, list) and len(entry) == 2 and entry[1] is not None
+
+
+def component_class(path: Path, part: str) -> Any:
+    """The class model_index.json names for `part`, if it is one of KNOWN_CLASSES."""
+    import importlib
+
+    entry = model_index(path).get(part)
+    if not (isinstance(entry, list) and len(entry) == 2 and tuple(entry) in KNOWN_CLASSES.get(part, set())):
+        known = ", ".join(sorted(c for _, c in KNOWN_CLASSES.get(part, set())))
+        raise ComponentError(f"{path / 'model_index.json'}: {part} is {entry!r}; expected one of: {known}")
+    return getattr(importlib.import_module(entry[0]), entry[1])
 
 
 def load_transformer(
-    path: Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
-) -> CogVideoXTransformer3DModel:
+    path: Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu", part: str = "transformer"
+) -> Any:
+    """The diffusion transformer (`part`: Wan 2.2's second expert is `transformer_2`)."""
     import torch
-    from diffusers import CogVideoXTransformer3DModel
 
-    return CogVideoXTransformer3DModel.from_pretrained(
-        str(path), subfolder="transformer", torch_dtype=dtype or torch.float32
-    ).to(device)
+    cls = component_class(path, part)
+    return cls.from_pretrained(str(path), subfolder=part, torch_dtype=dtype or torch.float32).to(device)
 
 
-def load_scheduler(path: Path) -> CogVideoXDPMScheduler:
-    from diffusers import CogVideoXDPMScheduler
+def load_scheduler(path: Path) -> Any:
+    """The model folder's scheduler, by the class its config names (a diffusers scheduler)."""
+    import json
 
-    return CogVideoXDPMScheduler.from_pretrained(str(path), subfolder="scheduler")
+    import diffusers
+
+    config = path / "scheduler" / "scheduler_config.json"
+    name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+    if not isinstance(name, str) or not name.endswith("Scheduler") or not hasattr(diffusers, name):
+        raise ComponentError(f"{path / 'scheduler'}: _class_name {name!r} is not a diffusers scheduler")
+    return getattr(diffusers, name).from_pretrained(str(path), subfolder="scheduler")
 
 
-def load_encoders(
-    path: Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
-) -> tuple[AutoencoderKLCogVideoX, T5EncoderModel, PreTrainedTokenizerBase]:
-    """(vae, text_encoder, tokenizer): the frozen parts the cache stage and generation run."""
+def load_encoders(path: Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The frozen parts the cache stage and generation run: vae, text_encoder, tokenizer, and where the
+    pipeline has them (Wan 2.1 I2V) image_encoder and image_processor."""
     import torch
-    from diffusers import AutoencoderKLCogVideoX
-    from transformers import AutoTokenizer, T5EncoderModel
+    from transformers import AutoTokenizer
 
     dtype = dtype or torch.float32
     s = str(path)
-    vae = AutoencoderKLCogVideoX.from_pretrained(s, subfolder="vae", torch_dtype=dtype).to(device)
-    text_encoder = T5EncoderModel.from_pretrained(s, subfolder="text_encoder", torch_dtype=dtype).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(s, subfolder="tokenizer")
-    vae.requires_grad_(False)
-    text_encoder.requires_grad_(False)
-    return vae, text_encoder, tokenizer
+    parts: dict[str, Any] = {
+        "vae": component_class(path, "vae").from_pretrained(s, subfolder="vae", torch_dtype=dtype).to(device),
+        "text_encoder": component_class(path, "text_encoder")
+        .from_pretrained(s, subfolder="text_encoder", torch_dtype=dtype)
+        .to(device),
+        "tokenizer": AutoTokenizer.from_pretrained(s, subfolder="tokenizer"),
+    }
+    if has_component(path, "image_encoder"):
+        parts["image_encoder"] = (
+            component_class(path, "image_encoder")
+            .from_pretrained(s, subfolder="image_encoder", torch_dtype=dtype)
+            .to(device)
+        )
+        parts["image_processor"] = component_class(path, "image_processor").from_pretrained(
+            s, subfolder="image_processor"
+        )
+    for name in ("vae", "text_encoder", "image_encoder"):
+        if name in parts:
+            parts[name].requires_grad_(False)
+    return parts

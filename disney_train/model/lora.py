@@ -1,8 +1,9 @@
-"""LoRA adapters on the CogVideoX transformer (peft), saved in the diffusers LoRA format.
+"""LoRA adapters on a video diffusion transformer (peft), saved in the diffusers LoRA format.
 
-The saved file is `pytorch_lora_weights.safetensors` as `CogVideoXPipeline.save_lora_weights`
-writes it (keys `transformer.<module>.lora_A.weight`, the adapter's rank and alpha in the
-safetensors metadata), so `CogVideoXPipeline.load_lora_weights(folder)` loads it as it is.
+The saved file is `pytorch_lora_weights.safetensors` as the model's pipeline's `save_lora_weights`
+writes it (`CogVideoXPipeline`, `WanPipeline`: keys `transformer.<module>.lora_A.weight`, the
+adapter's rank and alpha in the safetensors metadata), so that pipeline's `load_lora_weights(folder)`
+loads it as it is.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def add_lora(transformer: Any, cfg: LoraConfig) -> list[tuple[str, torch.nn.Para
     if not params:
         raise ValueError(
             f"lora.target_modules {cfg.target_modules} matched no module of the transformer "
-            "(CogVideoX attention uses to_q, to_k, to_v, to_out.0)"
+            "(CogVideoX and Wan attention use to_q, to_k, to_v, to_out.0; Wan's FFN ffn.net.0.proj, ffn.net.2)"
         )
     return params
 
@@ -45,12 +46,11 @@ def peft_key(param_name: str) -> str:
     return param_name.replace(f".{ADAPTER}.", ".")
 
 
-def lora_file_bytes(state: dict[str, torch.Tensor], cfg: LoraConfig) -> bytes:
-    """The diffusers LoRA file for a peft-keyed state dict (keys as `peft_key` gives them)."""
-    from diffusers import CogVideoXPipeline
-
+def lora_file_bytes(state: dict[str, torch.Tensor], cfg: LoraConfig, pipeline: Any) -> bytes:
+    """The diffusers LoRA file for a peft-keyed state dict (keys as `peft_key` gives them), as the
+    model's `pipeline` class saves it."""
     with tempfile.TemporaryDirectory() as tmp:
-        CogVideoXPipeline.save_lora_weights(
+        pipeline.save_lora_weights(
             tmp,
             transformer_lora_layers={k: v.detach().to("cpu").contiguous() for k, v in state.items()},
             transformer_lora_adapter_metadata=peft_config(cfg).to_dict(),

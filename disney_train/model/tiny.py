@@ -68,9 +68,9 @@ def write_tiny_model(
     )
     from transformers import T5Config, T5EncoderModel
 
-    from disney_train.model.spec import SPECS
+    from disney_train.model.cogvideox import CogVideoXI2V, CogVideoXSpec
 
-    spec = SPECS[variant]
+    spec = CogVideoXI2V if variant == "i2v" else CogVideoXSpec
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory(prefix="tiny-tokenizer-") as tmp:
         tokenizer = _tokenizer(Path(tmp))

@@ -42,7 +42,8 @@ from torch.utils.data import DataLoader, Dataset
 from disney_train.config import RunConfig
 from disney_train.data.manifest import Manifest, SampleRecord
 from disney_train.data.reader import ClipDataset, DataError, Sample, training_prompt
-from disney_train.model.spec import CogVideoXSpec, Encoders, frozen_encoders
+from disney_train.model.base import Encoders, ModelSpec
+from disney_train.model.spec import frozen_encoders
 from disney_train.storage import StorageError, Store, open_store
 from disney_train.train.dist import Dist
 
@@ -109,9 +110,7 @@ class CacheSet:
         return f"{self.key}/{digest}.safetensors"
 
 
-def cache_set(cfg: RunConfig, model_path: Path, spec: CogVideoXSpec) -> CacheSet:
-    from disney_train.model.load import max_text_length
-
+def cache_set(cfg: RunConfig, model_path: Path, spec: ModelSpec) -> CacheSet:
     uri = cfg.train.cache_uri or f"{cfg.data.uri.rstrip('/')}/cache"
     info = {
         **spec.cache_facts(),  # i2v: the image's window and noise (nothing for t2v: its sets keep their keys)
@@ -122,7 +121,7 @@ def cache_set(cfg: RunConfig, model_path: Path, spec: CogVideoXSpec) -> CacheSet
         "fps": cfg.data.fps,
         "height": cfg.data.height,
         "width": cfg.data.width,
-        "max_text_length": max_text_length(model_path),
+        "max_text_length": spec.max_text_length,
         "seed": cfg.seed,  # picks each clip's frame window (clip_rng(seed, 0, line))
     }
     key = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
@@ -140,7 +139,7 @@ def missing_entries(cs: CacheSet, manifest: Manifest, cfg: RunConfig) -> list[in
 
 
 def _encode_entry(
-    spec: CogVideoXSpec, enc: Encoders, sample: Sample, key: str, device: torch.device
+    spec: ModelSpec, enc: Encoders, sample: Sample, key: str, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """One clip's entry: the specification's encoding of a batch of one, its draws (the image
     noise) seeded by the entry's key, so that an entry is the same whoever builds it."""
@@ -153,7 +152,7 @@ def build_entries(
     cfg: RunConfig,
     manifest: Manifest,
     data_store: Store,
-    spec: CogVideoXSpec,
+    spec: ModelSpec,
     enc: Encoders,
     indices: list[int],
     device: torch.device,
@@ -217,7 +216,7 @@ def describe(cs: CacheSet) -> str:
 
 
 def ensure_cache(
-    cfg: RunConfig, model_path: Path, spec: CogVideoXSpec, dist: Dist, device: torch.device, dtype: torch.dtype
+    cfg: RunConfig, model_path: Path, spec: ModelSpec, dist: Dist, device: torch.device, dtype: torch.dtype
 ) -> tuple[CacheSet, Manifest, Store, int]:
     """Every worker encodes its share of the missing entries; all wait until the cache is complete."""
     from disney_train.data.pack import load_manifest
@@ -230,7 +229,7 @@ def ensure_cache(
     mine = missing[dist.rank :: dist.world_size]
     if mine:
         t0 = time.perf_counter()
-        enc = frozen_encoders(model_path, dtype, device)
+        enc = frozen_encoders(model_path, dtype, device, spec)
         n = build_entries(cs, cfg, manifest, data_store, spec, enc, mine, device)
         log.info("rank %d cached %d clip(s) in %.1f s into %s", dist.rank, n, time.perf_counter() - t0, cs.uri)
         del enc

@@ -1,11 +1,7 @@
-"""The training objective of CogVideoX LoRA fine-tuning, as the reference trainers compute it.
+"""One step's training loss: clean latents, a noise level and noise, the transformer, the loss.
 
-diffusers' `examples/cogvideo/train_cogvideox_lora.py` and the CogVideo project's trainers:
-timesteps uniform over the scheduler's 1000, noise added with `CogVideoXDPMScheduler.add_noise`,
-the transformer predicts v; `scheduler.get_velocity(v, x_t, t)` turns it into a prediction of the
-clean latents x0, and the loss is the mean of (1 / (1 - alpha_bar_t)) * (x0_pred - x0)^2 per
-sample, then over the batch. What differs between the variants (time padding, the image-to-video
-conditioning, RoPE, `ofs`) is the model specification's (`disney_train.model.spec`).
+What each of these is (CogVideoX's DDPM timesteps and v-prediction, Wan's flow matching; the
+conditioning, the layouts) is the model specification's (`disney_train.model.base.ModelSpec`).
 
 All randomness comes from one `torch.Generator` per step, seeded by (seed, step, rank): a resumed
 run draws the same timesteps, noise and latent samples as an uninterrupted one, without storing
@@ -18,7 +14,7 @@ from typing import Any
 
 import torch
 
-from disney_train.model.spec import CogVideoXSpec, seeded
+from disney_train.model.base import ModelSpec, seeded
 
 
 def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Generator:
@@ -27,7 +23,7 @@ def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Ge
 
 def diffusion_loss(
     transformer: Any,
-    spec: CogVideoXSpec,
+    spec: ModelSpec,
     batch: dict[str, torch.Tensor],
     generator: torch.Generator,
     device: torch.device,
@@ -35,10 +31,9 @@ def diffusion_loss(
 ) -> torch.Tensor:
     """One batch of cached entries -> the scalar loss (graph attached to the transformer's LoRA)."""
     latents = spec.clean_latents(batch, generator, device)
-    b = latents.shape[0]
-    t = torch.randint(0, int(spec.scheduler.config.num_train_timesteps), (b,), generator=generator).to(device)
+    levels = spec.draw_noise_levels(latents.shape[0], generator).to(device)
     noise = torch.randn(latents.shape, generator=generator).to(device)
-    noisy = spec.scheduler.add_noise(latents, noise, t)
-    inputs = spec.transformer_inputs(batch, noisy, t, generator, dtype)
+    noisy = spec.add_noise(latents, noise, levels)
+    inputs = spec.transformer_inputs(batch, noisy, levels, generator, dtype)
     output = transformer(**inputs, return_dict=False)[0]
-    return spec.loss(output, noisy, latents, t)
+    return spec.loss(output, noisy, latents, noise, levels)

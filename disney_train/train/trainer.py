@@ -27,7 +27,7 @@ import torch
 
 from disney_train.config import RunConfig, dump_config
 from disney_train.metrics.exporter import WorkerMetrics
-from disney_train.model.spec import CogVideoXSpec
+from disney_train.model.base import ModelSpec
 from disney_train.runs import RunFiles, checkpoint_identity_error
 from disney_train.storage import open_store
 from disney_train.train import chaos, zero_state
@@ -190,15 +190,13 @@ class Trainer:
             self.t_data = time.perf_counter()
 
     def finish(self) -> None:
-        from disney_train.model.lora import lora_file_bytes, peft_key
-
         self.metrics.set_stage("finishing")
         if self.window.losses and (not self.history or self.history[-1]["step"] != self.step):
             self._report_window()
         self.last_ckpt = self.save_checkpoint()
         weights = zero_state.gather_weights(self.params)
         if self.dist.rank == 0:
-            lora = lora_file_bytes({peft_key(n): w for n, w in weights.items()}, self.cfg.lora)
+            lora = self._lora_file(weights)
             self.files.write_final(lora, dump_config(self.cfg))
         if self.cfg.validation.at_end:
             self._validate()
@@ -363,9 +361,12 @@ class Trainer:
         self.window = Window()
         return record
 
-    def _write_checkpoint(self) -> str | None:
+    def _lora_file(self, weights: dict[str, torch.Tensor]) -> bytes:
         from disney_train.model.lora import lora_file_bytes, peft_key
 
+        return lora_file_bytes({peft_key(n): w for n, w in weights.items()}, self.cfg.lora, self.spec.pipeline_class())
+
+    def _write_checkpoint(self) -> str | None:
         weights, optimizer = zero_state.gather(self.engine, self.params)
         uri = None
         if self.dist.rank == 0:
@@ -382,7 +383,7 @@ class Trainer:
                 },
                 "metrics": self.history,
             }
-            lora = lora_file_bytes({peft_key(n): w for n, w in weights.items()}, self.cfg.lora)
+            lora = self._lora_file(weights)
             uri = self.ckpts.save(Checkpoint(self.step, lora, optimizer["moments"], state, dump_config(self.cfg)))
             self.last_ckpt = uri
             self._write_progress()
@@ -451,12 +452,12 @@ def latest_usable(ckpts: CheckpointStore, cfg: RunConfig) -> Checkpoint | None:
     return None
 
 
-def step_encoder(model_path: Path, spec: CogVideoXSpec, device: torch.device, dtype: torch.dtype) -> Encode:
+def step_encoder(model_path: Path, spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Encode:
     """Without the cache: the frozen VAE and T5 run on every batch (what the cache saves); the image
     noise of i2v is drawn afresh at every step, seeded by (seed, step, rank, micro-batch) and clip."""
     from disney_train.model.spec import frozen_encoders
 
-    enc = frozen_encoders(model_path, dtype, device)
+    enc = frozen_encoders(model_path, dtype, device, spec)
     fresh = replace(spec, image=replace(spec.image, draws=1))
 
     def encode(batch: dict[str, Any], where: tuple[int, ...]) -> dict[str, Any]:

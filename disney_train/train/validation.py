@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from disney_train.config import RunConfig
-from disney_train.model.spec import CogVideoXSpec
+from disney_train.model.base import ModelSpec
 from disney_train.runs import RunFiles
 from disney_train.storage import read_uri
 from disney_train.train import zero_state
@@ -22,7 +22,7 @@ log = logging.getLogger("disney_train.worker")
 def validate(
     cfg: RunConfig,
     model_path: Path,
-    model: CogVideoXSpec,
+    model: ModelSpec,
     files: RunFiles,
     step: int,
     params: list[tuple[str, torch.nn.Parameter]],
@@ -44,7 +44,8 @@ def validate(
         images = [read_uri(u, cfg.s3) for u in v.images]
         dtype = torch.bfloat16 if place.precision == "bf16" else torch.float32
         pipe = load_pipeline(model_path, model, place.device, dtype)
-        apply_lora(pipe, lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora))
+        lora = lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora, model.pipeline_class())
+        apply_lora(pipe, lora)
         spec = RenderSpec(
             prompts=v.prompts,
             images=images,

@@ -12,7 +12,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from disney_train.config import VARIANT_DESCRIPTION, EvaluationConfig, TrainingSpec, Variant
+from disney_train.config import (
+    FAMILY_DESCRIPTION,
+    VARIANT_DESCRIPTION,
+    EvaluationConfig,
+    Family,
+    TrainingSpec,
+    Variant,
+)
 
 GROUP = "disneytrain.dev"
 VERSION = "v1alpha1"
@@ -52,6 +59,7 @@ class _Status(BaseModel):
 
 class ModelRef(_Api):
     uri: S3Uri = Field(description="The base model in the diffusers layout, e.g. s3://models/CogVideoX-2b.")
+    family: Family = Field(default="cogvideox", description=FAMILY_DESCRIPTION)
     variant: Variant = Field(default="t2v", description=VARIANT_DESCRIPTION)
 
 
@@ -164,6 +172,21 @@ class VideoFineTuneSpec(_Api):
             (
                 "self.model.variant == 'i2v' || !has(self.evaluation) || size(self.evaluation.images) == 0",
                 "evaluation.images: a text-to-video run takes no images",
+            ),
+            # each family's frame counts (the fields themselves check 4N+1)
+            (
+                "self.model.family != 'cogvideox' || (self.training.data.num_frames - 1) % 8 == 0",
+                "training.data.num_frames: a cogvideox model takes 8N+1 frames",
+            ),
+            (
+                "self.model.family != 'cogvideox' || !has(self.training.validation.num_frames) || "
+                "(self.training.validation.num_frames - 1) % 8 == 0",
+                "training.validation.num_frames: a cogvideox model takes 8N+1 frames",
+            ),
+            (
+                "self.model.family != 'cogvideox' || !has(self.evaluation) || !has(self.evaluation.num_frames) || "
+                "(self.evaluation.num_frames - 1) % 8 == 0",
+                "evaluation.num_frames: a cogvideox model takes 8N+1 frames",
             ),
             # what the Ray pods read has to be on S3: a local path would be someone's disk, or nothing
             (

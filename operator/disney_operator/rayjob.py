@@ -99,11 +99,19 @@ def is_elastic(spec: api.VideoFineTuneSpec) -> bool:
     return spec.workers.maxReplicas is not None and spec.queueName is None
 
 
+# Fields that came after runs existed, and their value before: at that value they are left out of the
+# digest, so a run's RayJob keeps its name when the operator is upgraded (a new name is a new RayJob)
+LATER_FIELDS: dict[tuple[str, ...], Any] = {("queueName",): None, ("model", "family"): "cogvideox"}
+
+
 def spec_hash(spec: api.VideoFineTuneSpec) -> str:
-    unhashed = {"suspend", "backoffLimit", "ttlSecondsAfterFinished"}
-    if spec.queueName is None:  # the digest of a run without a queue is what it was before queues came
-        unhashed.add("queueName")
-    relevant = spec.model_dump(mode="json", exclude=unhashed)
+    relevant = spec.model_dump(mode="json", exclude={"suspend", "backoffLimit", "ttlSecondsAfterFinished"})
+    for (*parents, key), before in LATER_FIELDS.items():
+        node = relevant
+        for parent in parents:
+            node = node[parent]
+        if node.get(key) == before:
+            del node[key]
     if is_elastic(spec):
         del relevant["workers"]["replicas"]
     return _digest(relevant)

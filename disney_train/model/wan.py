@@ -1,0 +1,242 @@
+"""The Wan family's specifications (`disney_train.model.base.ModelSpec`): Wan 2.1 text- and image-to-video.
+
+What differs from CogVideoX, each where diffusers' Wan pipelines (`WanPipeline`,
+`WanImageToVideoPipeline`) and finetrainers' Wan specification put it:
+
+- The objective is flow matching: sigma in [0, 1), noisy = (1 - sigma) * x0 + sigma * eps, the
+  transformer predicts the velocity eps - x0, the loss is its mean squared error (no weighting,
+  finetrainers' default), the mean per sample, then over the batch. The timestep the transformer sees
+  is sigma * 1000 (finetrainers: `(sigmas * 1000).long()`). Sigma is u ~ U[0, 1) shifted by the
+  model's scheduler's `flow_shift` (3.0 for the 480P models, 5.0 for 720P): shift * u / (1 + (shift - 1) * u),
+  the shift the pipeline's scheduler samples with.
+- The latents are normalised per channel by the VAE config's `latents_mean` and `latents_std`:
+  (z - mean) / std, as the I2V pipeline normalises its condition and denormalises before decoding.
+- The text is UMT5's, at the pipeline's 512 tokens: the prompt cleaned as the pipeline cleans it, the
+  embeddings cut at each prompt's own length and zero-padded (not the encoder's output for the pad tokens).
+- The transformer takes [B, C, F, h, w] (channels before frames); the engine's layout is [B, F, C, h, w].
+- Frame counts are 4N + 1 (the VAE compresses time by 4; the transformer does not patch time).
+- Image-to-video (2.1 I2V): on channels beside the noisy latents, a mask (4 channels: 1 over the
+  first latent frame, the pixel frames the VAE folded into it) and the normalised latents of the
+  video [image, 0, ..., 0] (the first frame, then zeros: mid-grey in [-1, 1]; the VAE's mode, as the pipeline's
+  `retrieve_latents(..., sample_mode="argmax")`); and the image's CLIP vision embedding (the
+  penultimate hidden state) as `encoder_hidden_states_image`. Both are the clip's own, encoded once
+  in the cache stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from disney_train.model.base import Encoders, Family, ModelSpec, Task, pil_image
+from disney_train.model.encode import encode_video_dist
+
+MAX_TEXT_LENGTH = 512  # WanPipeline's max_sequence_length
+
+
+def encode_umt5(tokenizer: Any, text_encoder: Any, prompts: list[str], max_length: int, device: Any) -> torch.Tensor:
+    """UMT5 embeddings [B, max_length, D] as the Wan pipelines compute them: the attention mask given to
+    the encoder, each prompt's embeddings cut at its token count and zero-padded."""
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+    tokens = tokenizer(
+        [prompt_clean(p) for p in prompts],
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    mask = tokens.attention_mask
+    with torch.no_grad():
+        out: torch.Tensor = text_encoder(tokens.input_ids.to(device), mask.to(device)).last_hidden_state
+    lengths = mask.gt(0).sum(dim=1)
+    keep = (torch.arange(max_length)[None, :] < lengths[:, None]).to(device=out.device, dtype=out.dtype)
+    embeds: torch.Tensor = out * keep[:, :, None]
+    return embeds
+
+
+@dataclass(frozen=True)
+class WanSpec(ModelSpec):
+    """Wan 2.1 text-to-video (1.3B, 14B)."""
+
+    family: ClassVar[Family] = "wan"
+    frame_multiple: ClassVar[int] = 4
+
+    # ------------------------------------------------------------------ what the model is
+    @property
+    def name(self) -> str:
+        return f"wan-2.1-{self.task}"
+
+    @property
+    def max_text_length(self) -> int:
+        return MAX_TEXT_LENGTH
+
+    def cache_facts(self) -> dict[str, Any]:
+        return {"family": self.family}
+
+    @property
+    def shift(self) -> float:
+        """The scheduler's timestep shift (UniPC's `flow_shift`, FlowMatchEuler's `shift`)."""
+        cfg = self.scheduler.config
+        return float(cfg.get("flow_shift") or cfg.get("shift") or 1.0)
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's per-channel latents_mean and latents_std, shaped for [B, F, C, h, w]."""
+        mean = torch.tensor(self.vae_config.latents_mean, dtype=like.dtype, device=like.device)
+        std = torch.tensor(self.vae_config.latents_std, dtype=like.dtype, device=like.device)
+        return mean.view(1, 1, -1, 1, 1), std.view(1, 1, -1, 1, 1)
+
+    # ------------------------------------------------------------------ encoding (cache stage)
+    def encode(
+        self, enc: Encoders, batch: Mapping[str, Any], device: torch.device, noise_seeds: list[Any]
+    ) -> dict[str, torch.Tensor]:
+        return {
+            "latent_dist": encode_video_dist(enc.vae, batch["video"].to(device)),
+            "prompt_embeds": encode_umt5(
+                enc.tokenizer, enc.text_encoder, list(batch["prompt"]), enc.max_text_length, device
+            ),
+        }
+
+    # ------------------------------------------------------------------ training
+    def latent_scale(self, latents: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(latents)
+        return (latents - mean) / std
+
+    def shifted(self, u: torch.Tensor) -> torch.Tensor:
+        """sigma = shift * u / (1 + (shift - 1) * u): the scheduler's own shift of its sigmas."""
+        return self.shift * u / (1 + (self.shift - 1) * u)
+
+    def draw_noise_levels(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Flow-matching sigmas: u ~ U[0, 1), shifted as the scheduler shifts."""
+        return self.shifted(torch.rand((batch_size,), generator=generator))
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        sigma = levels.to(device=latents.device, dtype=latents.dtype).view(-1, 1, 1, 1, 1)
+        return (1 - sigma) * latents + sigma * noise
+
+    def timesteps(self, levels: torch.Tensor) -> torch.Tensor:
+        return (levels * float(self.scheduler.config.num_train_timesteps)).long()
+
+    def conditioning(self, batch: Mapping[str, torch.Tensor], noisy: torch.Tensor) -> torch.Tensor | None:
+        """What goes on the channels beside the noisy latents, [B, F, C', h, w] (None: nothing)."""
+        return None
+
+    def transformer_inputs(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        noisy: torch.Tensor,
+        levels: torch.Tensor,
+        generator: torch.Generator,
+        dtype: torch.dtype,
+    ) -> dict[str, Any]:
+        cond = self.conditioning(batch, noisy)
+        hidden = noisy if cond is None else torch.cat([noisy, cond], dim=2)
+        return {
+            "hidden_states": hidden.permute(0, 2, 1, 3, 4).to(dtype),
+            "timestep": self.timesteps(levels).to(noisy.device),
+            "encoder_hidden_states": batch["prompt_embeds"].to(device=noisy.device, dtype=dtype),
+        }
+
+    def loss(
+        self,
+        output: torch.Tensor,
+        noisy: torch.Tensor,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        levels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Flow matching: the predicted velocity against eps - x0, the mean per sample, then over the batch."""
+        pred = output.float().permute(0, 2, 1, 3, 4)
+        loss: torch.Tensor = ((pred - (noise - latents)) ** 2).reshape(latents.shape[0], -1).mean(dim=1).mean()
+        return loss
+
+    @classmethod
+    def fits(cls, transformer: Mapping[str, Any], vae: Mapping[str, Any]) -> bool:
+        return int(transformer["in_channels"]) == int(vae["z_dim"])
+
+    # ------------------------------------------------------------------ rendering
+    @classmethod
+    def pipeline_class(cls) -> Any:
+        from diffusers import WanPipeline
+
+        return WanPipeline
+
+
+@dataclass(frozen=True)
+class WanI2V(WanSpec):
+    """Wan 2.1 image-to-video (14B 480P, 720P): the mask and the first frame's video latents on
+    channels, the image's CLIP embedding beside the text."""
+
+    task: ClassVar[Task] = "i2v"
+    description: ClassVar[str] = "image-to-video"
+    wants_image: ClassVar[bool] = True
+    mask_channels: ClassVar[int] = 4  # the VAE's time compression: pixel frames per latent frame
+
+    def cache_facts(self) -> dict[str, Any]:
+        return {
+            **super().cache_facts(),
+            "image": {"window": "from-the-first-frame", "condition": "first-frame-then-zeros", "noise": None},
+        }
+
+    def encode(
+        self, enc: Encoders, batch: Mapping[str, Any], device: torch.device, noise_seeds: list[Any]
+    ) -> dict[str, torch.Tensor]:
+        """Adds `condition_dist` [B, F', 2C, h, w] (the VAE's distribution of [image, 0, ..., 0]) and
+        `image_embeds` [B, N, D] (CLIP vision, penultimate layer)."""
+        if enc.image_encoder is None or enc.image_processor is None:
+            raise ValueError(
+                "this Wan I2V transformer takes a CLIP image embedding (image_dim), but the model folder has no "
+                "image_encoder and image_processor"
+            )
+        out = super().encode(enc, batch, device, noise_seeds)
+        video = batch["video"]
+        image = batch["image"].to(device=device, dtype=video.dtype)  # [B, 3, H, W] in [-1, 1]
+        first_then_zeros = torch.cat(
+            [image[:, None], image.new_zeros((image.shape[0], video.shape[1] - 1, *image.shape[1:]))], dim=1
+        )
+        out["condition_dist"] = encode_video_dist(enc.vae, first_then_zeros)
+        pixels = ((image.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        inputs = enc.image_processor(images=list(pixels), return_tensors="pt").to(device)
+        with torch.no_grad():
+            out["image_embeds"] = enc.image_encoder(**inputs, output_hidden_states=True).hidden_states[-2]
+        return out
+
+    def conditioning(self, batch: Mapping[str, torch.Tensor], noisy: torch.Tensor) -> torch.Tensor:
+        """[mask, condition latents] on channels: the mask 1 over the first latent frame."""
+        dist = batch["condition_dist"].to(device=noisy.device, dtype=torch.float32)
+        latents = self.latent_scale(dist.chunk(2, dim=2)[0])  # the mode
+        mask = latents.new_zeros((*latents.shape[:2], self.mask_channels, *latents.shape[3:]))
+        mask[:, 0] = 1
+        return torch.cat([mask, latents], dim=2)
+
+    def transformer_inputs(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        noisy: torch.Tensor,
+        levels: torch.Tensor,
+        generator: torch.Generator,
+        dtype: torch.dtype,
+    ) -> dict[str, Any]:
+        image = batch["image_embeds"].to(device=noisy.device, dtype=dtype)
+        return {
+            **super().transformer_inputs(batch, noisy, levels, generator, dtype),
+            "encoder_hidden_states_image": image,
+        }
+
+    @classmethod
+    def fits(cls, transformer: Mapping[str, Any], vae: Mapping[str, Any]) -> bool:
+        return int(transformer["in_channels"]) == 2 * int(vae["z_dim"]) + cls.mask_channels
+
+    @classmethod
+    def pipeline_class(cls) -> Any:
+        from diffusers import WanImageToVideoPipeline
+
+        return WanImageToVideoPipeline
+
+    def render_inputs(self, image: bytes | None) -> dict[str, Any]:
+        return pil_image(image)

@@ -1,0 +1,168 @@
+"""The Wan specifications against diffusers' own Wan pipelines and scheduler (issue 21).
+
+As for CogVideoX (tests/test_model_spec.py): the diffusers pipeline (`WanPipeline`,
+`WanImageToVideoPipeline`) runs one denoising step on a tiny Wan with a hook on the transformer's
+forward; what the specification builds at training time for the same frames, size, image, prompt
+and timestep must be what the pipeline fed the transformer: the layout and shapes, the timestep, the
+UMT5 embeddings (cut and zero-padded at 512), and for I2V the mask and condition latents value for
+value and the CLIP image embedding. The flow-matching objective is checked against the model's own
+scheduler (its sigmas, its noising, its flow prediction) and finetrainers' formula.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from disney_train.data.reader import decode_image
+from disney_train.model.base import ImageRecipe, ModelSpec
+from disney_train.model.spec import frozen_encoders, spec_for
+from disney_train.model.tiny_wan import LATENT_CHANNELS, MASK_CHANNELS
+from disney_train.model.wan import MAX_TEXT_LENGTH, WanI2V, WanSpec
+from tests.support.pipeline_hook import first_step_inputs, noise_png
+
+FRAMES, HEIGHT, WIDTH = 9, 64, 96  # 9 frames: 3 latent frames (Wan: 4N+1)
+PROMPT = "A cartoon  mouse &amp; a cat whistle on a steamboat. "  # the pipeline unescapes and cleans it
+
+
+def _training_inputs(spec: ModelSpec, path: Path, image: bytes, timestep: torch.Tensor) -> dict[str, Any]:
+    """What training builds for the same prompt, frames, size and image at the pipeline's timestep."""
+    enc = frozen_encoders(path, spec=spec)
+    video = torch.rand((1, FRAMES, 3, HEIGHT, WIDTH)) * 2 - 1
+    batch: dict[str, Any] = {"video": video, "prompt": [PROMPT]}
+    if spec.wants_image:
+        batch["image"] = decode_image(image, SimpleNamespace(width=WIDTH, height=HEIGHT))[None]  # type: ignore[arg-type]
+    entry = spec.encode(enc, batch, torch.device("cpu"), ["parity"])
+    g = torch.Generator().manual_seed(1)
+    latents = spec.clean_latents(entry, g, torch.device("cpu"))
+    levels = timestep.double() / 1000  # the sigma whose timestep is the pipeline's
+    noisy = spec.add_noise(latents, torch.randn(latents.shape, generator=g), levels)
+    return spec.transformer_inputs(entry, noisy, levels, g, torch.float32)
+
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_training_inputs_are_what_the_wan_pipeline_feeds_the_transformer(
+    task: str, tiny_wan_t2v: Path, tiny_wan_i2v: Path
+) -> None:
+    path = tiny_wan_i2v if task == "i2v" else tiny_wan_t2v
+    spec = spec_for(path, task, ImageRecipe(noise=False, draws=1, dropout=0.0))  # type: ignore[arg-type]
+    assert isinstance(spec, WanI2V if task == "i2v" else WanSpec) and spec.name == f"wan-2.1-{task}"
+    image = noise_png(HEIGHT, WIDTH)
+    seen = first_step_inputs(spec, path, PROMPT, (FRAMES, HEIGHT, WIDTH), image)
+    mine = _training_inputs(spec, path, image, seen["timestep"])
+
+    want, got = seen["hidden_states"], mine["hidden_states"]
+    assert (
+        got.shape
+        == want.shape
+        == (1, LATENT_CHANNELS * (2 if task == "i2v" else 1) + (4 if task == "i2v" else 0), 3, 8, 12)
+    )
+    assert torch.equal(mine["timestep"], seen["timestep"].long())
+    text, their_text = mine["encoder_hidden_states"], seen["encoder_hidden_states"]
+    assert text.shape == their_text.shape and text.shape[1] == MAX_TEXT_LENGTH
+    torch.testing.assert_close(text, their_text, rtol=1e-4, atol=1e-5)
+    tokens = int((text[0].abs().sum(dim=1) > 0).sum())
+    assert 3 < tokens < 40 and torch.count_nonzero(text[0, tokens:]) == 0  # cut at the prompt and zero-padded
+    if task == "i2v":  # the mask, then the condition latents of [image, 0, ...], value for value
+        cond, their_cond = got[:, LATENT_CHANNELS:], want[:, LATENT_CHANNELS:]
+        torch.testing.assert_close(cond, their_cond, rtol=1e-4, atol=1e-4)
+        mask = their_cond[:, :MASK_CHANNELS]
+        assert torch.all(mask[:, :, 0] == 1) and torch.count_nonzero(mask[:, :, 1:]) == 0
+        torch.testing.assert_close(
+            mine["encoder_hidden_states_image"], seen["encoder_hidden_states_image"], rtol=1e-4, atol=1e-5
+        )
+    else:
+        assert "encoder_hidden_states_image" not in mine and seen.get("encoder_hidden_states_image") is None
+
+
+def test_sigmas_noising_and_target_are_the_schedulers(tiny_wan_t2v: Path) -> None:
+    """The shift is the scheduler's (its sigma grid from the same u), the noising is its `add_noise`, and
+    the target eps - x0 is what its flow prediction means: from x_t and the target it recovers x0."""
+    spec = spec_for(tiny_wan_t2v, "t2v")
+    assert isinstance(spec, WanSpec) and spec.shift == 3.0
+    scheduler = spec.pipeline_class().from_pretrained(str(tiny_wan_t2v)).scheduler
+    n = 10
+    scheduler.set_timesteps(n)
+    u = torch.from_numpy(np.linspace(1, 1 / 1000, n + 1)[:-1])
+    torch.testing.assert_close(spec.shifted(u)[1:], scheduler.sigmas[1:n].double(), rtol=1e-5, atol=1e-6)
+
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn((1, 16, 3, 4, 6), generator=g)  # the scheduler's layout, [B, C, F, h, w]
+    noise = torch.randn(x0.shape, generator=g)
+    for i in (2, 7):
+        sigma = scheduler.sigmas[i].reshape(1)
+        theirs = scheduler.add_noise(x0, noise, scheduler.timesteps[i].reshape(1))
+        torch.testing.assert_close(spec.add_noise(x0, noise, sigma), theirs, rtol=1e-5, atol=1e-5)
+        scheduler._step_index = i
+        recovered = scheduler.convert_model_output(noise - x0, sample=theirs)
+        torch.testing.assert_close(recovered, x0, rtol=1e-4, atol=1e-4)
+
+
+def test_loss_is_finetrainers_flow_matching_formula(tiny_wan_t2v: Path) -> None:
+    """finetrainers' Wan specification: noisy = (1 - sigma) x0 + sigma eps, target = eps - x0, the squared
+    error unweighted ("none"), the mean per sample, then over the batch; the timestep (sigma * 1000).long()."""
+    spec = spec_for(tiny_wan_t2v, "t2v")
+    assert isinstance(spec, WanSpec)
+    g = torch.Generator().manual_seed(2)
+    latents = torch.randn((2, 3, LATENT_CHANNELS, 4, 6), generator=g)  # the engine's layout, [B, F, C, h, w]
+    noise = torch.randn(latents.shape, generator=g)
+    output = torch.randn((2, LATENT_CHANNELS, 3, 4, 6), generator=g)  # the transformer's, [B, C, F, h, w]
+    sigmas = spec.draw_noise_levels(2, torch.Generator().manual_seed(4))
+    # --- the reference's lines (in the transformer's layout)
+    x0, eps = latents.permute(0, 2, 1, 3, 4), noise.permute(0, 2, 1, 3, 4)
+    s = sigmas.view(-1, 1, 1, 1, 1)
+    noisy_ref = (1.0 - s) * x0 + s * eps
+    timesteps = (sigmas.flatten() * 1000.0).long()
+    target = eps - x0
+    loss_ref = ((output - target) ** 2).flatten(1).mean(dim=1).mean()
+    # ---
+    noisy = spec.add_noise(latents, noise, sigmas)
+    torch.testing.assert_close(noisy.permute(0, 2, 1, 3, 4), noisy_ref)
+    assert torch.equal(spec.timesteps(sigmas), timesteps)
+    torch.testing.assert_close(spec.loss(output, noisy, latents, noise, sigmas), loss_ref)
+
+
+def test_latents_are_normalised_by_the_vaes_statistics(tiny_wan_t2v: Path) -> None:
+    """(z - latents_mean) / latents_std per channel, the inverse of what the pipeline does before decoding."""
+    spec = spec_for(tiny_wan_t2v, "t2v")
+    cfg = spec.vae_config
+    z = torch.randn((1, 2, LATENT_CHANNELS, 2, 2))
+    scaled = spec.latent_scale(z)
+    mean = torch.tensor(cfg.latents_mean).view(1, 1, -1, 1, 1)
+    std = torch.tensor(cfg.latents_std).view(1, 1, -1, 1, 1)
+    decoded_side = scaled / (1.0 / std) + mean  # the pipeline's `latents / latents_std + latents_mean` (1/std)
+    torch.testing.assert_close(decoded_side, z)
+    assert not torch.allclose(scaled, z)
+
+
+def test_a_folder_of_another_family_or_task_is_refused(tiny_wan_t2v: Path, tiny_t2v: Path) -> None:
+    from disney_train.model.source import ModelError
+
+    with pytest.raises(ModelError, match=r"this is a wan model \(model_index.json\), but model.family is 'cogvideox'"):
+        spec_for(tiny_wan_t2v, "t2v", family="cogvideox")
+    with pytest.raises(ModelError, match=r"this is a cogvideox model .* but model.family is 'wan'"):
+        spec_for(tiny_t2v, "t2v", family="wan")
+    with pytest.raises(ModelError, match=r"text-to-video model .* but model.variant is 'i2v'"):
+        spec_for(tiny_wan_t2v, "i2v", family="wan")
+
+
+@pytest.mark.parametrize("experts", ["two", "ti2v"])
+def test_wan_2_2_pipelines_are_refused_by_name_not_trained_as_2_1(experts: str, tmp_path: Path) -> None:
+    """Wan 2.2 A14B (two experts) and TI2V-5B (per-token timesteps) would pass for Wan 2.1 by their configs;
+    until they have specifications of their own, such a folder is refused, naming what it is."""
+    from disney_train.model.source import ModelError
+    from disney_train.model.tiny_wan import write_tiny_wan
+
+    path = write_tiny_wan(tmp_path / "wan22", "t2v", experts=2 if experts == "two" else 1)
+    if experts == "ti2v":
+        index = json.loads((path / "model_index.json").read_text())
+        (path / "model_index.json").write_text(json.dumps({**index, "expand_timesteps": True}))
+    what = "two experts" if experts == "two" else "TI2V"
+    with pytest.raises(ModelError, match=rf"model_index.json: a Wan 2.2 .*{what}.*not supported yet"):
+        spec_for(path, "t2v", family="wan")
