@@ -1,6 +1,6 @@
-"""GPU memory on paper: DeepSpeed's ZeRO estimators for CogVideoX-2b and -5b, and what they mean for
-LoRA at rank 128, set beside the CogVideo project's published 16 GB (2b) and 24 GB (5b) for LoRA
-at batch 1.
+"""GPU memory on paper: DeepSpeed's ZeRO estimators for CogVideoX-2b and -5b and Wan 2.1 (1.3B, 14B, I2V
+14B; Wan 2.2 A14B is two such 14B experts), and what they mean for LoRA on the attention projections,
+set beside the CogVideo project's published 16 GB (2b) and 24 GB (5b) for LoRA at batch 1.
 
 The transformers are built on the meta device from the public configs (no weights needed).
 DeepSpeed's estimators assume full fine-tuning (every parameter trained); with LoRA the frozen
@@ -33,10 +33,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
 RANK = 128
-TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
-# public transformer/config.json values of THUDM/CogVideoX-2b and THUDM/CogVideoX-5b
+# the default lora.target_modules, matched as peft matches them (a module name ending in one): CogVideoX
+# has them in attn1 only, Wan in attn1 (self) and attn2 (cross) of every block
+TARGETS = (".to_q", ".to_k", ".to_v", ".to_out.0")
+# public transformer/config.json values of THUDM/CogVideoX-2b, THUDM/CogVideoX-5b, and
+# Wan-AI/Wan2.1-T2V-1.3B-Diffusers, Wan2.1-T2V-14B-Diffusers, Wan2.1-I2V-14B-480P-Diffusers
+_WAN = dict(patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256)
+_WAN_14B = dict(_WAN, num_attention_heads=40, ffn_dim=13824, num_layers=40)
 CONFIGS: dict[str, dict[str, Any]] = {
-    "2b": dict(
+    "CogVideoX-2b": dict(
         num_attention_heads=30,
         attention_head_dim=64,
         in_channels=16,
@@ -46,7 +51,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         num_layers=30,
         use_rotary_positional_embeddings=False,
     ),
-    "5b": dict(
+    "CogVideoX-5b": dict(
         num_attention_heads=48,
         attention_head_dim=64,
         in_channels=16,
@@ -56,8 +61,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
         num_layers=42,
         use_rotary_positional_embeddings=True,
     ),
+    "Wan2.1-T2V-1.3B": dict(_WAN, num_attention_heads=12, ffn_dim=8960, num_layers=30),
+    "Wan2.1-T2V-14B": _WAN_14B,  # and each of Wan 2.2 T2V-A14B's two experts
+    "Wan2.1-I2V-14B": dict(_WAN_14B, in_channels=36, image_dim=1280, added_kv_proj_dim=5120),
 }
-PUBLISHED_LORA_GB = {"2b": 16, "5b": 24}  # CogVideo README: LoRA fine-tuning, batch 1, bf16
+# CogVideo README: LoRA fine-tuning, batch 1, bf16 (none published for Wan LoRA)
+PUBLISHED_LORA_GB: dict[str, int | None] = {"CogVideoX-2b": 16, "CogVideoX-5b": 24}
 GPUS = (1, 2, 8)
 
 
@@ -82,10 +91,11 @@ def _ds_full_finetune(total: int, largest: int, gpus: int) -> dict[str, float]:
 
 
 def estimate(name: str) -> dict[str, Any]:
-    from diffusers import CogVideoXTransformer3DModel
+    from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
 
+    cls = WanTransformer3DModel if name.startswith("Wan") else CogVideoXTransformer3DModel
     with torch.device("meta"):
-        model = CogVideoXTransformer3DModel(**CONFIGS[name])
+        model = cls(**CONFIGS[name])
     total = sum(p.numel() for p in model.parameters())
     largest = max(p.numel() for p in model.parameters())
     targets = [m for n, m in model.named_modules() if n.endswith(TARGETS)]
@@ -103,15 +113,19 @@ def estimate(name: str) -> dict[str, Any]:
             }
         )
     return {
-        "model": f"CogVideoX-{name}",
+        "model": name,
         "params": total,
         "largest_layer_params": largest,
         "lora_rank": RANK,
         "lora_params": lora,
         "lora_modules": len(targets),
-        "published_lora_batch1_gb": PUBLISHED_LORA_GB[name],
+        "published_lora_batch1_gb": PUBLISHED_LORA_GB.get(name),
         "per_gpu": rows,
     }
+
+
+def published(gb: int | None) -> str:
+    return "none published" if gb is None else f"{gb} GB (all memory)"
 
 
 def main() -> None:
@@ -122,7 +136,9 @@ def main() -> None:
     lines = [
         "# GPU memory on paper (model states per GPU, activations not included)",
         "",
-        f"LoRA rank {RANK} on {', '.join(TARGETS)}; bf16 weights, fp32 master weights and Adam moments.",
+        f"LoRA rank {RANK} on every module ending in {', '.join(TARGETS)} (CogVideoX: attn1; Wan: attn1 and attn2); "
+        "bf16 weights, fp32 master weights and Adam moments. Wan 2.2 A14B: two Wan2.1-14B-sized experts, "
+        "each trained by its own run (or both by one: twice the rows below).",
         "",
         "| model | params | LoRA params | GPUs | LoRA ZeRO-2 | LoRA ZeRO-3 | full FT ZeRO-2 (DeepSpeed) | full FT ZeRO-3 (DeepSpeed) | CogVideo published, LoRA batch 1 |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -134,13 +150,15 @@ def main() -> None:
                 f"| {r['model']} | {r['params'] / 1e9:.2f} B | {r['lora_params'] / 1e6:.1f} M | {row['gpus']} "
                 f"| {row['lora_zero2_gib']:.2f} GiB | {row['lora_zero3_gib']:.2f} GiB "
                 f"| {ds.get('zero2', float('nan')):.2f} GB | {ds.get('zero3', float('nan')):.2f} GB "
-                f"| {r['published_lora_batch1_gb']} GB (all memory) |"
+                f"| {published(r['published_lora_batch1_gb'])} |"
             )
     lines += [
         "",
         "With LoRA, ZeRO-2 hardly lowers the model states: the frozen bf16 weights (2 bytes a parameter) are",
         "replicated and dominate; ZeRO-3 partitions them too. The gap to the published figures is",
         "activations (49x480x720 gives 17,550 video tokens) and, without the latent cache, T5-XXL and the VAE.",
+        "Wan at 81x480x832 has 32,760 video tokens a clip; its UMT5-XXL (5.7 B) stays off the training GPUs",
+        "with the latent cache.",
         "",
     ]
     (out / "memory_estimates.md").write_text("\n".join(lines))
