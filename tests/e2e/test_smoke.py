@@ -70,3 +70,39 @@ def test_smoke_job_trains_to_succeeded_with_its_lora_in_s3(
     )  # fmt: skip
     assert (tmp_path / "gen" / "video-00.mp4").stat().st_size > 0
     print(f"smoke job: apply -> Succeeded in {took:.0f} s")
+
+
+def test_a_wan_job_goes_through_the_operator_like_a_cogvideox_one(
+    kube: Kube, s3: dict[str, str], installed: None, inputs: Path, tmp_path: Path
+) -> None:
+    """The smoke job on a tiny Wan 2.1 T2V (`model.family: wan`, pushed as a user pushes it): the same
+    RayJob, to Succeeded with step, loss and checkpoint in the status; the pods trained and rendered the
+    validation and evaluation with the Wan specification and pipeline; the final LoRA in S3 loads into
+    WanPipeline here."""
+    name = f"{SMOKE}-wan"
+    kube.kubectl("-n", JOBS_NS, "delete", "vft", name, "--ignore-not-found", "--wait")
+    clear(s3, f"smoke/{name}/")
+    model = tmp_path / "tiny-wan"
+    cli(s3, "model", "tiny", "--family", "wan", str(model))
+    cli(s3, "model", "push", str(model), f"s3://{BUCKET}/models/tiny-wan-t2v")
+    job = smoke_job(s3, name)
+    job["spec"]["model"] = {"uri": f"s3://{BUCKET}/models/tiny-wan-t2v", "family": "wan", "variant": "t2v"}
+    apply(kube, job)
+    try:
+        done = wait_until(f"{name} Succeeded", lambda: phase_is(kube, name, "Succeeded"), timeout=600)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{dump(kube, name)}") from None
+    status = done["status"]
+    assert status["progress"]["step"] == 12 and status["progress"]["loss"] > 0, status
+    assert status["progress"].get("lastCheckpointTime") and status.get("evaluation"), status
+    final = yaml.safe_load(read(s3, f"smoke/{name}/final/config.yaml"))
+    assert final["model"]["family"] == "wan", final
+    saved = keys(s3, f"smoke/{name}/")
+    assert any(k.endswith(".mp4") and "/validation/" in k for k in saved), saved
+    cli(
+        s3, "generate", "--model", str(model), "--out", str(tmp_path / "gen"),
+        "--lora", f"s3://{BUCKET}/smoke/{name}", "--prompt", "a cartoon mouse",
+        "--frames", "9", "--height", "32", "--width", "32", "--steps", "2", "--device", "cpu",
+    )  # fmt: skip
+    generated = json.loads((tmp_path / "gen" / "generate.json").read_text())
+    assert generated["model_spec"] == "wan-2.1-t2v", generated
