@@ -240,17 +240,19 @@ class TrainOptions(_Section):
     cache_uri: Uri | None = Field(default=None, description="Latent cache location (default: <data.uri>/cache).")
     image_noise: bool = Field(
         default=True,
-        description="Image-to-video: Gaussian noise on the conditioning image before it is encoded, sigma = "
-        "exp(N(-3, 0.5)), as both reference trainers do.",
+        description="CogVideoX image-to-video: Gaussian noise on the conditioning image before it is encoded, "
+        "sigma = exp(N(-3, 0.5)), as both reference trainers do (Wan I2V conditions on the clean frame, as its "
+        "pipeline).",
     )
     image_noise_draws: int = Field(
         default=4,
         ge=1,
         le=32,
-        description="Image-to-video with the cache: noised encodings of the image kept per clip; each step draws one.",
+        description="CogVideoX image-to-video with the cache: noised encodings of the image kept per clip; each step "
+        "draws one.",
     )
     image_dropout: float = Field(
-        default=0.05, ge=0, le=1, description="Image-to-video: the chance a step trains without the image."
+        default=0.05, ge=0, le=1, description="CogVideoX image-to-video: the chance a step trains without the image."
     )
 
 

@@ -109,7 +109,10 @@ def test_bad_input_is_refused_by_name(tiny_t2v: Path, tiny_i2v: Path, tmp_path: 
             [*i2v, "--prompt", "a", "--prompt", "b", "--prompt", "c", "--image", "1.png", "--image", "2.png"],
             "give one image, or one per prompt (3), not 2",
         ),
-        (["--model", str(tmp_path), "--out", str(tmp_path / "z"), "--prompt", "p"], "not a CogVideoX model"),
+        (
+            ["--model", str(tmp_path), "--out", str(tmp_path / "z"), "--prompt", "p"],
+            "not a video diffusion model in the diffusers layout",
+        ),
     ]
     for args, message in cases:
         code, out = run(*SMALL, *args)  # the case's own options last: they win

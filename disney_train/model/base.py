@@ -138,6 +138,12 @@ class ModelSpec:
         """Is a model of this family with these configs one of this task?"""
         raise NotImplementedError
 
+    @classmethod
+    def refusal(cls, transformer: Mapping[str, Any], scheduler: Mapping[str, Any]) -> str | None:
+        """Why a model that fits this variant still cannot be trained as it (None: it can): a scheduler of
+        another objective, a model of the family this specification does not cover."""
+        return None
+
     # ------------------------------------------------------------------ rendering
     @classmethod
     def pipeline_class(cls) -> Any:

@@ -170,6 +170,14 @@ class CogVideoXSpec(ModelSpec):
         """Is a model with these configs one of this task (its transformer's input channels)?"""
         return int(transformer["in_channels"]) == cls.input_latents * int(vae["latent_channels"])
 
+    @classmethod
+    def refusal(cls, transformer: Mapping[str, Any], scheduler: Mapping[str, Any]) -> str | None:
+        """The objective is the CogVideoX schedulers' (v-prediction, their zero-SNR schedule and SNR shift)."""
+        name = scheduler.get("_class_name")
+        if name in ("CogVideoXDDIMScheduler", "CogVideoXDPMScheduler"):
+            return None
+        return f"scheduler {name!r}: a CogVideoX model is trained with CogVideoXDDIMScheduler or CogVideoXDPMScheduler"
+
     # ------------------------------------------------------------------ rendering
     @classmethod
     def pipeline_class(cls) -> Any:

@@ -72,17 +72,27 @@ def load_transformer(
     return cls.from_pretrained(str(path), subfolder=part, torch_dtype=dtype or torch.float32).to(device)
 
 
-def load_scheduler(path: Path) -> Any:
-    """The model folder's scheduler, by the class its config names (a diffusers scheduler)."""
+def scheduler_config(path: Path) -> dict[str, Any]:
+    """The scheduler's config (its `_class_name` among it), without loading it; {} when there is none."""
     import json
 
+    config = path / "scheduler" / "scheduler_config.json"
+    loaded = json.loads(config.read_text()) if config.is_file() else {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def load_scheduler(path: Path) -> Any:
+    """The model folder's scheduler, by the class its config names (a diffusers scheduler; which ones a
+    family accepts is its specification's `refusal`)."""
     import diffusers
 
-    config = path / "scheduler" / "scheduler_config.json"
-    name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+    name = scheduler_config(path).get("_class_name")
     if not isinstance(name, str) or not name.endswith("Scheduler") or not hasattr(diffusers, name):
         raise ComponentError(f"{path / 'scheduler'}: _class_name {name!r} is not a diffusers scheduler")
-    return getattr(diffusers, name).from_pretrained(str(path), subfolder="scheduler")
+    try:
+        return getattr(diffusers, name).from_pretrained(str(path), subfolder="scheduler")
+    except ImportError as err:  # a scheduler whose optional dependency is not installed
+        raise ComponentError(f"{path / 'scheduler'}: {name} cannot be loaded here: {err}") from None
 
 
 def load_encoders(path: Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:

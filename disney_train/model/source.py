@@ -37,7 +37,7 @@ def check_layout(path: Path, where: str | None = None) -> Path:
     missing = [n for n in (INDEX, *COMPONENTS) if not (path / n).exists()]
     if missing:
         raise ModelError(
-            f"{where}: not a CogVideoX model in the diffusers layout; missing {', '.join(missing)} "
+            f"{where}: not a video diffusion model in the diffusers layout; missing {', '.join(missing)} "
             f"(expected {INDEX} and the folders {', '.join(COMPONENTS)})"
         )
     return path

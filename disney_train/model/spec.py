@@ -57,12 +57,23 @@ def model_kind(path: Path) -> tuple[Family, Task]:
         raise ModelError(f"{path}/model_index.json: {unsupported}")
     transformer, vae = load.component_config(path, "transformer"), load.component_config(path, "vae")
     for (fam, task), cls in SPECS.items():
-        if fam == family and cls.fits(transformer, vae):
+        if fam == family and _fits(cls, transformer, vae):
+            refusal = cls.refusal(transformer, load.scheduler_config(path))
+            if refusal:
+                raise ModelError(f"{path}: {refusal}")
             return family, task
     raise ModelError(
         f"{path}: transformer in_channels {transformer.get('in_channels')} fits no {family} variant "
         f"(vae {vae.get('latent_channels', vae.get('z_dim'))} latent channels)"
     )
+
+
+def _fits(cls: type[ModelSpec], transformer: dict[str, Any], vae: dict[str, Any]) -> bool:
+    """`cls.fits`, with a config that lacks what the family's configs have (a folder of mixed families) not fitting."""
+    try:
+        return cls.fits(transformer, vae)
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def unsupported_pipeline(index: dict[str, Any]) -> str | None:

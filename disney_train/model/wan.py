@@ -159,6 +159,25 @@ class WanSpec(ModelSpec):
     def fits(cls, transformer: Mapping[str, Any], vae: Mapping[str, Any]) -> bool:
         return int(transformer["in_channels"]) == int(vae["z_dim"])
 
+    @classmethod
+    def refusal(cls, transformer: Mapping[str, Any], scheduler: Mapping[str, Any]) -> str | None:
+        """The objective is flow matching: the scheduler must be a flow one; Wan 2.1 FLF2V (first and last
+        frame: `pos_embed_seq_len`, two images) conditions otherwise."""
+        name = scheduler.get("_class_name")
+        flow = name == "FlowMatchEulerDiscreteScheduler" or (
+            name == "UniPCMultistepScheduler"
+            and scheduler.get("use_flow_sigmas")
+            and scheduler.get("prediction_type") == "flow_prediction"
+        )
+        if not flow:
+            return (
+                f"scheduler {name!r}: a Wan model is trained by flow matching (FlowMatchEulerDiscreteScheduler, or "
+                "UniPCMultistepScheduler with use_flow_sigmas and prediction_type flow_prediction)"
+            )
+        if transformer.get("pos_embed_seq_len"):
+            return "a Wan 2.1 FLF2V transformer (pos_embed_seq_len: first and last frame): not supported yet"
+        return None
+
     # ------------------------------------------------------------------ rendering
     @classmethod
     def pipeline_class(cls) -> Any:

@@ -93,7 +93,7 @@ def test_a_wan_job_goes_through_the_operator_like_a_cogvideox_one(
     except AssertionError as err:
         raise AssertionError(f"{err}\n{dump(kube, name)}") from None
     status = done["status"]
-    assert status["progress"]["step"] == 12 and status["progress"]["loss"] > 0, status
+    assert status["progress"]["step"] == 12 and 0.1 < status["progress"]["loss"] < 10, status  # flow matching: ~2
     assert status["progress"].get("lastCheckpointTime") and status.get("evaluation"), status
     final = yaml.safe_load(read(s3, f"smoke/{name}/final/config.yaml"))
     assert final["model"]["family"] == "wan", final
