@@ -48,7 +48,12 @@ def load_pipeline(model_path: Path, model: ModelSpec, device: str, dtype: Any) -
     """The model's diffusers pipeline, with the model folder's own scheduler: what a user of the
     published LoRA gets from `from_pretrained` (the reference scripts switch validation to
     CogVideoXDPMScheduler; the videos here show what the LoRA does with the model as shipped)."""
+    import torch
+
     pipe = model.pipeline_class().from_pretrained(str(model_path), torch_dtype=dtype)
+    for part in model.fp32_parts:  # as the family's references run them (Wan: the VAE and the CLIP encoder)
+        if getattr(pipe, part, None) is not None:
+            getattr(pipe, part).to(torch.float32)
     if device == "cuda":
         pipe.enable_model_cpu_offload()  # beside a training worker's memory
         pipe.vae.enable_tiling()

@@ -209,3 +209,25 @@ def test_a_folder_whose_parts_train_another_objective_is_refused(
     task = "i2v" if family == "wan" else "t2v"
     with pytest.raises(ModelError, match=message):
         spec_for(path, task, family=family)  # type: ignore[arg-type]
+
+
+def test_the_wan_vae_and_clip_encoder_stay_fp32_beside_a_bf16_run(tiny_wan_i2v: Path, tiny_t2v: Path) -> None:
+    """GPU runs are bf16; Wan's VAE and CLIP image encoder are kept in fp32 (as diffusers' Wan examples load
+    them) in the cache stage and in rendering, the text encoder and transformer in bf16; CogVideoX's all bf16."""
+    from disney_train.generate import load_pipeline
+
+    spec = spec_for(tiny_wan_i2v, "i2v", family="wan")
+    enc = frozen_encoders(tiny_wan_i2v, torch.bfloat16, spec=spec)
+    assert (enc.vae.dtype, enc.image_encoder.dtype, enc.text_encoder.dtype) == (
+        torch.float32,
+        torch.float32,
+        torch.bfloat16,
+    )
+    pipe = load_pipeline(tiny_wan_i2v, spec, "cpu", torch.bfloat16)
+    assert (pipe.vae.dtype, pipe.image_encoder.dtype, pipe.transformer.dtype) == (
+        torch.float32,
+        torch.float32,
+        torch.bfloat16,
+    )
+    cog = frozen_encoders(tiny_t2v, torch.bfloat16)
+    assert cog.vae.dtype == cog.text_encoder.dtype == torch.bfloat16

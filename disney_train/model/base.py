@@ -64,6 +64,8 @@ class ModelSpec:
     description: ClassVar[str] = "text-to-video"
     wants_image: ClassVar[bool] = False  # does a training clip need its conditioning image decoded?
     frame_multiple: ClassVar[int] = 8  # frame counts are frame_multiple * N + 1
+    # frozen parts kept in fp32 whatever the run's precision (bf16 on GPUs), as the family's references load them
+    fp32_parts: ClassVar[frozenset[str]] = frozenset()
     transformer_config: Any  # the transformer's config (attribute access)
     vae_config: Any
     scheduler: Any  # the model folder's scheduler (its config: num_train_timesteps, shift, ...)

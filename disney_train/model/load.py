@@ -95,27 +95,27 @@ def load_scheduler(path: Path) -> Any:
         raise ComponentError(f"{path / 'scheduler'}: {name} cannot be loaded here: {err}") from None
 
 
-def load_encoders(path: Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
+def load_encoders(
+    path: Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu", fp32: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """The frozen parts the cache stage and generation run: vae, text_encoder, tokenizer, and where the
-    pipeline has them (Wan 2.1 I2V) image_encoder and image_processor."""
+    pipeline has them (Wan 2.1 I2V) image_encoder and image_processor; those named in `fp32` in fp32."""
     import torch
     from transformers import AutoTokenizer
 
-    dtype = dtype or torch.float32
     s = str(path)
+
+    def load(part: str) -> Any:
+        kind = torch.float32 if part in fp32 else dtype or torch.float32
+        return component_class(path, part).from_pretrained(s, subfolder=part, torch_dtype=kind).to(device)
+
     parts: dict[str, Any] = {
-        "vae": component_class(path, "vae").from_pretrained(s, subfolder="vae", torch_dtype=dtype).to(device),
-        "text_encoder": component_class(path, "text_encoder")
-        .from_pretrained(s, subfolder="text_encoder", torch_dtype=dtype)
-        .to(device),
+        "vae": load("vae"),
+        "text_encoder": load("text_encoder"),
         "tokenizer": AutoTokenizer.from_pretrained(s, subfolder="tokenizer"),
     }
     if has_component(path, "image_encoder"):
-        parts["image_encoder"] = (
-            component_class(path, "image_encoder")
-            .from_pretrained(s, subfolder="image_encoder", torch_dtype=dtype)
-            .to(device)
-        )
+        parts["image_encoder"] = load("image_encoder")
         parts["image_processor"] = component_class(path, "image_processor").from_pretrained(
             s, subfolder="image_processor"
         )

@@ -121,7 +121,8 @@ def frozen_encoders(
     if spec is None:
         family, task = model_kind(path)
         spec = spec_for(path, task, family=family)
-    return Encoders(**load.load_encoders(path, dtype, device), max_text_length=spec.max_text_length)
+    parts = load.load_encoders(path, dtype, device, fp32=spec.fp32_parts)
+    return Encoders(**parts, max_text_length=spec.max_text_length)
 
 
 def spec_for(path: Path, task: Task, image: ImageRecipe | None = None, family: Family | None = None) -> ModelSpec:

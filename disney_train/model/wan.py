@@ -66,6 +66,9 @@ class WanSpec(ModelSpec):
 
     family: ClassVar[Family] = "wan"
     frame_multiple: ClassVar[int] = 4
+    # diffusers' Wan examples load the VAE and the CLIP image encoder in fp32 beside a bf16 transformer; the
+    # pipelines cast to and from them (latents to vae.dtype, image embeddings to the transformer's)
+    fp32_parts: ClassVar[frozenset[str]] = frozenset({"vae", "image_encoder"})
 
     # ------------------------------------------------------------------ what the model is
     @property
