@@ -91,7 +91,13 @@ VARIANT_DESCRIPTION = "Text-to-video or image-to-video."
 
 
 Family = Literal["cogvideox", "wan"]
-FAMILY_DESCRIPTION = "Model family: cogvideox (CogVideoX 1.0 and 1.5) or wan (Wan 2.1)."
+FAMILY_DESCRIPTION = "Model family: cogvideox (CogVideoX 1.0 and 1.5) or wan (Wan 2.1, Wan 2.2 A14B)."
+Expert = Literal["high", "low"]
+EXPERT_DESCRIPTION = (
+    "Wan 2.2 A14B (two experts) only, and required there: which expert this run trains. high: `transformer`, "
+    "the timesteps >= boundary_ratio x 1000; low: `transformer_2`, the rest. Each run draws its noise levels on "
+    "its expert's side of the boundary, where the pipeline uses that expert; a LoRA for both is two runs."
+)
 # each family's frame counts are FRAME_MULTIPLE * N + 1 (its VAE compresses time by 4; CogVideoX 1.5 then patches by 2)
 FRAME_MULTIPLE: dict[str, int] = {"cogvideox": 8, "wan": 4}
 
@@ -100,6 +106,15 @@ class ModelConfig(_Section):
     uri: Uri = Field(description="Model folder in the diffusers layout: a local path or s3://bucket/prefix.")
     family: Family = Field(default="cogvideox", description=FAMILY_DESCRIPTION)
     variant: Variant = Field(default="t2v", description=VARIANT_DESCRIPTION)
+    expert: Expert | None = Field(default=None, description=EXPERT_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _expert_is_wans(self) -> ModelConfig:
+        if self.expert is not None and self.family != "wan":
+            raise ValueError(
+                f"model.expert {self.expert!r}: only a Wan 2.2 model has experts (model.family is {self.family!r})"
+            )
+        return self
 
 
 def _cel(rule: str, message: str) -> dict[str, Any]:

@@ -52,7 +52,7 @@ class RunOwnedError(UserError, ValueError):
 
 # What makes a run the run it is. Resuming it (or finding it finished) under a configuration that
 # differs in these would mix two runs: a new model, dataset or LoRA shape needs a new run name.
-IDENTITY = ("model.uri", "model.variant", "data.uri", "lora")
+IDENTITY = ("model.uri", "model.variant", "model.expert", "data.uri", "lora")
 
 
 def _dig(data: Any, dotted: str) -> Any:

@@ -132,6 +132,10 @@ def test_a_checkpoint_of_another_run_is_refused_before_any_worker_starts(
         launch(other, storage_path=tmp_path / "ray")
     with pytest.raises(CheckpointError, match=r"step-000000004 belongs to another run \(lora was"):
         _latest_usable(CheckpointStore(RunFiles(other).store, 3), other)
+    expert = saved.model_copy(deep=True)  # a Wan 2.2 expert's LoRA never resumes the other expert's run
+    expert.model.family, expert.model.expert = "wan", "low"
+    with pytest.raises(CheckpointError, match=r"belongs to another run \(model.expert was None, this run has 'low'"):
+        _latest_usable(CheckpointStore(RunFiles(expert).store, 3), expert)
     same = saved.model_copy(deep=True)
     same.train.zero_stage = 3  # how it trains is no part of which run it is
     assert _resume_refusal(RunFiles(same), same) is None

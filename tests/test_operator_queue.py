@@ -99,7 +99,12 @@ def test_a_run_without_a_queue_keeps_the_rayjob_name_it_had_before_queues() -> N
     body["spec"]["model"]["family"] = "cogvideox"
     assert rayjob_name("disney-2b", api.VideoFineTuneSpec.model_validate(body["spec"]), 1) == "disney-2b-1-6baff"
     body["spec"]["model"]["family"] = "wan"
-    assert rayjob_name("disney-2b", api.VideoFineTuneSpec.model_validate(body["spec"]), 1) != "disney-2b-1-6baff"
+    wan = rayjob_name("disney-2b", api.VideoFineTuneSpec.model_validate(body["spec"]), 1)
+    assert wan != "disney-2b-1-6baff"
+    body["spec"]["model"]["expert"] = None  # and model.expert (Wan 2.2) after it: unset, the same name
+    assert rayjob_name("disney-2b", api.VideoFineTuneSpec.model_validate(body["spec"]), 1) == wan
+    body["spec"]["model"]["expert"] = "low"
+    assert rayjob_name("disney-2b", api.VideoFineTuneSpec.model_validate(body["spec"]), 1) != wan
 
 
 def test_queued_with_kueues_reason_until_admitted_then_running() -> None:

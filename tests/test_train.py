@@ -326,9 +326,10 @@ def test_cogvideox_1_5_image_to_video_trains_resumes_and_evaluates(
     assert results.variant == "i2v" and results.prompts[0].image == str(image) and results.all_finite()
 
 
-def _final_lora_changes_the_wan_pipeline(cfg: RunConfig, model: Path, task: str) -> None:
-    """The run's final LoRA, as saved, loads with the diffusers Wan pipeline's `load_lora_weights` and
-    changes what its transformer computes."""
+def _final_lora_changes_the_wan_pipeline(cfg: RunConfig, model: Path, task: str, part: str = "transformer") -> None:
+    """The run's final LoRA, as saved, loads with the diffusers Wan pipeline's `load_lora_weights` (Wan 2.2's
+    low-noise expert: with `load_into_transformer_2`, as diffusers documents it) and changes what that
+    transformer computes, and only that one."""
     from diffusers import WanImageToVideoPipeline, WanPipeline
 
     pipe = (WanImageToVideoPipeline if task == "i2v" else WanPipeline).from_pretrained(str(model))
@@ -342,11 +343,14 @@ def _final_lora_changes_the_wan_pipeline(cfg: RunConfig, model: Path, task: str)
     }
     if cfg_t.image_dim:
         kwargs["encoder_hidden_states_image"] = torch.randn((1, 5, cfg_t.image_dim), generator=g)
-    before = pipe.transformer(**kwargs, return_dict=False)[0]
-    pipe.load_lora_weights(str(Path(cfg.output.uri) / cfg.name / "final"))
-    assert pipe.get_list_adapters() == {"transformer": ["default_0"]}
-    after = pipe.transformer(**kwargs, return_dict=False)[0]
-    assert not torch.allclose(before, after)
+    parts = [p for p in ("transformer", "transformer_2") if getattr(pipe, p, None) is not None]
+    before = {p: getattr(pipe, p)(**kwargs, return_dict=False)[0] for p in parts}
+    into = {"load_into_transformer_2": True} if part == "transformer_2" else {}
+    pipe.load_lora_weights(str(Path(cfg.output.uri) / cfg.name / "final"), **into)
+    assert pipe.get_list_adapters() == {part: ["default_0"]}
+    after = {p: getattr(pipe, p)(**kwargs, return_dict=False)[0] for p in parts}
+    for p in parts:
+        assert torch.allclose(before[p], after[p]) == (p != part), p
 
 
 def _evaluate(cfg: RunConfig, clip: Path, image: Path | None) -> Any:
@@ -434,3 +438,48 @@ def test_wan_image_to_video_resumes_at_another_world_size_and_evaluates(
     _final_lora_changes_the_wan_pipeline(one, tiny_wan_i2v, "i2v")
     results = _evaluate(one, tiny_clip_dir, image)
     assert results.variant == "i2v" and results.prompts[0].image == str(image) and results.all_finite()
+
+
+def test_wan_2_2_low_noise_expert_resumes_at_another_world_size_and_evaluates(
+    ray_local: None,
+    packed: Path,
+    tmp_path: Path,
+    tiny_clip_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tiny Wan 2.2 I2V-A14B (two experts, no CLIP) training its low-noise expert (`transformer_2`, the
+    timesteps below boundary_ratio x 1000) stopped at step 3 with 2 workers and resumed with 1; its LoRA
+    loads into the pipeline's transformer_2 (`load_into_transformer_2`) and the evaluation renders with
+    both experts, the LoRA on the low-noise one."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from disney_train.model.tiny_wan import write_tiny_wan
+
+    model = write_tiny_wan(tmp_path / "tiny-wan22-i2v", "i2v", experts=2)
+    image = tmp_path / "first-frame.png"
+    Image.new("RGB", (96, 64), (200, 120, 40)).save(image)
+    cfg = train_config(
+        model,
+        packed,
+        tmp_path / "out",
+        name="low-noise",
+        **{
+            "model.family": "wan",
+            "model.variant": "i2v",
+            "model.expert": "low",
+            "optim.max_steps": 5,
+            "train.checkpoint_every": 2,
+            "train.report_every": 1,
+            "train.workers.max_failures": 0,
+        },
+    )
+    one = _stopped_at_step_3_then_resumed_alone(cfg, tmp_path, monkeypatch)
+    history = _history(one)
+    assert [(h["step"], h["world_size"]) for h in history] == [(1, 2), (2, 2), (3, 1), (4, 1), (5, 1)]
+    assert all(math.isfinite(h["loss"]) for h in history)
+    keys = {k for e in (packed / "cache").rglob("*.safetensors") for k in load_file(str(e))}
+    assert keys == {"latent_dist", "prompt_embeds", "condition_dist"}  # Wan 2.2 I2V: no CLIP embedding
+    _final_lora_changes_the_wan_pipeline(one, model, "i2v", part="transformer_2")
+    results = _evaluate(one, tiny_clip_dir, image)
+    assert results.variant == "i2v" and results.all_finite()

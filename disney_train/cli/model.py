@@ -21,9 +21,15 @@ def model_tiny(
     out: Annotated[Path, typer.Argument(help="Folder to write the model to (diffusers layout).")],
     i2v: Annotated[bool, typer.Option("--i2v", help="An image-to-video model.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
-    generation: Annotated[str, typer.Option(help="CogVideoX 1.0 (as the 2b) or 1.5 (as CogVideoX1.5-5B).")] = "1.0",
+    generation: Annotated[
+        str,
+        typer.Option(
+            help="CogVideoX 1.0 (as the 2b; the default) or 1.5 (as CogVideoX1.5-5B); Wan 2.1 (the default) or 2.2 "
+            "(A14B: two experts)."
+        ),
+    ] = "",
     family: Annotated[
-        str, typer.Option(help="cogvideox, or wan (Wan 2.1: 1.3B-like T2V, 14B-like I2V).")
+        str, typer.Option(help="cogvideox, or wan (Wan 2.1: 1.3B-like T2V, 14B-like I2V; 2.2: A14B-like).")
     ] = "cogvideox",
 ) -> None:
     """Write a tiny CogVideoX or Wan with random weights, loadable like the real ones (tests, `make run`)."""
@@ -33,11 +39,14 @@ def model_tiny(
     task: Literal["t2v", "i2v"] = "i2v" if i2v else "t2v"
     kind = f"{'image' if i2v else 'text'}-to-video"
     if family == "wan":
-        write_tiny_wan(out, task, seed)
-        console.print(f"wrote a tiny Wan 2.1 {kind} model to {out}")
+        if generation not in ("", "2.1", "2.2"):
+            raise typer.BadParameter(f"{generation!r}: a Wan model is 2.1 or 2.2", param_hint="--generation")
+        write_tiny_wan(out, task, seed, experts=2 if generation == "2.2" else 1)
+        console.print(f"wrote a tiny Wan {generation or '2.1'} {kind} model to {out}")
         return
     if family != "cogvideox":
         raise typer.BadParameter(f"{family!r}: cogvideox or wan", param_hint="--family")
+    generation = generation or "1.0"
     if generation not in ("1.0", "1.5"):
         raise typer.BadParameter(f"{generation!r}: 1.0 or 1.5", param_hint="--generation")
     write_tiny_model(out, task, seed, "1.5" if generation == "1.5" else "1.0")

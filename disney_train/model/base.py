@@ -77,6 +77,12 @@ class ModelSpec:
         raise NotImplementedError
 
     @property
+    def transformer_part(self) -> str:
+        """The model folder's transformer this run trains (Wan 2.2's low-noise expert: `transformer_2`); its
+        LoRA loads into that part of the pipeline."""
+        return "transformer"
+
+    @property
     def max_text_length(self) -> int:
         """The text encoder's sequence length the pipeline uses (prompts are padded or cut to it)."""
         raise NotImplementedError

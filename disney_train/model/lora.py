@@ -3,7 +3,9 @@
 The saved file is `pytorch_lora_weights.safetensors` as the model's pipeline's `save_lora_weights`
 writes it (`CogVideoXPipeline`, `WanPipeline`: keys `transformer.<module>.lora_A.weight`, the
 adapter's rank and alpha in the safetensors metadata), so that pipeline's `load_lora_weights(folder)`
-loads it as it is.
+loads it as it is. A LoRA of Wan 2.2's low-noise expert (`transformer_2`) has the same keys, as diffusers
+expects them, and says so in its metadata (`PART_KEY`): the pipeline loads it with
+`load_lora_weights(folder, load_into_transformer_2=True)`, which `lora_part` tells.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from disney_train.config import LoraConfig
 from disney_train.runs import LORA_FILE
 
 ADAPTER = "default"
+PART_KEY = "disney_train.transformer"  # safetensors metadata: the pipeline part the LoRA is for
 
 
 def peft_config(cfg: LoraConfig) -> Any:
@@ -46,16 +49,39 @@ def peft_key(param_name: str) -> str:
     return param_name.replace(f".{ADAPTER}.", ".")
 
 
-def lora_file_bytes(state: dict[str, torch.Tensor], cfg: LoraConfig, pipeline: Any) -> bytes:
+def lora_file_bytes(state: dict[str, torch.Tensor], cfg: LoraConfig, pipeline: Any, part: str = "transformer") -> bytes:
     """The diffusers LoRA file for a peft-keyed state dict (keys as `peft_key` gives them), as the
-    model's `pipeline` class saves it."""
+    model's `pipeline` class saves it; for the pipeline's `part` (Wan 2.2's `transformer_2`: marked)."""
     with tempfile.TemporaryDirectory() as tmp:
         pipeline.save_lora_weights(
             tmp,
             transformer_lora_layers={k: v.detach().to("cpu").contiguous() for k, v in state.items()},
             transformer_lora_adapter_metadata=peft_config(cfg).to_dict(),
         )
-        return (Path(tmp) / LORA_FILE).read_bytes()
+        path = Path(tmp) / LORA_FILE
+        if part != "transformer":
+            _mark(path, part)
+        return path.read_bytes()
+
+
+def _mark(path: Path, part: str) -> None:
+    """Add the pipeline part to the file's metadata, keeping diffusers' own."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    save_file(tensors, str(path), metadata={**metadata, PART_KEY: part})
+
+
+def lora_part(path: Path) -> str:
+    """The pipeline part the LoRA file at `path` is for: `transformer` unless marked (`transformer_2`)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        part = (f.metadata() or {}).get(PART_KEY, "transformer")
+    return str(part)
 
 
 def read_lora_file(data: bytes) -> dict[str, torch.Tensor]:

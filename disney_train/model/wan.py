@@ -1,4 +1,5 @@
-"""The Wan family's specifications (`disney_train.model.base.ModelSpec`): Wan 2.1 text- and image-to-video.
+"""The Wan family's specifications (`disney_train.model.base.ModelSpec`): Wan 2.1 text- and image-to-video,
+and Wan 2.2 A14B's two experts.
 
 What differs from CogVideoX, each where diffusers' Wan pipelines (`WanPipeline`,
 `WanImageToVideoPipeline`) and finetrainers' Wan specification put it:
@@ -21,13 +22,21 @@ What differs from CogVideoX, each where diffusers' Wan pipelines (`WanPipeline`,
   `retrieve_latents(..., sample_mode="argmax")`); and the image's CLIP vision embedding (the
   penultimate hidden state) as `encoder_hidden_states_image`. Both are the clip's own, encoded once
   in the cache stage.
+- Wan 2.2 A14B (T2V, I2V): two transformers of one architecture; the pipeline denoises the timesteps
+  t >= boundary_ratio x 1000 with `transformer` (the high-noise expert) and the rest with `transformer_2`
+  (low noise). A run trains one of them (`model.expert`): its sigmas are the shifted U[0, 1) drawn
+  on its expert's side of the boundary only (u uniform on that side's interval of u, which is the
+  shifted distribution conditioned on the side, as DiffSynth-Studio's min/max_timestep_boundary), so
+  the expert sees exactly the timesteps the pipeline gives it. Wan 2.2 I2V has no CLIP encoder: its
+  transformer has no `image_dim`, and the pipeline passes no image embedding (as here).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -35,6 +44,9 @@ from disney_train.model.base import Encoders, Family, ModelSpec, Task, pil_image
 from disney_train.model.encode import encode_video_dist
 
 MAX_TEXT_LENGTH = 512  # WanPipeline's max_sequence_length
+Expert = Literal["high", "low"]
+# the transformer component each Wan 2.2 expert is, as the pipeline names them
+EXPERT_PART: dict[str, str] = {"high": "transformer", "low": "transformer_2"}
 
 
 def encode_umt5(tokenizer: Any, text_encoder: Any, prompts: list[str], max_length: int, device: Any) -> torch.Tensor:
@@ -62,18 +74,30 @@ def encode_umt5(tokenizer: Any, text_encoder: Any, prompts: list[str], max_lengt
 
 @dataclass(frozen=True)
 class WanSpec(ModelSpec):
-    """Wan 2.1 text-to-video (1.3B, 14B)."""
+    """Wan 2.1 text-to-video (1.3B, 14B); with `boundary_ratio` and `expert`, one expert of Wan 2.2 T2V-A14B."""
 
     family: ClassVar[Family] = "wan"
     frame_multiple: ClassVar[int] = 4
     # diffusers' Wan examples load the VAE and the CLIP image encoder in fp32 beside a bf16 transformer; the
     # pipelines cast to and from them (latents to vae.dtype, image embeddings to the transformer's)
     fp32_parts: ClassVar[frozenset[str]] = frozenset({"vae", "image_encoder"})
+    boundary_ratio: float | None = None  # Wan 2.2 A14B: model_index.json's; None for Wan 2.1
+    expert: Expert | None = None  # Wan 2.2 A14B: the expert a run trains (None: rendering, both)
+
+    def __post_init__(self) -> None:
+        if self.expert is not None and self.boundary_ratio is None:
+            raise ValueError(f"expert {self.expert!r}: a Wan 2.1 model has one transformer")
 
     # ------------------------------------------------------------------ what the model is
     @property
     def name(self) -> str:
-        return f"wan-2.1-{self.task}"
+        if self.boundary_ratio is None:
+            return f"wan-2.1-{self.task}"
+        return f"wan-2.2-{self.task}" + (f"-{self.expert}-noise" if self.expert else "")
+
+    @property
+    def transformer_part(self) -> str:
+        return "transformer" if self.expert is None else EXPERT_PART[self.expert]
 
     @property
     def max_text_length(self) -> int:
@@ -114,9 +138,38 @@ class WanSpec(ModelSpec):
         """sigma = shift * u / (1 + (shift - 1) * u): the scheduler's own shift of its sigmas."""
         return self.shift * u / (1 + (self.shift - 1) * u)
 
+    def unshifted(self, sigma: float) -> float:
+        """The u that `shifted` takes to `sigma`."""
+        return sigma / (self.shift - (self.shift - 1) * sigma)
+
+    @property
+    def boundary_timestep(self) -> int:
+        """The first integer timestep the pipeline gives the high-noise expert (t >= boundary_ratio x N)."""
+        assert self.boundary_ratio is not None
+        return math.ceil(self.boundary_ratio * float(self.scheduler.config.num_train_timesteps))
+
     def draw_noise_levels(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Flow-matching sigmas: u ~ U[0, 1), shifted as the scheduler shifts."""
-        return self.shifted(torch.rand((batch_size,), generator=generator))
+        """Flow-matching sigmas: u ~ U[0, 1), shifted as the scheduler shifts; for a Wan 2.2 expert, u
+        uniform on its side of the boundary (the same distribution, conditioned on the expert)."""
+        u = torch.rand((batch_size,), generator=generator)
+        if self.boundary_ratio is None:
+            return self.shifted(u)
+        return self.expert_sigmas(u)
+
+    def expert_sigmas(self, u: torch.Tensor) -> torch.Tensor:
+        """u in [0, 1) -> the sigmas of this run's expert: u mapped onto the expert's side of the
+        boundary in u, then shifted; every one's timestep on the expert's side as the pipeline compares them."""
+        if self.expert is None:
+            raise ValueError("a Wan 2.2 model with two experts trains one of them a run: model.expert high or low")
+        n = float(self.scheduler.config.num_train_timesteps)
+        edge = self.boundary_timestep / n  # the smallest sigma whose timestep is the high expert's
+        at = self.unshifted(edge)
+        sigma = self.shifted(at + (1 - at) * u if self.expert == "high" else at * u)
+        steps = self.timesteps(sigma)  # float rounding at the edge: put such a sigma on the expert's side
+        if self.expert == "high":
+            return torch.where(steps < self.boundary_timestep, torch.full_like(sigma, edge), sigma)
+        below = torch.full_like(sigma, (self.boundary_timestep - 1) / n)
+        return torch.where(steps >= self.boundary_timestep, below, sigma)
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         sigma = levels.to(device=latents.device, dtype=latents.dtype).view(-1, 1, 1, 1, 1)
@@ -192,25 +245,32 @@ class WanSpec(ModelSpec):
 @dataclass(frozen=True)
 class WanI2V(WanSpec):
     """Wan 2.1 image-to-video (14B 480P, 720P): the mask and the first frame's video latents on
-    channels, the image's CLIP embedding beside the text."""
+    channels, the image's CLIP embedding beside the text. Wan 2.2 I2V-A14B (one expert): the same
+    without CLIP (its transformer has no `image_dim`)."""
 
     task: ClassVar[Task] = "i2v"
     description: ClassVar[str] = "image-to-video"
     wants_image: ClassVar[bool] = True
     mask_channels: ClassVar[int] = 4  # the VAE's time compression: pixel frames per latent frame
 
+    @property
+    def uses_clip(self) -> bool:
+        """Does the transformer take a CLIP image embedding (Wan 2.1 I2V), as the pipeline decides it?"""
+        return getattr(self.transformer_config, "image_dim", None) is not None
+
     def cache_facts(self) -> dict[str, Any]:
-        return {
+        facts = {
             **super().cache_facts(),
             "image": {"window": "from-the-first-frame", "condition": "first-frame-then-zeros", "noise": None},
         }
+        return facts if self.uses_clip else {**facts, "clip": False}
 
     def encode(
         self, enc: Encoders, batch: Mapping[str, Any], device: torch.device, noise_seeds: list[Any]
     ) -> dict[str, torch.Tensor]:
         """Adds `condition_dist` [B, F', 2C, h, w] (the VAE's distribution of [image, 0, ..., 0]) and
-        `image_embeds` [B, N, D] (CLIP vision, penultimate layer)."""
-        if enc.image_encoder is None or enc.image_processor is None:
+        (Wan 2.1) `image_embeds` [B, N, D] (CLIP vision, penultimate layer)."""
+        if self.uses_clip and (enc.image_encoder is None or enc.image_processor is None):
             raise ValueError(
                 "this Wan I2V transformer takes a CLIP image embedding (image_dim), but the model folder has no "
                 "image_encoder and image_processor"
@@ -222,6 +282,8 @@ class WanI2V(WanSpec):
             [image[:, None], image.new_zeros((image.shape[0], video.shape[1] - 1, *image.shape[1:]))], dim=1
         )
         out["condition_dist"] = encode_video_dist(enc.vae, first_then_zeros)
+        if not self.uses_clip:
+            return out
         pixels = ((image.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         inputs = enc.image_processor(images=list(pixels), return_tensors="pt").to(device)
         with torch.no_grad():
@@ -244,11 +306,10 @@ class WanI2V(WanSpec):
         generator: torch.Generator,
         dtype: torch.dtype,
     ) -> dict[str, Any]:
-        image = batch["image_embeds"].to(device=noisy.device, dtype=dtype)
-        return {
-            **super().transformer_inputs(batch, noisy, levels, generator, dtype),
-            "encoder_hidden_states_image": image,
-        }
+        inputs = super().transformer_inputs(batch, noisy, levels, generator, dtype)
+        if self.uses_clip:
+            inputs["encoder_hidden_states_image"] = batch["image_embeds"].to(device=noisy.device, dtype=dtype)
+        return inputs
 
     @classmethod
     def fits(cls, transformer: Mapping[str, Any], vae: Mapping[str, Any]) -> bool:

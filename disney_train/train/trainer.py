@@ -129,7 +129,7 @@ class Trainer:
         from disney_train.model.lora import add_lora
 
         self.metrics.set_stage("loading")
-        transformer = load_transformer(self.model_path, self.dtype, self.device)
+        transformer = load_transformer(self.model_path, self.dtype, self.device, part=self.spec.transformer_part)
         if self.cfg.train.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         torch.manual_seed(self.cfg.seed)  # LoRA A's initialisation
@@ -364,7 +364,8 @@ class Trainer:
     def _lora_file(self, weights: dict[str, torch.Tensor]) -> bytes:
         from disney_train.model.lora import lora_file_bytes, peft_key
 
-        return lora_file_bytes({peft_key(n): w for n, w in weights.items()}, self.cfg.lora, self.spec.pipeline_class())
+        state = {peft_key(n): w for n, w in weights.items()}
+        return lora_file_bytes(state, self.cfg.lora, self.spec.pipeline_class(), self.spec.transformer_part)
 
     def _write_checkpoint(self) -> str | None:
         weights, optimizer = zero_state.gather(self.engine, self.params)

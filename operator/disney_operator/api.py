@@ -13,9 +13,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from disney_train.config import (
+    EXPERT_DESCRIPTION,
     FAMILY_DESCRIPTION,
     VARIANT_DESCRIPTION,
     EvaluationConfig,
+    Expert,
     Family,
     TrainingSpec,
     Variant,
@@ -58,9 +60,16 @@ class _Status(BaseModel):
 
 
 class ModelRef(_Api):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.family == 'wan' || !has(self.expert)", "model.expert: only a Wan 2.2 model (family wan) has experts")
+        )
+    )
+
     uri: S3Uri = Field(description="The base model in the diffusers layout, e.g. s3://models/CogVideoX-2b.")
     family: Family = Field(default="cogvideox", description=FAMILY_DESCRIPTION)
     variant: Variant = Field(default="t2v", description=VARIANT_DESCRIPTION)
+    expert: Expert | None = Field(default=None, description=EXPERT_DESCRIPTION)
 
 
 class DatasetRef(_Api):

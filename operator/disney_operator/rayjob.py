@@ -101,7 +101,11 @@ def is_elastic(spec: api.VideoFineTuneSpec) -> bool:
 
 # Fields that came after runs existed, and their value before: at that value they are left out of the
 # digest, so a run's RayJob keeps its name when the operator is upgraded (a new name is a new RayJob)
-LATER_FIELDS: dict[tuple[str, ...], Any] = {("queueName",): None, ("model", "family"): "cogvideox"}
+LATER_FIELDS: dict[tuple[str, ...], Any] = {
+    ("queueName",): None,
+    ("model", "family"): "cogvideox",
+    ("model", "expert"): None,
+}
 
 
 def spec_hash(spec: api.VideoFineTuneSpec) -> str:
