@@ -64,6 +64,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "Wan2.1-T2V-1.3B": dict(_WAN, num_attention_heads=12, ffn_dim=8960, num_layers=30),
     "Wan2.1-T2V-14B": _WAN_14B,  # and each of Wan 2.2 T2V-A14B's two experts
     "Wan2.1-I2V-14B": dict(_WAN_14B, in_channels=36, image_dim=1280, added_kv_proj_dim=5120),
+    # Wan-AI/Wan2.2-I2V-A14B-Diffusers: each expert (transformer, transformer_2) is this; no CLIP image branch
+    "Wan2.2-I2V-A14B (one expert)": dict(_WAN_14B, in_channels=36),
 }
 # CogVideo README: LoRA fine-tuning, batch 1, bf16 (none published for Wan LoRA)
 PUBLISHED_LORA_GB: dict[str, int | None] = {"CogVideoX-2b": 16, "CogVideoX-5b": 24}
@@ -137,8 +139,9 @@ def main() -> None:
         "# GPU memory on paper (model states per GPU, activations not included)",
         "",
         f"LoRA rank {RANK} on every module ending in {', '.join(TARGETS)} (CogVideoX: attn1; Wan: attn1 and attn2); "
-        "bf16 weights, fp32 master weights and Adam moments. Wan 2.2 A14B: two Wan2.1-14B-sized experts, "
-        "each trained by its own run (or both by one: twice the rows below).",
+        "bf16 weights, fp32 master weights and Adam moments. Wan 2.2 A14B: two 14B experts, each trained by "
+        "its own run (`model.expert`), which loads only its expert: one expert's row per run (T2V-A14B's "
+        "experts are Wan2.1-T2V-14B's size).",
         "",
         "| model | params | LoRA params | GPUs | LoRA ZeRO-2 | LoRA ZeRO-3 | full FT ZeRO-2 (DeepSpeed) | full FT ZeRO-3 (DeepSpeed) | CogVideo published, LoRA batch 1 |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -17,6 +17,7 @@ import yaml
 
 from disney_operator import api
 from disney_operator.rayjob import ENTRYPOINT, EVAL_ENTRYPOINT, WORKER_GROUP, desired_config_map, run_config_of
+from disney_train.config import ModelConfig as RunModel
 from disney_train.config import RunConfig, TrainingSpec
 from disney_train.train.engine import Placement, deepspeed_config, placement
 from tests.support.apiserver import ApiServer
@@ -29,6 +30,8 @@ EXAMPLES = {
     "cogvideox-2b-disney-t2v.yaml",
     "cogvideox-5b-i2v-disney.yaml",
     "wan2.1-t2v-1.3b-disney.yaml",
+    "wan2.2-i2v-a14b-disney.yaml",
+    "wan2.2-i2v-a14b-disney-high.yaml",
     "smoke.yaml",
 }
 GPU_JOBS = EXAMPLES  # each example is meant for GPU nodes
@@ -162,11 +165,16 @@ def _i2v_without_images(s: dict[str, Any]) -> None:
     s["model"]["variant"] = "i2v"
 
 
+def _expert_of_cogvideox(s: dict[str, Any]) -> None:
+    s["model"]["expert"] = "low"
+
+
 BROKEN: dict[str, tuple[Callable[[dict[str, Any]], None], list[str]]] = {
     "replicas 0": (_bad_replicas, ["spec.workers.replicas", "greater than or equal to 1"]),
     "unknown field": (_unknown_field, ['unknown field "spec.workers.replica"']),
     "frames not 4N+1": (_bad_frames, ["spec.training.data.num_frames", "must be 4N+1"]),
     "i2v without images": (_i2v_without_images, ["an image-to-video run needs one image per prompt"]),
+    "expert of a cogvideox": (_expert_of_cogvideox, ["model.expert: only a Wan 2.2 model (family wan) has experts"]),
 }
 
 
@@ -197,6 +205,7 @@ def test_the_operator_renders_a_gpu_rayjob(path: Path) -> None:
     pod = group["template"]["spec"]
     (worker,) = pod["containers"]
     cfg = run_config_of(config_map(path))  # the run configuration the head reads (the run's ConfigMap)
+    assert cfg.model == RunModel.model_validate(spec.model.model_dump())  # family, variant, Wan 2.2's expert
     lo, hi = cfg.train.workers.bounds
     per_pod = max(res.gpus, 1)
     assert lo <= spec.workers.replicas * per_pod <= hi == (spec.workers.maxReplicas or spec.workers.replicas) * per_pod
