@@ -66,6 +66,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "Wan2.1-I2V-14B": dict(_WAN_14B, in_channels=36, image_dim=1280, added_kv_proj_dim=5120),
     # Wan-AI/Wan2.2-I2V-A14B-Diffusers: each expert (transformer, transformer_2) is this; no CLIP image branch
     "Wan2.2-I2V-A14B (one expert)": dict(_WAN_14B, in_channels=36),
+    # Wan-AI/Wan2.2-TI2V-5B-Diffusers: 48 latent channels in and out (the Wan 2.2 VAE)
+    "Wan2.2-TI2V-5B": dict(_WAN, num_attention_heads=24, ffn_dim=14336, num_layers=30, in_channels=48, out_channels=48),
 }
 # CogVideo README: LoRA fine-tuning, batch 1, bf16 (none published for Wan LoRA)
 PUBLISHED_LORA_GB: dict[str, int | None] = {"CogVideoX-2b": 16, "CogVideoX-5b": 24}

@@ -202,10 +202,15 @@ def generate(req: GenerateRequest, s3: Any = None) -> list[str]:
 
     req.check()
     model_path = resolve_model(req.model, s3)
-    model = spec_for(model_path, model_task(model_path))
+    model = spec_for(model_path, model_task(model_path, with_images=bool(req.images)))
     if (req.num_frames - 1) % model.frame_multiple:
         m = model.frame_multiple
         raise GenerateError(f"--frames {req.num_frames}: {req.model} is a {model.family} model: {m}N+1 frames")
+    for name, size in (("--height", req.height), ("--width", req.width)):
+        if size % model.size_multiple:
+            raise GenerateError(
+                f"{name} {size}: {req.model} is a {model.name} model: multiples of {model.size_multiple}"
+            )
     refusal = model.check_render_images(len(req.images), len(req.prompts))
     if refusal is not None:
         raise GenerateError(f"--image: {req.model}: {refusal}")

@@ -174,10 +174,11 @@ def _index(path: Path, **changes: Any) -> None:
         ({"boundary_ratio": ...}, r"two experts need transformer_2 and a boundary_ratio"),
         ({"boundary_ratio": 1.5}, r"boundary_ratio 1.5"),
         ({"transformer_2": [None, None]}, r"found transformer_2 \[None, None\], boundary_ratio 0.875"),
-        ({"expand_timesteps": True}, r"a Wan 2.2 TI2V pipeline \(expand_timesteps\): not supported yet"),
+        ({"expand_timesteps": True}, r"two experts\) are a Wan 2.2 A14B layout, not one with expand_timesteps"),
+        ({"expand_timesteps": "yes"}, r"expand_timesteps 'yes': true or false"),
     ],
 )
-def test_half_a_two_expert_layout_and_ti2v_are_refused(change: dict[str, Any], message: str, tmp_path: Path) -> None:
+def test_half_a_two_expert_layout_is_refused(change: dict[str, Any], message: str, tmp_path: Path) -> None:
     from disney_train.model.source import ModelError
 
     path = write_tiny_wan(tmp_path / "m", "t2v", experts=2)
@@ -242,3 +243,97 @@ def test_an_experts_lora_is_marked_and_loads_into_its_transformer_only(wan22: di
     one_expert = WanSpec.pipeline_class().from_pretrained(str(path), transformer_2=None, boundary_ratio=None)
     with pytest.raises(GenerateError, match=r"LoRA 1 is for the model's transformer_2 .*this model has none"):
         apply_loras(one_expert, [(low, 1.0)])
+
+
+# --------------------------------------------------------------------------- TI2V-5B
+
+
+@pytest.fixture(scope="module")
+def ti2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_wan(tmp_path_factory.mktemp("ti2v") / "m", ti2v=True)
+
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_ti2v_training_inputs_are_what_the_pipeline_feeds_the_transformer(task: str, ti2v: Path) -> None:
+    """One TI2V-5B folder, both tasks (the run's variant picks): per-token timesteps as the pipeline
+    expands them ([B, tokens]; image-to-video: 0 on the first latent frame's tokens), and for
+    image-to-video the image's own latents in the first frame's place, value for value."""
+    from types import SimpleNamespace
+
+    from disney_train.data.reader import decode_image
+    from disney_train.model.spec import frozen_encoders
+    from disney_train.model.tiny_wan import TI2V_CHANNELS
+    from tests.support.pipeline_hook import first_step_inputs
+
+    spec = spec_for(ti2v, task, RECIPE, "wan")  # type: ignore[arg-type]
+    assert spec.name == f"wan-2.2-ti2v-5b-{task}" and spec.wants_image == (task == "i2v")
+    image = noise_png(HEIGHT, WIDTH)
+    seen = first_step_inputs(spec, ti2v, "a mouse", (FRAMES, HEIGHT, WIDTH), image)
+    batch: dict[str, Any] = {"video": torch.rand((1, FRAMES, 3, HEIGHT, WIDTH)) * 2 - 1, "prompt": ["a mouse"]}
+    batch["image"] = decode_image(image, SimpleNamespace(width=WIDTH, height=HEIGHT))[None]  # type: ignore[arg-type]
+    entry = spec.encode(frozen_encoders(ti2v, spec=spec), batch, torch.device("cpu"), ["parity"])
+    spec.scheduler.set_timesteps(1)
+    levels = spec.scheduler.sigmas[:1]
+    g = torch.Generator().manual_seed(1)
+    latents = spec.clean_latents(entry, g, torch.device("cpu"))
+    noisy = spec.add_noise(latents, torch.randn(latents.shape), levels)
+    mine = spec.transformer_inputs(entry, noisy, levels, g, torch.float32)
+    got, want = mine["hidden_states"], seen["hidden_states"]
+    assert got.shape == want.shape == (1, TI2V_CHANNELS, 3, HEIGHT // 16, WIDTH // 16)
+    tokens = 3 * (HEIGHT // 32) * (WIDTH // 32)
+    assert mine["timestep"].shape == seen["timestep"].shape == (1, tokens)
+    torch.testing.assert_close(mine["timestep"], seen["timestep"].float())
+    first = tokens // 3
+    if task == "i2v":
+        assert torch.count_nonzero(seen["timestep"][:, :first]) == 0 and bool((seen["timestep"][:, first:] > 0).all())
+        torch.testing.assert_close(got[:, :, 0], want[:, :, 0], rtol=1e-4, atol=1e-4)  # the image's latents
+        assert not torch.allclose(got[:, :, 1:], want[:, :, 1:])  # the rest: each side's own noise
+    else:
+        assert bool((seen["timestep"] > 0).all())
+    torch.testing.assert_close(mine["encoder_hidden_states"], seen["encoder_hidden_states"], rtol=1e-4, atol=1e-5)
+
+
+def test_ti2v_image_to_video_loss_leaves_the_given_first_frame_out(ti2v: Path) -> None:
+    """DiffSynth-Studio's TI2V loss: the prediction on the first latent frame (the image, given) is not
+    trained; the rest is the flow-matching velocity as for text-to-video."""
+    spec = spec_for(ti2v, "i2v", RECIPE, "wan")
+    t2v = spec_for(ti2v, "t2v", RECIPE, "wan")
+    g = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn((2, 3, 48, 2, 3), generator=g), torch.randn((2, 3, 48, 2, 3), generator=g)
+    levels = torch.tensor([0.3, 0.8])
+    noisy = spec.add_noise(latents, noise, levels)
+    exact = (noise - latents).permute(0, 2, 1, 3, 4).clone()  # [B, C, F, h, w], as the transformer answers
+    exact[:, :, 0] += 100.0  # anything on the image's frame
+    assert float(spec.loss(exact, noisy, latents, noise, levels)) == 0.0
+    assert float(t2v.loss(exact, noisy, latents, noise, levels)) > 100.0
+
+
+def test_a_ti2v_run_of_a_size_its_vae_and_patches_cannot_take_is_refused(ti2v: Path) -> None:
+    from disney_train.model.source import ModelError
+
+    cfg = _cfg(ti2v, None)
+    with pytest.raises(ModelError, match=r"data.width 720: a wan-2.2-ti2v-5b-t2v model takes multiples of 32"):
+        run_spec(cfg, ti2v)  # the default 480x720 (CogVideoX's)
+    cfg.data.width = 832
+    assert run_spec(cfg, ti2v).size_multiple == 32
+    cfg.data.height = 48  # a multiple of 16 (CogVideoX, Wan 2.1), not of 32
+    with pytest.raises(ModelError, match=r"data.height 48: a wan-2.2-ti2v-5b-t2v model takes multiples of 32"):
+        run_spec(cfg, ti2v)
+
+
+def test_a_wan_2_1_image_to_video_folder_without_its_clip_is_refused_when_read(
+    tiny_wan_i2v: Path, tmp_path: Path
+) -> None:
+    """The transformer takes a CLIP embedding (image_dim): a folder naming no image encoder is refused when
+    the model is read, naming what is missing, not in the cache stage after the workers started."""
+    import shutil
+
+    from disney_train.model.source import ModelError
+
+    path = tmp_path / "no-clip"
+    shutil.copytree(tiny_wan_i2v, path)
+    _index(path, image_encoder=[None, None])
+    with pytest.raises(
+        ModelError, match=r"image-to-video model whose transformer needs image_encoder, which the pipeline"
+    ):
+        spec_for(path, "i2v", family="wan")

@@ -483,3 +483,46 @@ def test_wan_2_2_low_noise_expert_resumes_at_another_world_size_and_evaluates(
     _final_lora_changes_the_wan_pipeline(one, model, "i2v", part="transformer_2")
     results = _evaluate(one, tiny_clip_dir, image)
     assert results.variant == "i2v" and results.all_finite()
+
+
+def test_wan_2_2_ti2v_image_to_video_resumes_at_another_world_size_and_evaluates(
+    ray_local: None,
+    packed: Path,
+    tmp_path: Path,
+    tiny_clip_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tiny Wan 2.2 TI2V-5B (48-channel VAE, per-token timesteps, the image's latents as the first
+    frame) trained as image-to-video, stopped at step 3 with 2 workers and resumed with 1; its LoRA loads
+    into the pipeline's transformer and the evaluation renders from an image with WanImageToVideoPipeline."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from disney_train.model.tiny_wan import write_tiny_wan
+
+    model = write_tiny_wan(tmp_path / "tiny-ti2v", ti2v=True)
+    image = tmp_path / "first-frame.png"
+    Image.new("RGB", (96, 64), (200, 120, 40)).save(image)
+    cfg = train_config(
+        model,
+        packed,
+        tmp_path / "out",
+        name="ti2v",
+        **{
+            "model.family": "wan",
+            "model.variant": "i2v",
+            "optim.max_steps": 5,
+            "train.checkpoint_every": 2,
+            "train.report_every": 1,
+            "train.workers.max_failures": 0,
+        },
+    )
+    one = _stopped_at_step_3_then_resumed_alone(cfg, tmp_path, monkeypatch)
+    history = _history(one)
+    assert [(h["step"], h["world_size"]) for h in history] == [(1, 2), (2, 2), (3, 1), (4, 1), (5, 1)]
+    assert all(math.isfinite(h["loss"]) for h in history)
+    entry = load_file(str(next((packed / "cache").rglob("*.safetensors"))))
+    assert entry["condition_dist"].shape[:2] == (1, 96)  # the image alone: one latent frame, 2 x 48 channels
+    _final_lora_changes_the_wan_pipeline(one, model, "i2v")
+    results = _evaluate(one, tiny_clip_dir, image)
+    assert results.variant == "i2v" and results.prompts[0].image == str(image) and results.all_finite()

@@ -24,8 +24,8 @@ def model_tiny(
     generation: Annotated[
         str,
         typer.Option(
-            help="CogVideoX 1.0 (as the 2b; the default) or 1.5 (as CogVideoX1.5-5B); Wan 2.1 (the default) or 2.2 "
-            "(A14B: two experts)."
+            help="CogVideoX 1.0 (as the 2b; the default) or 1.5 (as CogVideoX1.5-5B); Wan 2.1 (the default), 2.2 "
+            "(A14B: two experts) or 2.2-ti2v (TI2V-5B: both tasks; --i2v does not apply)."
         ),
     ] = "",
     family: Annotated[
@@ -39,9 +39,11 @@ def model_tiny(
     task: Literal["t2v", "i2v"] = "i2v" if i2v else "t2v"
     kind = f"{'image' if i2v else 'text'}-to-video"
     if family == "wan":
-        if generation not in ("", "2.1", "2.2"):
-            raise typer.BadParameter(f"{generation!r}: a Wan model is 2.1 or 2.2", param_hint="--generation")
-        write_tiny_wan(out, task, seed, experts=2 if generation == "2.2" else 1)
+        if generation not in ("", "2.1", "2.2", "2.2-ti2v"):
+            raise typer.BadParameter(f"{generation!r}: a Wan model is 2.1, 2.2 or 2.2-ti2v", param_hint="--generation")
+        if generation == "2.2-ti2v":
+            kind = "text- and image-to-video"
+        write_tiny_wan(out, task, seed, experts=2 if generation == "2.2" else 1, ti2v=generation == "2.2-ti2v")
         console.print(f"wrote a tiny Wan {generation or '2.1'} {kind} model to {out}")
         return
     if family != "cogvideox":

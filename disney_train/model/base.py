@@ -64,6 +64,7 @@ class ModelSpec:
     description: ClassVar[str] = "text-to-video"
     wants_image: ClassVar[bool] = False  # does a training clip need its conditioning image decoded?
     frame_multiple: ClassVar[int] = 8  # frame counts are frame_multiple * N + 1
+    size_multiple: ClassVar[int] = 16  # heights and widths: the VAE's space compression times the patch
     # frozen parts kept in fp32 whatever the run's precision (bf16 on GPUs), as the family's references load them
     fp32_parts: ClassVar[frozenset[str]] = frozenset()
     transformer_config: Any  # the transformer's config (attribute access)
@@ -145,6 +146,12 @@ class ModelSpec:
     def fits(cls, transformer: Mapping[str, Any], vae: Mapping[str, Any]) -> bool:
         """Is a model of this family with these configs one of this task?"""
         raise NotImplementedError
+
+    @classmethod
+    def needs_parts(cls, transformer: Mapping[str, Any]) -> frozenset[str]:
+        """The pipeline components beyond the VAE, text encoder and tokenizer that this model's encoding
+        needs (checked in model_index.json when the folder is read, not when the cache stage runs)."""
+        return frozenset()
 
     @classmethod
     def refusal(cls, transformer: Mapping[str, Any], scheduler: Mapping[str, Any]) -> str | None:

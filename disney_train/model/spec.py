@@ -4,7 +4,8 @@ Each specification (`disney_train.model.base.ModelSpec`) holds everything that d
 models the platform trains; the engine asks it and never branches on the family or the task:
 
 - CogVideoX (`disney_train.model.cogvideox`): 1.0 and 1.5, text- and image-to-video.
-- Wan (`disney_train.model.wan`): 2.1 text- and image-to-video, and one expert of 2.2 A14B's two.
+- Wan (`disney_train.model.wan`): 2.1 text- and image-to-video, one expert of 2.2 A14B's two, and
+  2.2 TI2V-5B (one model for both tasks: the run's `model.variant` picks).
 
 A model folder says which family it is by its pipeline's class (`model_index.json`'s `_class_name`,
 as diffusers reads it) and which task by its transformer's input channels; a run names both
@@ -23,7 +24,7 @@ from disney_train.config import RunConfig, TrainOptions
 from disney_train.model import load
 from disney_train.model.base import Encoders, Family, ImageRecipe, ModelSpec, Task
 from disney_train.model.cogvideox import CogVideoXI2V, CogVideoXSpec
-from disney_train.model.wan import EXPERT_PART, Expert, WanI2V, WanSpec
+from disney_train.model.wan import EXPERT_PART, Expert, WanI2V, WanSpec, WanTI2V, WanTI2VImage
 
 SPECS: dict[tuple[Family, Task], type[ModelSpec]] = {
     ("cogvideox", "t2v"): CogVideoXSpec,
@@ -31,6 +32,8 @@ SPECS: dict[tuple[Family, Task], type[ModelSpec]] = {
     ("wan", "t2v"): WanSpec,
     ("wan", "i2v"): WanI2V,
 }
+# Wan 2.2 TI2V-5B (model_index.json's `expand_timesteps`): one transformer for both tasks
+TI2V_SPECS: dict[Task, type[ModelSpec]] = {"t2v": WanTI2V, "i2v": WanTI2VImage}
 # the pipeline classes of model_index.json, by family
 PIPELINES: dict[str, Family] = {
     "CogVideoXPipeline": "cogvideox",
@@ -41,42 +44,59 @@ PIPELINES: dict[str, Family] = {
 
 
 def model_kind(path: Path) -> tuple[Family, Task]:
-    """Which family and task the model in folder `path` is, from its configs (no weights read)."""
+    """Which family and task the model in folder `path` is, from its configs (no weights read); of a
+    model for both tasks (Wan 2.2 TI2V-5B), text-to-video (`model_tasks` has both)."""
+    family, tasks = model_tasks(path)
+    return family, min(tasks, key=["t2v", "i2v"].index)
+
+
+def model_tasks(path: Path) -> tuple[Family, frozenset[Task]]:
+    """Which family the model in folder `path` is, and the tasks it does (one, or both for TI2V-5B)."""
     from disney_train.model.source import ModelError, check_layout
 
     check_layout(path)
-    pipeline = load.model_index(path).get("_class_name")
+    index = load.model_index(path)
+    pipeline = index.get("_class_name")
     family = PIPELINES.get(pipeline) if isinstance(pipeline, str) else None
     if family is None:
         raise ModelError(
             f"{path}/model_index.json: _class_name {pipeline!r} is no pipeline this platform trains "
             f"({', '.join(PIPELINES)})"
         )
-    index = load.model_index(path)
     unsupported = unsupported_pipeline(index, family)
     if unsupported:
         raise ModelError(f"{path}/model_index.json: {unsupported}")
     vae = load.component_config(path, "vae")
+    if index.get("expand_timesteps"):
+        _task(path, "transformer", {"t2v": WanTI2V}, vae)
+        return family, frozenset(TI2V_SPECS)
+    specs = {task: cls for (fam, task), cls in SPECS.items() if fam == family}
     tasks = {
-        _task(path, part, family, vae) for part in ("transformer", "transformer_2") if load.has_component(path, part)
+        _task(path, part, specs, vae) for part in ("transformer", "transformer_2") if load.has_component(path, part)
     }
     if len(tasks) != 1:
         raise ModelError(f"{path}: transformer and transformer_2 are different variants ({', '.join(sorted(tasks))})")
-    return family, tasks.pop()
+    return family, frozenset(tasks)
 
 
-def _task(path: Path, part: str, family: Family, vae: dict[str, Any]) -> Task:
-    """The task of the transformer `part` of a `family` model (refusing what the family's specifications
-    cannot train)."""
+def _task(path: Path, part: str, specs: dict[Task, type[ModelSpec]], vae: dict[str, Any]) -> Task:
+    """The task of the transformer `part` among `specs` (refusing what the specifications cannot train)."""
     from disney_train.model.source import ModelError
 
     transformer = load.component_config(path, part)
-    for (fam, task), cls in SPECS.items():
-        if fam == family and _fits(cls, transformer, vae):
+    for task, cls in specs.items():
+        if _fits(cls, transformer, vae):
             refusal = cls.refusal(transformer, load.scheduler_config(path))
             if refusal:
                 raise ModelError(f"{path}: {refusal}")
+            missing = sorted(p for p in cls.needs_parts(transformer) if not load.has_component(path, p))
+            if missing:
+                raise ModelError(
+                    f"{path}/model_index.json: a {cls.family} {cls.description} model whose {part} needs "
+                    f"{' and '.join(missing)}, which the pipeline does not name"
+                )
             return task
+    family = next(iter(specs.values())).family
     raise ModelError(
         f"{path}: {part} in_channels {transformer.get('in_channels')} fits no {family} variant "
         f"(vae {vae.get('latent_channels', vae.get('z_dim'))} latent channels)"
@@ -92,18 +112,22 @@ def _fits(cls: type[ModelSpec], transformer: dict[str, Any], vae: dict[str, Any]
 
 
 def unsupported_pipeline(index: dict[str, Any], family: Family) -> str | None:
-    """Why a pipeline of a known class is still not one this platform trains (None: it is): TI2V-5B
-    (`expand_timesteps`) would otherwise look like Wan 2.1 and train the wrong objective; two experts
-    are Wan 2.2's, both halves of them (`transformer_2` and `boundary_ratio`) or neither."""
-    if index.get("expand_timesteps"):
-        return "a Wan 2.2 TI2V pipeline (expand_timesteps): not supported yet"
+    """Why a pipeline of a known class is still not one this platform trains (None: it is): two experts
+    are Wan 2.2 A14B's, both halves of them (`transformer_2` and `boundary_ratio`) or neither;
+    `expand_timesteps` (per-token timesteps) is TI2V-5B's, with one transformer."""
     second = index.get("transformer_2")
     has_second = isinstance(second, list) and len(second) == 2 and second[1] is not None
     ratio = index.get("boundary_ratio")
+    expand = index.get("expand_timesteps")
+    if expand not in (None, False, True):
+        return f"expand_timesteps {expand!r}: true or false"
+    if expand and family != "wan":
+        return "expand_timesteps (per-token timesteps) is a Wan 2.2 TI2V layout, not a cogvideox one"
     if not has_second and ratio is None:
         return None
-    if family != "wan":
-        return "transformer_2 and boundary_ratio (two experts) are a Wan 2.2 layout, not a cogvideox one"
+    if family != "wan" or expand:
+        what = "a cogvideox one" if family != "wan" else "one with expand_timesteps (TI2V-5B has one transformer)"
+        return f"transformer_2 and boundary_ratio (two experts) are a Wan 2.2 A14B layout, not {what}"
     if not has_second or not isinstance(ratio, int | float) or not 0 < ratio < 1:
         return (
             f"two experts need transformer_2 and a boundary_ratio in (0, 1); found transformer_2 {second!r}, "
@@ -118,20 +142,26 @@ def boundary_ratio(path: Path) -> float | None:
     return float(ratio) if isinstance(ratio, int | float) else None
 
 
-def model_task(path: Path) -> Task:
-    return model_kind(path)[1]
+def model_task(path: Path, with_images: bool = False) -> Task:
+    """The task to render the model in `path` with: its own, or for a model of both (TI2V-5B)
+    image-to-video when images are given."""
+    _, tasks = model_tasks(path)
+    if len(tasks) > 1:
+        return "i2v" if with_images else "t2v"
+    return next(iter(tasks))
 
 
 def check_kind(path: Path, task: Task, family: Family = "cogvideox") -> None:
     """Refuse a model folder that is not a `family` `task` model, naming both."""
     from disney_train.model.source import ModelError
 
-    found_family, found = model_kind(path)
+    found_family, found = model_tasks(path)
     if found_family != family:
         raise ModelError(f"{path}: this is a {found_family} model (model_index.json), but model.family is {family!r}")
-    if found != task:
+    if task not in found:
+        (only,) = found
         raise ModelError(
-            f"{path}: this is a {SPECS[found_family, found].description} model "
+            f"{path}: this is a {SPECS[found_family, only].description} model "
             f"(transformer in_channels vs vae latent channels), but model.variant is {task!r}"
         )
 
@@ -142,10 +172,18 @@ def image_recipe(train: TrainOptions) -> ImageRecipe:
 
 def run_spec(cfg: RunConfig, path: Path) -> ModelSpec:
     """The specification a run trains and renders with: its model folder's, with its image recipe, and
-    for a model with two experts (Wan 2.2 A14B) the one `model.expert` names."""
+    for a model with two experts (Wan 2.2 A14B) the one `model.expert` names; the run's sizes checked."""
+    _check_expert(path, cfg.model.expert)
+    spec = spec_for(path, cfg.model.variant, image_recipe(cfg.train), cfg.model.family, cfg.model.expert)
+    _check_sizes(cfg, spec)
+    return spec
+
+
+def _check_expert(path: Path, expert: Expert | None) -> None:
+    """A model of two experts needs the run to name one; a model of one refuses a name."""
     from disney_train.model.source import ModelError
 
-    ratio, expert = boundary_ratio(path), cfg.model.expert
+    ratio = boundary_ratio(path)
     if ratio is not None and expert is None:
         raise ModelError(
             f"{path}: a Wan 2.2 model with two experts (transformer, transformer_2; boundary_ratio {ratio:g}): "
@@ -156,7 +194,18 @@ def run_spec(cfg: RunConfig, path: Path) -> ModelSpec:
             f"{path}: model.expert is {expert!r}, but this model has one transformer "
             "(no transformer_2 and boundary_ratio in model_index.json)"
         )
-    return spec_for(path, cfg.model.variant, image_recipe(cfg.train), cfg.model.family, expert)
+
+
+def _check_sizes(cfg: RunConfig, spec: ModelSpec) -> None:
+    """The run's heights and widths are multiples of what the model's VAE and patches take (TI2V-5B: 32)."""
+    from disney_train.model.source import ModelError
+
+    sizes: dict[str, int | None] = {"data.height": cfg.data.height, "data.width": cfg.data.width}
+    if cfg.evaluation is not None:
+        sizes |= {"evaluation.height": cfg.evaluation.height, "evaluation.width": cfg.evaluation.width}
+    for field, size in sizes.items():
+        if size is not None and size % spec.size_multiple:
+            raise ModelError(f"{field} {size}: a {spec.name} model takes multiples of {spec.size_multiple}")
 
 
 def frozen_encoders(
@@ -188,7 +237,8 @@ def spec_for(
     part = EXPERT_PART[expert] if ratio is not None and expert is not None else "transformer"
     transformer = SimpleNamespace(**{"patch_size_t": None, "ofs_embed_dim": None, **load.component_config(path, part)})
     vae = SimpleNamespace(**load.component_config(path, "vae"))
-    return SPECS[family, task](transformer, vae, load.load_scheduler(path), image or ImageRecipe(), **experts)
+    cls = TI2V_SPECS[task] if load.model_index(path).get("expand_timesteps") else SPECS[family, task]
+    return cls(transformer, vae, load.load_scheduler(path), image or ImageRecipe(), **experts)
 
 
 @dataclass

@@ -15,6 +15,11 @@ are those of the diffusers repositories (`scripts/convert_wan_to_diffusers.py` w
   the pipeline passes `image_embeds` only to a transformer with `image_dim` ("only wan 2.1 i2v
   transformer accepts image_embeds"), so there is no image encoder nor processor and the
   transformer no `image_dim` / `added_kv_proj_dim`.
+- `ti2v=True`: Wan2.2-TI2V-5B-Diffusers, `WanPipeline` with `expand_timesteps` (per-token timesteps;
+  `WanImageToVideoPipeline` loads the same folder for image-to-video): one transformer of 48 channels
+  in and out on the Wan 2.2 VAE (48 latent channels, 2x2 patches folded into 12 input channels,
+  16x space compression, residual blocks), scheduler shift 5. Its latent statistics here are made up
+  (48 values, not the real VAE's).
 
 The sizes are the smallest that work with diffusers' Wan code (measured): the rotary embedding
 splits a head's dimension into time, height and width (`h = w = 2 * (d // 6)`, `t = d - h - w`),
@@ -32,13 +37,15 @@ unguarded (the T2V pipeline guards it), so it needs `ftfy` installed to take a p
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from disney_train.model.tiny import _tokenizer
 
-LATENT_CHANNELS = 16  # Wan 2.1's VAE (z_dim); the 2.2 TI2V-5B VAE (48) is not built here
+LATENT_CHANNELS = 16  # Wan 2.1's VAE (z_dim)
+TI2V_CHANNELS = 48  # Wan 2.2's VAE (TI2V-5B)
 MASK_CHANNELS = 4  # I2V: the first-frame mask, one channel per video frame of a latent frame
 TEXT_DIM = 32
 IMAGE_DIM = 32  # the tiny CLIP's hidden size (1280 for the real ViT-H/14)
@@ -59,7 +66,7 @@ LATENTS_STD = [
 ]  # fmt: skip
 
 
-def _transformer(variant: Literal["t2v", "i2v"], clip: bool) -> Any:
+def _transformer(variant: Literal["t2v", "i2v"], clip: bool, latent_channels: int = LATENT_CHANNELS) -> Any:
     from diffusers import WanTransformer3DModel
 
     i2v = variant == "i2v"
@@ -67,8 +74,8 @@ def _transformer(variant: Literal["t2v", "i2v"], clip: bool) -> Any:
         patch_size=(1, 2, 2),
         num_attention_heads=HEADS,
         attention_head_dim=HEAD_DIM,
-        in_channels=LATENT_CHANNELS * 2 + MASK_CHANNELS if i2v else LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS,
+        in_channels=latent_channels * 2 + MASK_CHANNELS if i2v else latent_channels,
+        out_channels=latent_channels,
         text_dim=TEXT_DIM,
         freq_dim=16,  # the sinusoidal timestep embedding's width (256 in the real models)
         ffn_dim=32,
@@ -84,16 +91,50 @@ def _transformer(variant: Literal["t2v", "i2v"], clip: bool) -> Any:
     )
 
 
+def _vae() -> dict[str, Any]:
+    """Wan 2.1's VAE (16 latent channels; time / 4, space / 8), 2 base channels."""
+    return {
+        "base_dim": 2,
+        "z_dim": LATENT_CHANNELS,
+        "dim_mult": [1, 1, 1, 1],
+        "num_res_blocks": 1,
+        "attn_scales": [],
+        "temperal_downsample": [False, True, True],  # diffusers' spelling
+        "latents_mean": LATENTS_MEAN,
+        "latents_std": LATENTS_STD,
+    }
+
+
+def _ti2v_vae() -> dict[str, Any]:
+    """Wan 2.2's VAE (TI2V-5B): 48 latent channels, 2x2 pixel patches folded into 12 channels, residual
+    blocks; time / 4, space / 16."""
+    return {
+        **_vae(),
+        "decoder_base_dim": 2,
+        "z_dim": TI2V_CHANNELS,
+        "is_residual": True,
+        "in_channels": 12,
+        "out_channels": 12,
+        "patch_size": 2,
+        "scale_factor_spatial": 16,
+        "scale_factor_temporal": 4,
+        "latents_mean": [round(0.1 * math.sin(i), 4) for i in range(TI2V_CHANNELS)],
+        "latents_std": [round(1.5 + 0.5 * math.cos(i), 4) for i in range(TI2V_CHANNELS)],
+    }
+
+
 def write_tiny_wan(
     out: Path,
     variant: Literal["t2v", "i2v"] = "t2v",
     seed: int = 0,
     experts: int = 1,
+    ti2v: bool = False,
 ) -> Path:
     """Wan 2.1 (`experts=1`) as T2V-1.3B or I2V-14B; Wan 2.2 A14B (`experts=2`): a high- and a
-    low-noise transformer of one config and `boundary_ratio`, for I2V without the CLIP encoder."""
-    if experts not in (1, 2):
-        raise ValueError(f"experts must be 1 (Wan 2.1) or 2 (Wan 2.2 A14B), not {experts}")
+    low-noise transformer of one config and `boundary_ratio`, for I2V without the CLIP encoder;
+    Wan 2.2 TI2V-5B (`ti2v`, for both tasks: `variant` is not used)."""
+    if experts not in (1, 2) or (ti2v and experts != 1):
+        raise ValueError(f"experts must be 1 (Wan 2.1, TI2V-5B) or 2 (Wan 2.2 A14B), not {experts}")
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
@@ -101,18 +142,11 @@ def write_tiny_wan(
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory(prefix="tiny-tokenizer-") as tmp:
         tokenizer = _tokenizer(Path(tmp))
+    if ti2v:
+        variant = "t2v"  # the transformer is the T2V layout; the pipeline puts the image in the latents
     clip = variant == "i2v" and experts == 1  # only Wan 2.1 I2V conditions on CLIP
-    transformer = _transformer(variant, clip)
-    vae = AutoencoderKLWan(
-        base_dim=2,
-        z_dim=LATENT_CHANNELS,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        attn_scales=[],
-        temperal_downsample=[False, True, True],  # diffusers' spelling; time / 4, space / 8
-        latents_mean=LATENTS_MEAN,
-        latents_std=LATENTS_STD,
-    )
+    transformer = _transformer(variant, clip, TI2V_CHANNELS if ti2v else LATENT_CHANNELS)
+    vae = AutoencoderKLWan(**(_ti2v_vae() if ti2v else _vae()))
     text_encoder = UMT5EncoderModel(
         UMT5Config(
             vocab_size=len(tokenizer),
@@ -141,7 +175,7 @@ def write_tiny_wan(
         disable_corrector=[],
         use_karras_sigmas=False,
         use_flow_sigmas=True,
-        flow_shift=3.0,
+        flow_shift=5.0 if ti2v else 3.0,  # Wan2.2-TI2V-5B-Diffusers: 5
         timestep_spacing="linspace",
         steps_offset=0,
         final_sigmas_type="zero",
@@ -157,7 +191,7 @@ def write_tiny_wan(
         components["transformer_2"] = _transformer(variant, clip)
         components["boundary_ratio"] = BOUNDARY_RATIO[variant]
     if variant == "t2v":
-        pipe = WanPipeline(**components)
+        pipe = WanPipeline(**components, expand_timesteps=ti2v)
     elif clip:
         image_encoder = CLIPVisionModel(
             CLIPVisionConfig(

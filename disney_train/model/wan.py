@@ -1,5 +1,5 @@
 """The Wan family's specifications (`disney_train.model.base.ModelSpec`): Wan 2.1 text- and image-to-video,
-and Wan 2.2 A14B's two experts.
+Wan 2.2 A14B's two experts, and Wan 2.2 TI2V-5B.
 
 What differs from CogVideoX, each where diffusers' Wan pipelines (`WanPipeline`,
 `WanImageToVideoPipeline`) and finetrainers' Wan specification put it:
@@ -29,6 +29,10 @@ What differs from CogVideoX, each where diffusers' Wan pipelines (`WanPipeline`,
   shifted distribution conditioned on the side, as DiffSynth-Studio's min/max_timestep_boundary), so
   the expert sees exactly the timesteps the pipeline gives it. Wan 2.2 I2V has no CLIP encoder: its
   transformer has no `image_dim`, and the pipeline passes no image embedding (as here).
+- Wan 2.2 TI2V-5B (`expand_timesteps`): one transformer on the Wan 2.2 VAE (48 channels, space / 16)
+  for both tasks; the pipelines give it one timestep per token. Image-to-video puts the image's own
+  latents in the first latent frame (timestep 0 on its tokens) rather than on channels, and the
+  loss leaves that frame out, as DiffSynth-Studio's TI2V training does.
 """
 
 from __future__ import annotations
@@ -314,6 +318,114 @@ class WanI2V(WanSpec):
     @classmethod
     def fits(cls, transformer: Mapping[str, Any], vae: Mapping[str, Any]) -> bool:
         return int(transformer["in_channels"]) == 2 * int(vae["z_dim"]) + cls.mask_channels
+
+    @classmethod
+    def needs_parts(cls, transformer: Mapping[str, Any]) -> frozenset[str]:
+        """Wan 2.1 I2V's CLIP (its transformer takes the embedding: `image_dim`); not Wan 2.2's."""
+        return frozenset({"image_encoder", "image_processor"}) if transformer.get("image_dim") else frozenset()
+
+    @classmethod
+    def pipeline_class(cls) -> Any:
+        from diffusers import WanImageToVideoPipeline
+
+        return WanImageToVideoPipeline
+
+    def render_inputs(self, image: bytes | None) -> dict[str, Any]:
+        return pil_image(image)
+
+
+@dataclass(frozen=True)
+class WanTI2V(WanSpec):
+    """Wan 2.2 TI2V-5B as text-to-video: one 5B transformer on the Wan 2.2 VAE (48 latent channels, 16x
+    space compression), whose pipeline gives the transformer one timestep per token (`expand_timesteps`)."""
+
+    size_multiple: ClassVar[int] = 32  # the VAE's 16 times the 2x2 patch
+
+    @property
+    def name(self) -> str:
+        return f"wan-2.2-ti2v-5b-{self.task}"
+
+    def cache_facts(self) -> dict[str, Any]:
+        return {**super().cache_facts(), "expand_timesteps": True}
+
+    def token_timesteps(self, levels: torch.Tensor, noisy: torch.Tensor, clean_first: bool) -> torch.Tensor:
+        """[B, tokens]: each sample's timestep on every token, as the pipeline expands it (0 on the first
+        latent frame's tokens when that frame is the clean image, `clean_first`)."""
+        patch = self.transformer_config.patch_size
+        frames, height, width = noisy.shape[1], noisy.shape[3] // patch[1], noisy.shape[4] // patch[2]
+        mask = torch.ones((frames, height, width), device=noisy.device)
+        if clean_first:
+            mask[0] = 0
+        return mask.flatten()[None, :] * self.timesteps(levels).to(noisy.device)[:, None]
+
+    def transformer_inputs(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        noisy: torch.Tensor,
+        levels: torch.Tensor,
+        generator: torch.Generator,
+        dtype: torch.dtype,
+    ) -> dict[str, Any]:
+        inputs = super().transformer_inputs(batch, noisy, levels, generator, dtype)
+        inputs["timestep"] = self.token_timesteps(levels, noisy, clean_first=False)
+        return inputs
+
+    @classmethod
+    def fits(cls, transformer: Mapping[str, Any], vae: Mapping[str, Any]) -> bool:
+        return int(transformer["in_channels"]) == int(vae["z_dim"])
+
+
+@dataclass(frozen=True)
+class WanTI2VImage(WanTI2V):
+    """Wan 2.2 TI2V-5B as image-to-video: the image's normalised latents (its own one-frame encoding, the
+    VAE's mode) take the first latent frame's place in the noisy latents, with timestep 0 on its tokens;
+    the loss leaves that frame out (DiffSynth-Studio's TI2V training: `noise_pred[:, :, 1:]`)."""
+
+    task: ClassVar[Task] = "i2v"
+    description: ClassVar[str] = "image-to-video"
+    wants_image: ClassVar[bool] = True
+
+    def cache_facts(self) -> dict[str, Any]:
+        return {**super().cache_facts(), "image": {"window": "from-the-first-frame", "condition": "the-image-alone"}}
+
+    def encode(
+        self, enc: Encoders, batch: Mapping[str, Any], device: torch.device, noise_seeds: list[Any]
+    ) -> dict[str, torch.Tensor]:
+        """Adds `condition_dist` [B, 1, 2C, h, w]: the VAE's distribution of the image as a one-frame video."""
+        out = super().encode(enc, batch, device, noise_seeds)
+        image = batch["image"].to(device=device, dtype=batch["video"].dtype)  # [B, 3, H, W] in [-1, 1]
+        out["condition_dist"] = encode_video_dist(enc.vae, image[:, None])
+        return out
+
+    def with_image(self, batch: Mapping[str, torch.Tensor], noisy: torch.Tensor) -> torch.Tensor:
+        """The noisy latents with the image's latents as their first frame."""
+        dist = batch["condition_dist"].to(device=noisy.device, dtype=torch.float32)
+        first = self.latent_scale(dist.chunk(2, dim=2)[0])  # the mode, [B, 1, C, h, w]
+        return torch.cat([first.to(noisy.dtype), noisy[:, 1:]], dim=1)
+
+    def transformer_inputs(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        noisy: torch.Tensor,
+        levels: torch.Tensor,
+        generator: torch.Generator,
+        dtype: torch.dtype,
+    ) -> dict[str, Any]:
+        hidden = self.with_image(batch, noisy)
+        inputs = super().transformer_inputs(batch, hidden, levels, generator, dtype)
+        inputs["timestep"] = self.token_timesteps(levels, hidden, clean_first=True)
+        return inputs
+
+    def loss(
+        self,
+        output: torch.Tensor,
+        noisy: torch.Tensor,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        levels: torch.Tensor,
+    ) -> torch.Tensor:
+        """As T2V, over the frames after the first (the image's, given, not predicted)."""
+        return super().loss(output[:, :, 1:], noisy[:, 1:], latents[:, 1:], noise[:, 1:], levels)
 
     @classmethod
     def pipeline_class(cls) -> Any:
