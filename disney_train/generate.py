@@ -68,14 +68,17 @@ def apply_lora(pipe: Any, lora_file: bytes, scale: float = 1.0) -> None:
 def apply_loras(pipe: Any, loras: list[tuple[bytes, float]]) -> None:
     """Each LoRA file (its bytes) as its own adapter, all active with their scales; a LoRA of Wan 2.2's
     low-noise expert into `transformer_2` (`load_into_transformer_2`, as diffusers documents it)."""
-    from disney_train.model.lora import lora_part
+    from disney_train.model.lora import LoraFileError, lora_part
     from disney_train.runs import LORA_FILE
 
     names = []
     for i, (data, _) in enumerate(loras):
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / LORA_FILE).write_bytes(data)
-            part = lora_part(Path(tmp) / LORA_FILE)
+            try:
+                part = lora_part(Path(tmp) / LORA_FILE)
+            except LoraFileError as err:
+                raise GenerateError(f"LoRA {i + 1}: {err}") from None
             if part != "transformer" and getattr(pipe, part, None) is None:
                 raise GenerateError(f"LoRA {i + 1} is for the model's {part} (a Wan 2.2 expert); this model has none")
             into = {"load_into_transformer_2": True} if part == "transformer_2" else {}

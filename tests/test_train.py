@@ -396,6 +396,31 @@ def test_wan_text_to_video_trains_resumes_exactly_and_evaluates(
     assert results.variant == "t2v" and results.all_finite()
 
 
+def _wan_i2v_stopped_then_resumed_alone(
+    model: Path, packed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, **settings: Any
+) -> tuple[RunConfig, Path]:
+    """A Wan image-to-video run of 5 steps (checkpoint every 2) stopped at step 3 with 2 workers and resumed
+    with 1: the steps and the data go on at the new size, every loss finite. Returns the resumed run's
+    configuration and a conditioning image for its evaluation."""
+    from PIL import Image
+
+    image = tmp_path / "first-frame.png"
+    Image.new("RGB", (96, 64), (200, 120, 40)).save(image)
+    common = {"optim.max_steps": 5, "train.checkpoint_every": 2, "train.report_every": 1}
+    cfg = train_config(
+        model,
+        packed,
+        tmp_path / "out",
+        name=name,
+        **{"model.family": "wan", "model.variant": "i2v", "train.workers.max_failures": 0, **common, **settings},
+    )
+    one = _stopped_at_step_3_then_resumed_alone(cfg, tmp_path, monkeypatch)
+    history = _history(one)
+    assert [(h["step"], h["world_size"]) for h in history] == [(1, 2), (2, 2), (3, 1), (4, 1), (5, 1)]
+    assert all(math.isfinite(h["loss"]) for h in history)
+    return one, image
+
+
 def test_wan_image_to_video_resumes_at_another_world_size_and_evaluates(
     ray_local: None,
     packed: Path,
@@ -407,28 +432,7 @@ def test_wan_image_to_video_resumes_at_another_world_size_and_evaluates(
     """A tiny Wan 2.1 I2V (mask and first-frame latents on channels, CLIP image embedding) stopped at step
     3 with 2 workers (checkpoint at 2) and resumed with 1: the steps and the data go on at the new size;
     the LoRA loads into diffusers' WanImageToVideoPipeline; the evaluation renders from an image."""
-    from PIL import Image
-
-    image = tmp_path / "first-frame.png"
-    Image.new("RGB", (96, 64), (200, 120, 40)).save(image)
-    cfg = train_config(
-        tiny_wan_i2v,
-        packed,
-        tmp_path / "out",
-        name="resized",
-        **{
-            "model.family": "wan",
-            "model.variant": "i2v",
-            "optim.max_steps": 5,
-            "train.checkpoint_every": 2,
-            "train.report_every": 1,
-            "train.workers.max_failures": 0,
-        },
-    )
-    one = _stopped_at_step_3_then_resumed_alone(cfg, tmp_path, monkeypatch)
-    history = _history(one)
-    assert [(h["step"], h["world_size"]) for h in history] == [(1, 2), (2, 2), (3, 1), (4, 1), (5, 1)]
-    assert all(math.isfinite(h["loss"]) for h in history)
+    one, image = _wan_i2v_stopped_then_resumed_alone(tiny_wan_i2v, packed, tmp_path, monkeypatch, "resized")
     entries = list((packed / "cache").rglob("*.safetensors"))
     assert entries  # trained from the cache: each entry holds the condition and the CLIP embedding
     from safetensors.torch import load_file
@@ -451,33 +455,13 @@ def test_wan_2_2_low_noise_expert_resumes_at_another_world_size_and_evaluates(
     timesteps below boundary_ratio x 1000) stopped at step 3 with 2 workers and resumed with 1; its LoRA
     loads into the pipeline's transformer_2 (`load_into_transformer_2`) and the evaluation renders with
     both experts, the LoRA on the low-noise one."""
-    from PIL import Image
     from safetensors.torch import load_file
 
     from disney_train.model.tiny_wan import write_tiny_wan
 
     model = write_tiny_wan(tmp_path / "tiny-wan22-i2v", "i2v", experts=2)
-    image = tmp_path / "first-frame.png"
-    Image.new("RGB", (96, 64), (200, 120, 40)).save(image)
-    cfg = train_config(
-        model,
-        packed,
-        tmp_path / "out",
-        name="low-noise",
-        **{
-            "model.family": "wan",
-            "model.variant": "i2v",
-            "model.expert": "low",
-            "optim.max_steps": 5,
-            "train.checkpoint_every": 2,
-            "train.report_every": 1,
-            "train.workers.max_failures": 0,
-        },
-    )
-    one = _stopped_at_step_3_then_resumed_alone(cfg, tmp_path, monkeypatch)
-    history = _history(one)
-    assert [(h["step"], h["world_size"]) for h in history] == [(1, 2), (2, 2), (3, 1), (4, 1), (5, 1)]
-    assert all(math.isfinite(h["loss"]) for h in history)
+    settings = {"model.expert": "low"}
+    one, image = _wan_i2v_stopped_then_resumed_alone(model, packed, tmp_path, monkeypatch, "low-noise", **settings)
     keys = {k for e in (packed / "cache").rglob("*.safetensors") for k in load_file(str(e))}
     assert keys == {"latent_dist", "prompt_embeds", "condition_dist"}  # Wan 2.2 I2V: no CLIP embedding
     _final_lora_changes_the_wan_pipeline(one, model, "i2v", part="transformer_2")
@@ -495,32 +479,12 @@ def test_wan_2_2_ti2v_image_to_video_resumes_at_another_world_size_and_evaluates
     """A tiny Wan 2.2 TI2V-5B (48-channel VAE, per-token timesteps, the image's latents as the first
     frame) trained as image-to-video, stopped at step 3 with 2 workers and resumed with 1; its LoRA loads
     into the pipeline's transformer and the evaluation renders from an image with WanImageToVideoPipeline."""
-    from PIL import Image
     from safetensors.torch import load_file
 
     from disney_train.model.tiny_wan import write_tiny_wan
 
     model = write_tiny_wan(tmp_path / "tiny-ti2v", ti2v=True)
-    image = tmp_path / "first-frame.png"
-    Image.new("RGB", (96, 64), (200, 120, 40)).save(image)
-    cfg = train_config(
-        model,
-        packed,
-        tmp_path / "out",
-        name="ti2v",
-        **{
-            "model.family": "wan",
-            "model.variant": "i2v",
-            "optim.max_steps": 5,
-            "train.checkpoint_every": 2,
-            "train.report_every": 1,
-            "train.workers.max_failures": 0,
-        },
-    )
-    one = _stopped_at_step_3_then_resumed_alone(cfg, tmp_path, monkeypatch)
-    history = _history(one)
-    assert [(h["step"], h["world_size"]) for h in history] == [(1, 2), (2, 2), (3, 1), (4, 1), (5, 1)]
-    assert all(math.isfinite(h["loss"]) for h in history)
+    one, image = _wan_i2v_stopped_then_resumed_alone(model, packed, tmp_path, monkeypatch, "ti2v")
     entry = load_file(str(next((packed / "cache").rglob("*.safetensors"))))
     assert entry["condition_dist"].shape[:2] == (1, 96)  # the image alone: one latent frame, 2 x 48 channels
     _final_lora_changes_the_wan_pipeline(one, model, "i2v")

@@ -65,6 +65,7 @@ class ModelSpec:
     wants_image: ClassVar[bool] = False  # does a training clip need its conditioning image decoded?
     frame_multiple: ClassVar[int] = 8  # frame counts are frame_multiple * N + 1
     size_multiple: ClassVar[int] = 16  # heights and widths: the VAE's space compression times the patch
+    min_frames: ClassVar[int] = 1
     # frozen parts kept in fp32 whatever the run's precision (bf16 on GPUs), as the family's references load them
     fp32_parts: ClassVar[frozenset[str]] = frozenset()
     transformer_config: Any  # the transformer's config (attribute access)

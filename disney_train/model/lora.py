@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from disney_train.config import LoraConfig
+from disney_train.errors import UserError
+from disney_train.model.base import ModelSpec
 from disney_train.runs import LORA_FILE
 
 ADAPTER = "default"
@@ -64,6 +66,13 @@ def lora_file_bytes(state: dict[str, torch.Tensor], cfg: LoraConfig, pipeline: A
         return path.read_bytes()
 
 
+def spec_lora_file(weights: dict[str, torch.Tensor], cfg: LoraConfig, spec: ModelSpec) -> bytes:
+    """The LoRA file of a run's trained weights (keyed by parameter name), for the part of the pipeline
+    `spec` trains: what the final output, the checkpoints and the validation videos all load."""
+    state = {peft_key(n): w for n, w in weights.items()}
+    return lora_file_bytes(state, cfg, spec.pipeline_class(), spec.transformer_part)
+
+
 def _mark(path: Path, part: str) -> None:
     """Add the pipeline part to the file's metadata, keeping diffusers' own."""
     from safetensors import safe_open
@@ -75,12 +84,25 @@ def _mark(path: Path, part: str) -> None:
     save_file(tensors, str(path), metadata={**metadata, PART_KEY: part})
 
 
-def lora_part(path: Path) -> str:
-    """The pipeline part the LoRA file at `path` is for: `transformer` unless marked (`transformer_2`)."""
-    from safetensors import safe_open
+PARTS = ("transformer", "transformer_2")  # the pipeline parts a LoRA file may name
 
-    with safe_open(str(path), framework="pt") as f:
-        part = (f.metadata() or {}).get(PART_KEY, "transformer")
+
+class LoraFileError(UserError, ValueError):
+    """A LoRA file that cannot be read, or names a part no pipeline here has."""
+
+
+def lora_part(path: Path) -> str:
+    """The pipeline part the LoRA file at `path` is for: `transformer` unless marked (`transformer_2`).
+    The file may be anyone's: its header is checked, and the part must be one of PARTS."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            part = (f.metadata() or {}).get(PART_KEY, "transformer")
+    except (SafetensorError, OSError) as err:
+        raise LoraFileError(f"not a safetensors LoRA file ({err})") from None
+    if part not in PARTS:
+        raise LoraFileError(f"metadata {PART_KEY} is {part!r}; a LoRA file is for one of {', '.join(PARTS)}")
     return str(part)
 
 

@@ -119,7 +119,7 @@ def unsupported_pipeline(index: dict[str, Any], family: Family) -> str | None:
     has_second = isinstance(second, list) and len(second) == 2 and second[1] is not None
     ratio = index.get("boundary_ratio")
     expand = index.get("expand_timesteps")
-    if expand not in (None, False, True):
+    if expand is not None and not isinstance(expand, bool):
         return f"expand_timesteps {expand!r}: true or false"
     if expand and family != "wan":
         return "expand_timesteps (per-token timesteps) is a Wan 2.2 TI2V layout, not a cogvideox one"
@@ -128,7 +128,7 @@ def unsupported_pipeline(index: dict[str, Any], family: Family) -> str | None:
     if family != "wan" or expand:
         what = "a cogvideox one" if family != "wan" else "one with expand_timesteps (TI2V-5B has one transformer)"
         return f"transformer_2 and boundary_ratio (two experts) are a Wan 2.2 A14B layout, not {what}"
-    if not has_second or not isinstance(ratio, int | float) or not 0 < ratio < 1:
+    if not has_second or isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < 1:
         return (
             f"two experts need transformer_2 and a boundary_ratio in (0, 1); found transformer_2 {second!r}, "
             f"boundary_ratio {ratio!r}"
@@ -173,9 +173,9 @@ def image_recipe(train: TrainOptions) -> ImageRecipe:
 def run_spec(cfg: RunConfig, path: Path) -> ModelSpec:
     """The specification a run trains and renders with: its model folder's, with its image recipe, and
     for a model with two experts (Wan 2.2 A14B) the one `model.expert` names; the run's sizes checked."""
-    _check_expert(path, cfg.model.expert)
     spec = spec_for(path, cfg.model.variant, image_recipe(cfg.train), cfg.model.family, cfg.model.expert)
-    _check_sizes(cfg, spec)
+    _check_expert(path, cfg.model.expert)  # after spec_for has read and checked the folder's layout
+    _check_shape(cfg, spec)
     return spec
 
 
@@ -196,16 +196,23 @@ def _check_expert(path: Path, expert: Expert | None) -> None:
         )
 
 
-def _check_sizes(cfg: RunConfig, spec: ModelSpec) -> None:
-    """The run's heights and widths are multiples of what the model's VAE and patches take (TI2V-5B: 32)."""
+def _check_shape(cfg: RunConfig, spec: ModelSpec) -> None:
+    """The run's heights and widths are multiples of what the model's VAE and patches take (TI2V-5B: 32),
+    its frame counts at least what the model trains on (TI2V-5B image-to-video: the image and a frame)."""
     from disney_train.model.source import ModelError
 
+    e, v = cfg.evaluation, cfg.validation
     sizes: dict[str, int | None] = {"data.height": cfg.data.height, "data.width": cfg.data.width}
-    if cfg.evaluation is not None:
-        sizes |= {"evaluation.height": cfg.evaluation.height, "evaluation.width": cfg.evaluation.width}
+    frames: dict[str, int | None] = {"data.num_frames": cfg.data.num_frames, "validation.num_frames": v.num_frames}
+    if e is not None:
+        sizes |= {"evaluation.height": e.height, "evaluation.width": e.width}
+        frames["evaluation.num_frames"] = e.num_frames
     for field, size in sizes.items():
         if size is not None and size % spec.size_multiple:
             raise ModelError(f"{field} {size}: a {spec.name} model takes multiples of {spec.size_multiple}")
+    for field, count in frames.items():
+        if count is not None and count < spec.min_frames:
+            raise ModelError(f"{field} {count}: a {spec.name} model takes at least {spec.min_frames} frames")
 
 
 def frozen_encoders(

@@ -165,15 +165,25 @@ class WanSpec(ModelSpec):
         boundary in u, then shifted; every one's timestep on the expert's side as the pipeline compares them."""
         if self.expert is None:
             raise ValueError("a Wan 2.2 model with two experts trains one of them a run: model.expert high or low")
-        n = float(self.scheduler.config.num_train_timesteps)
-        edge = self.boundary_timestep / n  # the smallest sigma whose timestep is the high expert's
-        at = self.unshifted(edge)
+        at = self.unshifted(self.boundary_timestep / float(self.scheduler.config.num_train_timesteps))
         sigma = self.shifted(at + (1 - at) * u if self.expert == "high" else at * u)
-        steps = self.timesteps(sigma)  # float rounding at the edge: put such a sigma on the expert's side
-        if self.expert == "high":
-            return torch.where(steps < self.boundary_timestep, torch.full_like(sigma, edge), sigma)
-        below = torch.full_like(sigma, (self.boundary_timestep - 1) / n)
-        return torch.where(steps >= self.boundary_timestep, below, sigma)
+        high = self.timesteps(sigma) >= self.boundary_timestep
+        # float rounding at the edge: a sigma on the other side takes the nearest one on the expert's
+        inside = high if self.expert == "high" else ~high
+        return torch.where(inside, sigma, self.edge_sigma(sigma.dtype))
+
+    def edge_sigma(self, dtype: torch.dtype) -> torch.Tensor:
+        """The sigma (in `dtype`) at the boundary on this run's expert's side: the smallest whose timestep
+        is the high expert's, or the largest below it for the low expert."""
+        n = float(self.scheduler.config.num_train_timesteps)
+        sigma = torch.tensor(self.boundary_timestep / n, dtype=dtype)
+        one, zero = torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype)
+        while int(self.timesteps(sigma)) < self.boundary_timestep:  # at most a few float steps
+            sigma = torch.nextafter(sigma, one)
+        if self.expert == "low":
+            while int(self.timesteps(sigma)) >= self.boundary_timestep:
+                sigma = torch.nextafter(sigma, zero)
+        return sigma
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         sigma = levels.to(device=latents.device, dtype=latents.dtype).view(-1, 1, 1, 1, 1)
@@ -246,15 +256,29 @@ class WanSpec(ModelSpec):
         return WanPipeline
 
 
-@dataclass(frozen=True)
-class WanI2V(WanSpec):
-    """Wan 2.1 image-to-video (14B 480P, 720P): the mask and the first frame's video latents on
-    channels, the image's CLIP embedding beside the text. Wan 2.2 I2V-A14B (one expert): the same
-    without CLIP (its transformer has no `image_dim`)."""
+class _FromAnImage:
+    """What the Wan image-to-video specifications share: the task, the pipeline and its image argument."""
 
     task: ClassVar[Task] = "i2v"
     description: ClassVar[str] = "image-to-video"
     wants_image: ClassVar[bool] = True
+
+    @classmethod
+    def pipeline_class(cls) -> Any:
+        from diffusers import WanImageToVideoPipeline
+
+        return WanImageToVideoPipeline
+
+    def render_inputs(self, image: bytes | None) -> dict[str, Any]:
+        return pil_image(image)
+
+
+@dataclass(frozen=True)
+class WanI2V(_FromAnImage, WanSpec):
+    """Wan 2.1 image-to-video (14B 480P, 720P): the mask and the first frame's video latents on
+    channels, the image's CLIP embedding beside the text. Wan 2.2 I2V-A14B (one expert): the same
+    without CLIP (its transformer has no `image_dim`)."""
+
     mask_channels: ClassVar[int] = 4  # the VAE's time compression: pixel frames per latent frame
 
     @property
@@ -324,15 +348,6 @@ class WanI2V(WanSpec):
         """Wan 2.1 I2V's CLIP (its transformer takes the embedding: `image_dim`); not Wan 2.2's."""
         return frozenset({"image_encoder", "image_processor"}) if transformer.get("image_dim") else frozenset()
 
-    @classmethod
-    def pipeline_class(cls) -> Any:
-        from diffusers import WanImageToVideoPipeline
-
-        return WanImageToVideoPipeline
-
-    def render_inputs(self, image: bytes | None) -> dict[str, Any]:
-        return pil_image(image)
-
 
 @dataclass(frozen=True)
 class WanTI2V(WanSpec):
@@ -366,9 +381,17 @@ class WanTI2V(WanSpec):
         generator: torch.Generator,
         dtype: torch.dtype,
     ) -> dict[str, Any]:
-        inputs = super().transformer_inputs(batch, noisy, levels, generator, dtype)
-        inputs["timestep"] = self.token_timesteps(levels, noisy, clean_first=False)
+        """Image-to-video: the image's latents as the first frame, whose tokens get timestep 0."""
+        hidden = self.with_image(batch, noisy) if self.wants_image else noisy
+        inputs = super().transformer_inputs(batch, hidden, levels, generator, dtype)
+        inputs["timestep"] = self.token_timesteps(levels, hidden, clean_first=self.wants_image)
         return inputs
+
+    def with_image(self, batch: Mapping[str, torch.Tensor], noisy: torch.Tensor) -> torch.Tensor:
+        """The noisy latents with the image's latents as their first frame."""
+        dist = batch["condition_dist"].to(device=noisy.device, dtype=torch.float32)
+        first = self.latent_scale(dist.chunk(2, dim=2)[0])  # the mode, [B, 1, C, h, w]
+        return torch.cat([first.to(noisy.dtype), noisy[:, 1:]], dim=1)
 
     @classmethod
     def fits(cls, transformer: Mapping[str, Any], vae: Mapping[str, Any]) -> bool:
@@ -376,14 +399,12 @@ class WanTI2V(WanSpec):
 
 
 @dataclass(frozen=True)
-class WanTI2VImage(WanTI2V):
+class WanTI2VImage(_FromAnImage, WanTI2V):
     """Wan 2.2 TI2V-5B as image-to-video: the image's normalised latents (its own one-frame encoding, the
     VAE's mode) take the first latent frame's place in the noisy latents, with timestep 0 on its tokens;
     the loss leaves that frame out (DiffSynth-Studio's TI2V training: `noise_pred[:, :, 1:]`)."""
 
-    task: ClassVar[Task] = "i2v"
-    description: ClassVar[str] = "image-to-video"
-    wants_image: ClassVar[bool] = True
+    min_frames: ClassVar[int] = 5  # a frame beside the image's: two latent frames
 
     def cache_facts(self) -> dict[str, Any]:
         return {**super().cache_facts(), "image": {"window": "from-the-first-frame", "condition": "the-image-alone"}}
@@ -397,25 +418,6 @@ class WanTI2VImage(WanTI2V):
         out["condition_dist"] = encode_video_dist(enc.vae, image[:, None])
         return out
 
-    def with_image(self, batch: Mapping[str, torch.Tensor], noisy: torch.Tensor) -> torch.Tensor:
-        """The noisy latents with the image's latents as their first frame."""
-        dist = batch["condition_dist"].to(device=noisy.device, dtype=torch.float32)
-        first = self.latent_scale(dist.chunk(2, dim=2)[0])  # the mode, [B, 1, C, h, w]
-        return torch.cat([first.to(noisy.dtype), noisy[:, 1:]], dim=1)
-
-    def transformer_inputs(
-        self,
-        batch: Mapping[str, torch.Tensor],
-        noisy: torch.Tensor,
-        levels: torch.Tensor,
-        generator: torch.Generator,
-        dtype: torch.dtype,
-    ) -> dict[str, Any]:
-        hidden = self.with_image(batch, noisy)
-        inputs = super().transformer_inputs(batch, hidden, levels, generator, dtype)
-        inputs["timestep"] = self.token_timesteps(levels, hidden, clean_first=True)
-        return inputs
-
     def loss(
         self,
         output: torch.Tensor,
@@ -426,12 +428,3 @@ class WanTI2VImage(WanTI2V):
     ) -> torch.Tensor:
         """As T2V, over the frames after the first (the image's, given, not predicted)."""
         return super().loss(output[:, :, 1:], noisy[:, 1:], latents[:, 1:], noise[:, 1:], levels)
-
-    @classmethod
-    def pipeline_class(cls) -> Any:
-        from diffusers import WanImageToVideoPipeline
-
-        return WanImageToVideoPipeline
-
-    def render_inputs(self, image: bytes | None) -> dict[str, Any]:
-        return pil_image(image)

@@ -362,10 +362,9 @@ class Trainer:
         return record
 
     def _lora_file(self, weights: dict[str, torch.Tensor]) -> bytes:
-        from disney_train.model.lora import lora_file_bytes, peft_key
+        from disney_train.model.lora import spec_lora_file
 
-        state = {peft_key(n): w for n, w in weights.items()}
-        return lora_file_bytes(state, self.cfg.lora, self.spec.pipeline_class(), self.spec.transformer_part)
+        return spec_lora_file(weights, self.cfg.lora, self.spec)
 
     def _write_checkpoint(self) -> str | None:
         weights, optimizer = zero_state.gather(self.engine, self.params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,9 +32,8 @@ def validate(
 ) -> None:
     """Collective (every rank gathers the LoRA); rank 0 renders the validation prompts and writes the videos
     under the run's `validation/step-N/`."""
-    from disney_train.generate import RenderSpec, apply_lora, load_pipeline, render
+    from disney_train.generate import RenderSpec, render
     from disney_train.media import mp4_bytes
-    from disney_train.model.lora import lora_file_bytes, peft_key
 
     v = cfg.validation
     if not v.prompts:
@@ -42,10 +42,7 @@ def validate(
     if dist.rank == 0:
         t0 = time.perf_counter()
         images = [read_uri(u, cfg.s3) for u in v.images]
-        dtype = torch.bfloat16 if place.precision == "bf16" else torch.float32
-        pipe = load_pipeline(model_path, model, place.device, dtype)
-        lora = lora_file_bytes({peft_key(n): w for n, w in weights.items()}, cfg.lora, model.pipeline_class())
-        apply_lora(pipe, lora)
+        pipe = pipeline_with_lora(model_path, model, cfg, weights, place)
         spec = RenderSpec(
             prompts=v.prompts,
             images=images,
@@ -62,3 +59,17 @@ def validate(
         log.info("validation videos for step %d in %.1f s", step, time.perf_counter() - t0)
         del pipe
     dist.barrier()
+
+
+def pipeline_with_lora(
+    model_path: Path, model: ModelSpec, cfg: RunConfig, weights: dict[str, torch.Tensor], place: Placement
+) -> Any:
+    """A fresh pipeline of the model with the run's LoRA as saved (on the part the run trains), loaded
+    with diffusers' own `load_lora_weights`."""
+    from disney_train.generate import apply_lora, load_pipeline
+    from disney_train.model.lora import spec_lora_file
+
+    dtype = torch.bfloat16 if place.precision == "bf16" else torch.float32
+    pipe = load_pipeline(model_path, model, place.device, dtype)
+    apply_lora(pipe, spec_lora_file(weights, cfg.lora, model))
+    return pipe
