@@ -91,7 +91,7 @@ VARIANT_DESCRIPTION = "Text-to-video or image-to-video."
 
 
 Family = Literal["cogvideox", "wan"]
-FAMILY_DESCRIPTION = "Model family: cogvideox (CogVideoX 1.0 and 1.5) or wan (Wan 2.1, Wan 2.2 A14B)."
+FAMILY_DESCRIPTION = "Model family: cogvideox (CogVideoX 1.0 and 1.5) or wan (Wan 2.1, Wan 2.2 A14B and TI2V-5B)."
 Expert = Literal["high", "low"]
 EXPERT_DESCRIPTION = (
     "Wan 2.2 A14B (two experts) only, and required there: which expert this run trains. high: `transformer`, "
