@@ -432,3 +432,17 @@ def test_a_lora_file_naming_another_part_or_unreadable_is_refused(
     pipe = WanSpec.pipeline_class().from_pretrained(str(wan22["t2v"]))
     with pytest.raises(GenerateError, match=message):
         apply_loras(pipe, [(path.read_bytes(), 1.0)])
+
+
+def test_a_second_expert_named_but_not_there_is_refused_by_name(wan22: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from disney_train.model.source import ModelError
+
+    path = tmp_path / "half"
+    shutil.copytree(wan22["t2v"], path)
+    shutil.rmtree(path / "transformer_2")
+    with pytest.raises(
+        ModelError, match=r"model_index.json names transformer_2, but .*transformer_2/config.json is missing"
+    ):
+        spec_for(path, "t2v", family="wan")

@@ -43,15 +43,20 @@ PIPELINES: dict[str, Family] = {
 }
 
 
-def model_kind(path: Path) -> tuple[Family, Task]:
-    """Which family and task the model in folder `path` is, from its configs (no weights read); of a
-    model for both tasks (Wan 2.2 TI2V-5B), text-to-video (`model_tasks` has both)."""
-    family, tasks = model_tasks(path)
-    return family, min(tasks, key=["t2v", "i2v"].index)
+@dataclass(frozen=True)
+class Layout:
+    """What a model folder is, read once from its configs (no weights): the family, the tasks it does (one,
+    or both for TI2V-5B), Wan 2.2 A14B's boundary_ratio (None: one transformer), TI2V-5B's per-token
+    timesteps."""
+
+    family: Family
+    tasks: frozenset[Task]
+    boundary_ratio: float | None = None
+    ti2v: bool = False
 
 
-def model_tasks(path: Path) -> tuple[Family, frozenset[Task]]:
-    """Which family the model in folder `path` is, and the tasks it does (one, or both for TI2V-5B)."""
+def read_layout(path: Path) -> Layout:
+    """The folder's layout, each of its configs checked (a folder of another kind is refused by name)."""
     from disney_train.model.source import ModelError, check_layout
 
     check_layout(path)
@@ -66,17 +71,27 @@ def model_tasks(path: Path) -> tuple[Family, frozenset[Task]]:
     unsupported = unsupported_pipeline(index, family)
     if unsupported:
         raise ModelError(f"{path}/model_index.json: {unsupported}")
+    parts = [part for part in ("transformer", "transformer_2") if load.has_component(path, part)]
+    for part in parts:
+        if not (path / part / "config.json").is_file():
+            raise ModelError(f"{path}/model_index.json names {part}, but {path / part / 'config.json'} is missing")
     vae = load.component_config(path, "vae")
     if index.get("expand_timesteps"):
         _task(path, "transformer", {"t2v": WanTI2V}, vae)
-        return family, frozenset(TI2V_SPECS)
+        return Layout(family, frozenset(TI2V_SPECS), ti2v=True)
     specs = {task: cls for (fam, task), cls in SPECS.items() if fam == family}
-    tasks = {
-        _task(path, part, specs, vae) for part in ("transformer", "transformer_2") if load.has_component(path, part)
-    }
+    tasks = {_task(path, part, specs, vae) for part in parts}
     if len(tasks) != 1:
         raise ModelError(f"{path}: transformer and transformer_2 are different variants ({', '.join(sorted(tasks))})")
-    return family, frozenset(tasks)
+    ratio = index.get("boundary_ratio") if "transformer_2" in parts else None
+    return Layout(family, frozenset(tasks), None if ratio is None else float(ratio))
+
+
+def model_kind(path: Path) -> tuple[Family, Task]:
+    """Which family and task the model in folder `path` is; of a model for both tasks (Wan 2.2 TI2V-5B),
+    text-to-video (`read_layout` has both)."""
+    layout = read_layout(path)
+    return layout.family, min(layout.tasks, key=["t2v", "i2v"].index)
 
 
 def _task(path: Path, part: str, specs: dict[Task, type[ModelSpec]], vae: dict[str, Any]) -> Task:
@@ -136,32 +151,26 @@ def unsupported_pipeline(index: dict[str, Any], family: Family) -> str | None:
     return None
 
 
-def boundary_ratio(path: Path) -> float | None:
-    """Wan 2.2 A14B's `boundary_ratio` (its two experts switch there), None for one transformer."""
-    ratio = load.model_index(path).get("boundary_ratio") if load.has_component(path, "transformer_2") else None
-    return float(ratio) if isinstance(ratio, int | float) else None
-
-
 def model_task(path: Path, with_images: bool = False) -> Task:
     """The task to render the model in `path` with: its own, or for a model of both (TI2V-5B)
     image-to-video when images are given."""
-    _, tasks = model_tasks(path)
+    tasks = read_layout(path).tasks
     if len(tasks) > 1:
         return "i2v" if with_images else "t2v"
     return next(iter(tasks))
 
 
-def check_kind(path: Path, task: Task, family: Family = "cogvideox") -> None:
+def check_kind(path: Path, task: Task, family: Family = "cogvideox", layout: Layout | None = None) -> None:
     """Refuse a model folder that is not a `family` `task` model, naming both."""
     from disney_train.model.source import ModelError
 
-    found_family, found = model_tasks(path)
-    if found_family != family:
-        raise ModelError(f"{path}: this is a {found_family} model (model_index.json), but model.family is {family!r}")
-    if task not in found:
-        (only,) = found
+    layout = layout or read_layout(path)
+    if layout.family != family:
+        raise ModelError(f"{path}: this is a {layout.family} model (model_index.json), but model.family is {family!r}")
+    if task not in layout.tasks:
+        (only,) = layout.tasks
         raise ModelError(
-            f"{path}: this is a {SPECS[found_family, only].description} model "
+            f"{path}: this is a {SPECS[layout.family, only].description} model "
             f"(transformer in_channels vs vae latent channels), but model.variant is {task!r}"
         )
 
@@ -173,17 +182,18 @@ def image_recipe(train: TrainOptions) -> ImageRecipe:
 def run_spec(cfg: RunConfig, path: Path) -> ModelSpec:
     """The specification a run trains and renders with: its model folder's, with its image recipe, and
     for a model with two experts (Wan 2.2 A14B) the one `model.expert` names; the run's sizes checked."""
-    spec = spec_for(path, cfg.model.variant, image_recipe(cfg.train), cfg.model.family, cfg.model.expert)
-    _check_expert(path, cfg.model.expert)  # after spec_for has read and checked the folder's layout
+    layout = read_layout(path)
+    _check_expert(path, layout.boundary_ratio, cfg.model.expert)
+    spec = spec_for(path, cfg.model.variant, image_recipe(cfg.train), cfg.model.family, cfg.model.expert, layout)
     _check_shape(cfg, spec)
     return spec
 
 
-def _check_expert(path: Path, expert: Expert | None) -> None:
-    """A model of two experts needs the run to name one; a model of one refuses a name."""
+def _check_expert(path: Path, ratio: float | None, expert: Expert | None) -> None:
+    """A model of two experts (`ratio`: its boundary_ratio) needs the run to name one; a model of one
+    refuses a name."""
     from disney_train.model.source import ModelError
 
-    ratio = boundary_ratio(path)
     if ratio is not None and expert is None:
         raise ModelError(
             f"{path}: a Wan 2.2 model with two experts (transformer, transformer_2; boundary_ratio {ratio:g}): "
@@ -231,20 +241,22 @@ def spec_for(
     image: ImageRecipe | None = None,
     family: Family | None = None,
     expert: Expert | None = None,
+    layout: Layout | None = None,
 ) -> ModelSpec:
-    """The specification of the model in folder `path`, checked to be a `family` (default: the
-    folder's) `task` model (configs only, no weights); of a two-expert model, `expert`'s (training) or
-    none (rendering: the pipeline switches them)."""
+    """The specification of the model in folder `path` (`layout`: as `read_layout` read it), checked to be
+    a `family` (default: the folder's) `task` model (configs only, no weights); of a two-expert model,
+    `expert`'s (training) or none (rendering: the pipeline switches them)."""
     from types import SimpleNamespace
 
-    family = family or model_kind(path)[0]
-    check_kind(path, task, family)
-    ratio = boundary_ratio(path)
+    layout = layout or read_layout(path)
+    family = family or layout.family
+    check_kind(path, task, family, layout)
+    ratio = layout.boundary_ratio
     experts: dict[str, Any] = {} if ratio is None else {"boundary_ratio": ratio, "expert": expert}
     part = EXPERT_PART[expert] if ratio is not None and expert is not None else "transformer"
     transformer = SimpleNamespace(**{"patch_size_t": None, "ofs_embed_dim": None, **load.component_config(path, part)})
     vae = SimpleNamespace(**load.component_config(path, "vae"))
-    cls = TI2V_SPECS[task] if load.model_index(path).get("expand_timesteps") else SPECS[family, task]
+    cls = TI2V_SPECS[task] if layout.ti2v else SPECS[family, task]
     return cls(transformer, vae, load.load_scheduler(path), image or ImageRecipe(), **experts)
 
 
@@ -264,8 +276,8 @@ class Components:
 def load_components(
     path: Path, variant: Task, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
 ) -> Components:
-    family, _ = model_kind(path)
-    check_kind(path, variant, family)
+    layout = read_layout(path)
+    check_kind(path, variant, layout.family, layout)
     enc = load.load_encoders(path, dtype, device)
     return Components(
         transformer=load.load_transformer(path, dtype, device),
