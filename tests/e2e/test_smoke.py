@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from disney_train.model.lora import lora_part
 from tests.e2e.jobs import BUCKET, JOBS_NS, SMOKE, apply, bucket, clear, cli, dump, keys, phase_is, smoke_job
 from tests.support.cluster import Kube, wait_until
 
@@ -72,22 +73,31 @@ def test_smoke_job_trains_to_succeeded_with_its_lora_in_s3(
     print(f"smoke job: apply -> Succeeded in {took:.0f} s")
 
 
+@pytest.mark.parametrize(
+    ("generation", "expert"),
+    [("2.1", None), ("2.2", "low")],
+    ids=["wan-2.1", "wan-2.2-low-noise-expert"],
+)
 def test_a_wan_job_goes_through_the_operator_like_a_cogvideox_one(
-    kube: Kube, s3: dict[str, str], installed: None, inputs: Path, tmp_path: Path
+    generation: str, expert: str | None, kube: Kube, s3: dict[str, str], installed: None, inputs: Path, tmp_path: Path
 ) -> None:
-    """The smoke job on a tiny Wan 2.1 T2V (`model.family: wan`, pushed as a user pushes it): the same
-    RayJob, to Succeeded with step, loss and checkpoint in the status; the pods trained and rendered the
-    validation and evaluation with the Wan specification and pipeline; the final LoRA in S3 loads into
-    WanPipeline here."""
-    name = f"{SMOKE}-wan"
-    # the smoke run is checked: its Ray cluster (kept for the operator's cluster TTL) leaves the CPUs to this one
-    kube.kubectl("-n", JOBS_NS, "delete", "vft", SMOKE, name, "--ignore-not-found", "--wait")
+    """The smoke job on a tiny Wan T2V (`model.family: wan`, pushed as a user pushes it): Wan 2.1, and
+    Wan 2.2 A14B's low-noise expert (`model.expert: low`, through the CRD's schema): the same RayJob, to
+    Succeeded with step, loss and checkpoint in the status; the pods trained and rendered the validation
+    and evaluation with the Wan specification and pipeline (2.2: both experts, the LoRA on
+    transformer_2); the final LoRA in S3 renders here with `disney-train generate`."""
+    name = f"{SMOKE}-wan" + generation.replace(".", "")
+    # the runs before are checked: their Ray clusters (kept for the operator's cluster TTL) leave the CPUs to this one
+    runs = (SMOKE, f"{SMOKE}-wan", f"{SMOKE}-wan21")  # -wan: the name before Wan 2.2, on a cluster kept up
+    kube.kubectl("-n", JOBS_NS, "delete", "vft", *runs, "--ignore-not-found", "--wait")
     clear(s3, f"smoke/{name}/")
     model = tmp_path / "tiny-wan"
-    cli(s3, "model", "tiny", "--family", "wan", str(model))
-    cli(s3, "model", "push", str(model), f"s3://{BUCKET}/models/tiny-wan-t2v")
+    cli(s3, "model", "tiny", "--family", "wan", "--generation", generation, str(model))
+    cli(s3, "model", "push", str(model), f"s3://{BUCKET}/models/tiny-wan{generation}-t2v")
     job = smoke_job(s3, name)
-    job["spec"]["model"] = {"uri": f"s3://{BUCKET}/models/tiny-wan-t2v", "family": "wan", "variant": "t2v"}
+    job["spec"]["model"] = {"uri": f"s3://{BUCKET}/models/tiny-wan{generation}-t2v", "family": "wan", "variant": "t2v"}
+    if expert:
+        job["spec"]["model"]["expert"] = expert
     apply(kube, job)
     try:
         done = wait_until(f"{name} Succeeded", lambda: phase_is(kube, name, "Succeeded"), timeout=600)
@@ -97,9 +107,12 @@ def test_a_wan_job_goes_through_the_operator_like_a_cogvideox_one(
     assert status["progress"]["step"] == 12 and 0.1 < status["progress"]["loss"] < 10, status  # flow matching: ~2
     assert status["progress"].get("lastCheckpointTime"), status
     final = yaml.safe_load(read(s3, f"smoke/{name}/final/config.yaml"))
-    assert final["model"]["family"] == "wan", final
+    assert final["model"]["family"] == "wan" and final["model"].get("expert") == expert, final
     saved = keys(s3, f"smoke/{name}/")
     assert any(k.endswith(".mp4") and "/validation/" in k for k in saved), saved
+    lora = tmp_path / "final.safetensors"  # for the expert it trained: what generate and the pods load it into
+    lora.write_bytes(read(s3, f"smoke/{name}/final/pytorch_lora_weights.safetensors"))
+    assert lora_part(lora) == ("transformer_2" if expert == "low" else "transformer")
     evaluation = json.loads(read(s3, f"smoke/{name}/eval/eval.json"))  # rendered with WanPipeline in the pod
     assert evaluation["variant"] == "t2v" and len(evaluation["videos"]) == 2, evaluation
     cli(
@@ -108,4 +121,4 @@ def test_a_wan_job_goes_through_the_operator_like_a_cogvideox_one(
         "--frames", "9", "--height", "32", "--width", "32", "--steps", "2", "--device", "cpu",
     )  # fmt: skip
     generated = json.loads((tmp_path / "gen" / "generate.json").read_text())
-    assert generated["model_spec"] == "wan-2.1-t2v", generated
+    assert generated["model_spec"] == f"wan-{generation}-t2v", generated
